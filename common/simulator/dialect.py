@@ -1,0 +1,60 @@
+"""The interface one venue's simulated protocol implements.
+
+A dialect is pure: it turns client messages into replies and subscriptions, and synthetic trades
+and quotes into the venue's frames. The server owns the sockets and the clock.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..venues.base import Channel
+from .engine import SimQuote, SimTrade
+
+Frame = str | bytes
+
+
+@dataclass(slots=True)
+class SimSession:
+    """One client connection as the dialect sees it."""
+
+    path: str  # request path with query string, e.g. "/stream" or "/ws/v5/public"
+    # (channel, canonical symbol) -> the venue's variant (e.g. "trade" or "aggTrade")
+    subscriptions: dict[tuple[Channel, str], str] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # dialect scratch (sequence numbers)
+
+
+class Dialect(abc.ABC):
+    exchange: ClassVar[str]
+    binary: ClassVar[bool] = False  # data frames sent as binary WebSocket frames
+    server_ping_s: ClassVar[float | None] = 20.0  # protocol pings the server sends
+    trades_per_frame: ClassVar[int] = 1  # how many trades the venue packs in one frame at most
+    ts_unit_ns: ClassVar[int] = 1_000_000  # the precision of the venue's trade times
+    reports_side: ClassVar[bool] = True  # False where the stored side is NULL
+
+    @abc.abstractmethod
+    def accepts(self, path: str) -> bool:
+        """Whether the venue serves WebSockets at ``path`` (the URL shape)."""
+
+    def greeting(self, session: SimSession) -> list[Frame]:
+        """Frames sent as soon as a client connects."""
+        return []
+
+    @abc.abstractmethod
+    def on_message(self, session: SimSession, message: Frame) -> list[Frame]:
+        """Handle one client message (subscribe, ping, ...): update ``session``, return replies."""
+
+    @abc.abstractmethod
+    def trade_frames(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
+        """Frames carrying ``trades`` (all of one symbol, at most ``trades_per_frame``)."""
+
+    @abc.abstractmethod
+    def quote_frames(self, session: SimSession, quote: SimQuote) -> list[Frame]:
+        """Frames carrying one best bid/ask update."""
+
+    def expected_trade_id(self, trade: SimTrade) -> str | None:
+        """The trade id the venue parser must produce (None where it derives one)."""
+        return str(trade.trade_id)

@@ -1,0 +1,109 @@
+"""Binance spot as the simulator speaks it: ``/stream`` or ``/ws`` with SUBSCRIBE requests, or
+streams in the URL (``/stream?streams=a/b``, ``/ws/<stream>``); server pings every 20 s."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from ...venues.base import Channel, split_concatenated
+from ..dialect import Dialect, Frame, SimSession
+from ..engine import SimQuote, SimTrade
+
+_CHANNELS = {"trade": Channel.TRADES, "aggTrade": Channel.TRADES, "bookTicker": Channel.QUOTES}
+
+
+def _ms(ns: int) -> int:
+    return ns // 1_000_000
+
+
+class BinanceDialect(Dialect):
+    exchange = "binance"
+    paths: tuple[str, ...] = ("/stream", "/ws")
+    futures = False
+
+    def accepts(self, path: str) -> bool:
+        route = urlsplit(path).path
+        return any(route == p or route.startswith(p + "/") for p in self.paths)
+
+    def _subscribe(self, session: SimSession, stream: str) -> bool:
+        lower, _, kind = stream.partition("@")
+        channel = _CHANNELS.get(kind)
+        if channel is None:
+            return False
+        try:
+            base, quote = split_concatenated(lower)
+        except ValueError:
+            return False
+        session.subscriptions[(channel, f"{base}-{quote}")] = kind
+        return True
+
+    def greeting(self, session: SimSession) -> list[Frame]:
+        parts = urlsplit(session.path)
+        for stream in parse_qs(parts.query).get("streams", [""])[0].split("/"):
+            if stream:
+                self._subscribe(session, stream)
+        for p in self.paths:
+            if parts.path.startswith(p + "/"):
+                self._subscribe(session, parts.path[len(p) + 1 :])
+        return []
+
+    def on_message(self, session: SimSession, message: Frame) -> list[Frame]:
+        try:
+            request = json.loads(message)
+            method, ident = request["method"], request["id"]
+        except (ValueError, KeyError, TypeError):
+            return [json.dumps({"code": 2, "msg": "Invalid request: malformed JSON or keys"})]
+        if method == "SUBSCRIBE":
+            for stream in request.get("params", []):
+                if not self._subscribe(session, stream):
+                    return [json.dumps({"code": 2, "msg": f"Invalid stream {stream}", "id": ident})]
+            return [json.dumps({"result": None, "id": ident})]
+        if method == "LIST_SUBSCRIPTIONS":
+            names = [
+                f"{sym.replace('-', '').lower()}@{kind}"
+                for (_, sym), kind in session.subscriptions.items()
+            ]
+            return [json.dumps({"result": names, "id": ident})]
+        return [json.dumps({"code": 2, "msg": f"Unknown method {method}", "id": ident})]
+
+    def _wrap(self, session: SimSession, stream: str, event: dict[str, object]) -> Frame:
+        if urlsplit(session.path).path.startswith("/stream"):
+            return json.dumps({"stream": stream, "data": event}, separators=(",", ":"))
+        return json.dumps(event, separators=(",", ":"))
+
+    def trade_frames(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
+        frames = []
+        for t in trades:
+            venue = t.symbol.replace("-", "")
+            kind = session.subscriptions.get((Channel.TRADES, t.symbol), "trade")
+            ms = _ms(t.ts_ns)
+            event: dict[str, object]
+            if kind == "aggTrade":
+                event = {"e": "aggTrade", "E": ms, "s": venue, "a": t.trade_id, "p": t.price,
+                         "q": t.amount, "f": t.trade_id, "l": t.trade_id, "T": ms,
+                         "m": t.side == "sell"}
+                if not self.futures:
+                    event["M"] = True
+            else:
+                event = {"e": "trade", "E": ms, "s": venue, "t": t.trade_id, "p": t.price,
+                         "q": t.amount, "T": ms, "m": t.side == "sell", "M": True}
+            frames.append(self._wrap(session, f"{venue.lower()}@{kind}", event))
+        return frames
+
+    def quote_frames(self, session: SimSession, quote: SimQuote) -> list[Frame]:
+        venue = quote.symbol.replace("-", "")
+        event: dict[str, object] = {"u": quote.update_id, "s": venue, "b": quote.bid_price,
+                                    "B": quote.bid_amount, "a": quote.ask_price,
+                                    "A": quote.ask_amount}
+        if self.futures:
+            ms = _ms(quote.ts_ns)
+            event = {"e": "bookTicker", **event, "E": ms, "T": ms}
+        return [self._wrap(session, f"{venue.lower()}@bookTicker", event)]
+
+    def expected_trade_id(self, trade: SimTrade) -> str | None:
+        return str(trade.trade_id)
+
+
+DIALECT = BinanceDialect()

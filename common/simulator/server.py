@@ -1,0 +1,172 @@
+"""Serve one simulated venue over real WebSockets on 127.0.0.1.
+
+Trades start for a symbol when a client first subscribes to it, at ``rate`` per second per symbol,
+with consecutive ids from 1, and stop after ``trades`` per symbol (0: never). Every subscribed
+connection gets every trade, as on a real venue (so a make-before-break overlap sees duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..venues.base import Channel
+from .dialect import Dialect, Frame, SimSession
+from .engine import Pacer, make_quote, make_trade
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.002
+
+
+@dataclass(slots=True, kw_only=True)
+class SimulatorConfig:
+    rate: float = 100.0  # trades per second per symbol
+    trades: int = 0  # stop after this many trades per symbol (0: run forever)
+    quote_rate: float = 10.0  # quotes per second per symbol (0: none)
+    max_connection_s: float = 0.0  # close each connection after this long (0: never)
+
+
+@dataclass(slots=True)
+class _Client:
+    ws: ServerConnection
+    session: SimSession
+    opened: float
+
+
+@dataclass
+class Simulator:
+    dialect: Dialect
+    config: SimulatorConfig = field(default_factory=SimulatorConfig)
+    clients: list[_Client] = field(default_factory=list)
+    trade_pacers: dict[str, Pacer] = field(default_factory=dict)
+    quote_pacers: dict[str, Pacer] = field(default_factory=dict)
+    sent_trades: int = 0
+    connections: int = 0
+    _server: Server | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._check_path,
+            ping_interval=self.dialect.server_ping_s,
+            max_queue=None,
+            compression=None,
+        )
+        sock = next(iter(self._server.sockets))
+        bound: int = sock.getsockname()[1]
+        logger.info("simulating %s on ws://%s:%d", self.dialect.exchange, host, bound)
+        return bound
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Emit until ``stop`` is set."""
+        while not stop.is_set():
+            await self.tick(asyncio.get_running_loop().time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.trade_pacers) and all(p.finished for p in self.trade_pacers.values())
+
+    async def drop_all(self) -> None:
+        """Close every client connection (a venue-side disconnect)."""
+        for client in list(self.clients):
+            await client.ws.close(1001, "simulated disconnect")
+
+    # -- connections -------------------------------------------------------------------------
+    def _check_path(self, conn: ServerConnection, request: Request) -> Response | None:
+        if not self.dialect.accepts(request.path):
+            return conn.respond(http.HTTPStatus.NOT_FOUND, f"no such path {request.path}\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = SimSession(path=ws.request.path if ws.request else "/")
+        client = _Client(ws, session, asyncio.get_running_loop().time())
+        self.connections += 1
+        try:
+            await self._send(ws, self.dialect.greeting(session))
+            self.clients.append(client)
+            self._start_pacers(session)
+            async for message in ws:
+                await self._send(ws, self.dialect.on_message(session, message))
+                self._start_pacers(session)
+        except ConnectionClosed:
+            pass
+        finally:
+            if client in self.clients:
+                self.clients.remove(client)
+
+    def _start_pacers(self, session: SimSession) -> None:
+        for channel, symbol in session.subscriptions:
+            if channel is Channel.TRADES and symbol not in self.trade_pacers:
+                self.trade_pacers[symbol] = Pacer(self.config.rate, self.config.trades)
+            if (
+                channel is Channel.QUOTES
+                and self.config.quote_rate > 0
+                and symbol not in self.quote_pacers
+            ):
+                self.quote_pacers[symbol] = Pacer(self.config.quote_rate)
+
+    async def _send(self, ws: ServerConnection, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            if self.dialect.binary and isinstance(frame, str):
+                await ws.send(frame.encode())
+            else:
+                await ws.send(frame)
+
+    # -- emission ----------------------------------------------------------------------------
+    async def tick(self, now: float) -> None:
+        unit = self.dialect.ts_unit_ns
+        per_frame = self.dialect.trades_per_frame
+        if self.config.max_connection_s:
+            for client in list(self.clients):
+                if now - client.opened > self.config.max_connection_s:
+                    await client.ws.close(1000, "connection lifetime reached")
+        for symbol, pacer in self.trade_pacers.items():
+            count = pacer.due(now)
+            if not count:
+                continue
+            ts = time.time_ns() // unit * unit
+            first = pacer.emitted - count + 1
+            trades = [make_trade(symbol, i, ts) for i in range(first, first + count)]
+            self.sent_trades += count
+            for client in list(self.clients):
+                if (Channel.TRADES, symbol) not in client.session.subscriptions:
+                    continue
+                for i in range(0, len(trades), per_frame):
+                    frames = self.dialect.trade_frames(client.session, trades[i : i + per_frame])
+                    await self._safe_send(client, frames)
+        for symbol, pacer in self.quote_pacers.items():
+            count = pacer.due(now)
+            if not count:
+                continue
+            ts = time.time_ns() // unit * unit
+            quote = make_quote(symbol, pacer.emitted, ts)  # only the newest of a tick matters
+            for client in list(self.clients):
+                if (Channel.QUOTES, symbol) in client.session.subscriptions:
+                    await self._safe_send(client, self.dialect.quote_frames(client.session, quote))
+
+    async def _safe_send(self, client: _Client, frames: Sequence[Frame]) -> None:
+        try:
+            await self._send(client.ws, frames)
+        except ConnectionClosed:
+            if client in self.clients:
+                self.clients.remove(client)
