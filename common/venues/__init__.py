@@ -43,6 +43,4 @@ def get_venue(exchange: str) -> Venue:
     try:
         return venues[exchange]
     except KeyError:
-        raise KeyError(
-            f"unknown exchange {exchange!r}; known: {', '.join(venues)}"
-        ) from None
+        raise KeyError(f"unknown exchange {exchange!r}; known: {', '.join(venues)}") from None

@@ -180,8 +180,23 @@ def epoch_to_ns(value: int) -> int:
 # Quote assets tried, longest first, when a venue writes symbols without a separator (BTCUSDT)
 # and the symbol is not in the subscribed map.
 COMMON_QUOTES = (
-    "FDUSD", "USDT", "USDC", "TUSD", "BUSD", "USDE", "DAI", "USD", "EUR", "GBP", "TRY", "BRL",
-    "JPY", "KRW", "BTC", "ETH", "BNB",
+    "FDUSD",
+    "USDT",
+    "USDC",
+    "TUSD",
+    "BUSD",
+    "USDE",
+    "DAI",
+    "USD",
+    "EUR",
+    "GBP",
+    "TRY",
+    "BRL",
+    "JPY",
+    "KRW",
+    "BTC",
+    "ETH",
+    "BNB",
 )
 
 

@@ -17,6 +17,7 @@ Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-strea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import msgspec
 
@@ -105,7 +106,7 @@ class Binance(Venue):
     kinds = frozenset({Kind.SPOT})
     limits = "1024 streams/conn, 5 msgs/s in, 24 h per connection, 300 connects/5 min/IP"
     caveats = "spot bookTicker has no timestamp: quote ts is the receive time"
-    options = {"trades": ("trade", "aggTrade")}
+    options: ClassVar[dict[str, tuple[str, ...]]] = {"trades": ("trade", "aggTrade")}
     stream_path = "/stream"
     agg_prefix = "agg-"  # aggTrade ids live in another id space than trade ids
 
@@ -163,9 +164,7 @@ class Binance(Venue):
             group_symbols = [s for s in symbols if str(s) in group]
             streams = self.stream_names(channels, group_symbols, options)
             messages = tuple(
-                msgspec.json.encode(
-                    {"method": "SUBSCRIBE", "params": params, "id": i + 1}
-                ).decode()
+                msgspec.json.encode({"method": "SUBSCRIBE", "params": params, "id": i + 1}).decode()
                 for i, params in enumerate(chunks(streams, PARAMS_PER_SUBSCRIBE))
             )
             plans.append(
@@ -231,7 +230,9 @@ class Binance(Venue):
                 )
                 return Parsed(quotes=[quote])
         except msgspec.ValidationError as exc:
-            raise PoisonFrame(f"{self.exchange}: bad {event or 'bookTicker'} event: {exc}") from None
+            raise PoisonFrame(
+                f"{self.exchange}: bad {event or 'bookTicker'} event: {exc}"
+            ) from None
         except msgspec.DecodeError as exc:
             raise decode_error(self.exchange, exc) from None
         return Parsed.of_control(f"unknown:{event}")

@@ -3,7 +3,7 @@
 Docs: https://www.okx.com/docs-v5/en/#overview-websocket and #order-book-trading-market-data-ws
 - Public endpoint ``wss://ws.okx.com:8443/ws/v5/public`` (``trades``, ``bbo-tbt``); ``trades-all``
   is on ``/ws/v5/business``.
-- Subscribe ``{"id": "1", "op": "subscribe", "args": [{"channel": "trades", "instId": "BTC-USDT"}]}``;
+- Subscribe ``{"id": "1", "op": "subscribe", "args": [{"channel": "trades", "instId": ...}]}``;
   ack ``{"event": "subscribe", "arg": {...}}``; error ``{"event": "error", "code": "60012", ...}``.
 - Keepalive: "If there's a network problem, the system will automatically disable the connection.
   The connection will break automatically if the subscription is not established or data has not
@@ -20,6 +20,7 @@ Docs: https://www.okx.com/docs-v5/en/#overview-websocket and #order-book-trading
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import msgspec
 
@@ -33,7 +34,6 @@ from .base import (
     Keepalive,
     Parsed,
     Venue,
-    chunks,
     decode_error,
 )
 
@@ -86,7 +86,7 @@ class Okx(Venue):
     kinds = frozenset({Kind.SPOT, Kind.PERP, Kind.FUTURE})
     limits = "3 connects/s/IP, 480 subscribe requests/conn/hour, ping text within 30 s"
     caveats = "trades are aggregated per taker order and price: tradeId is the last fill's id"
-    options = {"trades": ("trades", "trades-all")}
+    options: ClassVar[dict[str, tuple[str, ...]]] = {"trades": ("trades", "trades-all")}
 
     def venue_symbol(self, symbol: Symbol) -> str:
         if symbol.kind is Kind.PERP:
@@ -178,9 +178,7 @@ class Okx(Venue):
                 if head.arg.instId is None:
                     raise PoisonFrame(f"{self.exchange}: bbo frame without arg.instId")
                 symbol = self.canonical(head.arg.instId)
-                return Parsed(
-                    quotes=[self._quote(q, symbol, ctx) for q in _bbo.decode(head.data)]
-                )
+                return Parsed(quotes=[self._quote(q, symbol, ctx) for q in _bbo.decode(head.data)])
         except (msgspec.ValidationError, ValueError, IndexError) as exc:
             raise PoisonFrame(f"{self.exchange}: bad {channel} data: {exc}") from None
         return Parsed.of_control(f"unknown:{channel}")

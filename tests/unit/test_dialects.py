@@ -31,7 +31,9 @@ def test_plan_subscribes_simulator_and_frames_parse_back(exchange: str) -> None:
     dialect = all_dialects()[exchange]
     symbols = [parse_symbol(s) for s in _symbols(exchange)]
     plans = venue.plan(
-        channels=[Channel.TRADES, Channel.QUOTES], symbols=symbols, url="ws://127.0.0.1:1",
+        channels=[Channel.TRADES, Channel.QUOTES],
+        symbols=symbols,
+        url="ws://127.0.0.1:1",
         options={},
     )
     assert plans
@@ -47,10 +49,13 @@ def test_plan_subscribes_simulator_and_frames_parse_back(exchange: str) -> None:
                 assert (Channel.TRADES, symbol) in session.subscriptions
         symbol_map = {venue.venue_symbol(parse_symbol(s)): s for s in plan.symbols}
         for n, symbol in enumerate(sorted({s for (_, s) in session.subscriptions})):
-            ctx = FrameContext(exchange, plan.context, 1_700_000_000_000_000_000, f"1-{n}",
-                               symbol_map)
-            trades = [make_trade(symbol, i, 1_700_000_000_123_000_000 + i * 1_000_000)
-                      for i in range(1, 1 + dialect.trades_per_frame)]
+            ctx = FrameContext(
+                exchange, plan.context, 1_700_000_000_000_000_000, f"1-{n}", symbol_map
+            )
+            trades = [
+                make_trade(symbol, i, 1_700_000_000_123_000_000 + i * 1_000_000)
+                for i in range(1, 1 + dialect.trades_per_frame)
+            ]
             parsed_trades = []
             if (Channel.TRADES, symbol) in session.subscriptions:
                 for frame in dialect.trade_frames(session, trades):
@@ -71,6 +76,8 @@ def test_plan_subscribes_simulator_and_frames_parse_back(exchange: str) -> None:
                 for frame in dialect.quote_frames(session, quote):
                     raw = frame.encode() if isinstance(frame, str) else frame
                     quotes.extend(venue.parse(raw, ctx).quotes)
-                assert [(q.symbol, q.bid_price, q.bid_amount, q.ask_price, q.ask_amount)
-                        for q in quotes] == [(symbol, quote.bid_price, quote.bid_amount,
-                                              quote.ask_price, quote.ask_amount)]
+                assert [
+                    (q.symbol, q.bid_price, q.bid_amount, q.ask_price, q.ask_amount) for q in quotes
+                ] == [
+                    (symbol, quote.bid_price, quote.bid_amount, quote.ask_price, quote.ask_amount)
+                ]

@@ -27,6 +27,4 @@ def get_dialect(exchange: str) -> Dialect:
     try:
         return dialects[exchange]
     except KeyError:
-        raise KeyError(
-            f"no simulator for {exchange!r}; simulated: {', '.join(dialects)}"
-        ) from None
+        raise KeyError(f"no simulator for {exchange!r}; simulated: {', '.join(dialects)}") from None

@@ -81,22 +81,45 @@ class BinanceDialect(Dialect):
             ms = _ms(t.ts_ns)
             event: dict[str, object]
             if kind == "aggTrade":
-                event = {"e": "aggTrade", "E": ms, "s": venue, "a": t.trade_id, "p": t.price,
-                         "q": t.amount, "f": t.trade_id, "l": t.trade_id, "T": ms,
-                         "m": t.side == "sell"}
+                event = {
+                    "e": "aggTrade",
+                    "E": ms,
+                    "s": venue,
+                    "a": t.trade_id,
+                    "p": t.price,
+                    "q": t.amount,
+                    "f": t.trade_id,
+                    "l": t.trade_id,
+                    "T": ms,
+                    "m": t.side == "sell",
+                }
                 if not self.futures:
                     event["M"] = True
             else:
-                event = {"e": "trade", "E": ms, "s": venue, "t": t.trade_id, "p": t.price,
-                         "q": t.amount, "T": ms, "m": t.side == "sell", "M": True}
+                event = {
+                    "e": "trade",
+                    "E": ms,
+                    "s": venue,
+                    "t": t.trade_id,
+                    "p": t.price,
+                    "q": t.amount,
+                    "T": ms,
+                    "m": t.side == "sell",
+                    "M": True,
+                }
             frames.append(self._wrap(session, f"{venue.lower()}@{kind}", event))
         return frames
 
     def quote_frames(self, session: SimSession, quote: SimQuote) -> list[Frame]:
         venue = quote.symbol.replace("-", "")
-        event: dict[str, object] = {"u": quote.update_id, "s": venue, "b": quote.bid_price,
-                                    "B": quote.bid_amount, "a": quote.ask_price,
-                                    "A": quote.ask_amount}
+        event: dict[str, object] = {
+            "u": quote.update_id,
+            "s": venue,
+            "b": quote.bid_price,
+            "B": quote.bid_amount,
+            "a": quote.ask_price,
+            "A": quote.ask_amount,
+        }
         if self.futures:
             ms = _ms(quote.ts_ns)
             event = {"e": "bookTicker", **event, "E": ms, "T": ms}

@@ -35,8 +35,16 @@ class OkxDialect(Dialect):
             request = json.loads(message)
             op, args = request["op"], request["args"]
         except (ValueError, KeyError, TypeError):
-            return [json.dumps({"event": "error", "code": "60012",
-                                "msg": f"Invalid request: {message!r}", "connId": "sim"})]
+            return [
+                json.dumps(
+                    {
+                        "event": "error",
+                        "code": "60012",
+                        "msg": f"Invalid request: {message!r}",
+                        "connId": "sim",
+                    }
+                )
+            ]
         if op != "subscribe":
             return [json.dumps({"event": "error", "code": "60012", "msg": f"bad op {op}"})]
         business = session.path.startswith("/ws/v5/business")
@@ -45,13 +53,23 @@ class OkxDialect(Dialect):
             name = arg.get("channel")
             channel = _CHANNELS.get(name)
             if channel is None or (name == "trades-all") != business:
-                replies.append(json.dumps({"event": "error", "code": "60018",
-                                           "msg": f"Wrong URL or channel:{name}",
-                                           "connId": "sim"}))
+                replies.append(
+                    json.dumps(
+                        {
+                            "event": "error",
+                            "code": "60018",
+                            "msg": f"Wrong URL or channel:{name}",
+                            "connId": "sim",
+                        }
+                    )
+                )
                 continue
             session.subscriptions[(channel, _canonical(arg["instId"]))] = name
-            replies.append(json.dumps({"id": request.get("id", ""), "event": "subscribe",
-                                       "arg": arg, "connId": "sim"}))
+            replies.append(
+                json.dumps(
+                    {"id": request.get("id", ""), "event": "subscribe", "arg": arg, "connId": "sim"}
+                )
+            )
         return replies
 
     def trade_frames(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
@@ -59,22 +77,39 @@ class OkxDialect(Dialect):
         for t in trades:
             channel = session.subscriptions.get((Channel.TRADES, t.symbol), "trades")
             inst = _inst(t.symbol)
-            row = {"instId": inst, "tradeId": str(t.trade_id), "px": t.price, "sz": t.amount,
-                   "side": t.side, "ts": str(t.ts_ns // 1_000_000)}
+            row = {
+                "instId": inst,
+                "tradeId": str(t.trade_id),
+                "px": t.price,
+                "sz": t.amount,
+                "side": t.side,
+                "ts": str(t.ts_ns // 1_000_000),
+            }
             if channel == "trades":
                 row["count"] = "1"
             row["source"] = "0"
-            frames.append(json.dumps({"arg": {"channel": channel, "instId": inst},
-                                      "data": [row]}, separators=(",", ":")))
+            frames.append(
+                json.dumps(
+                    {"arg": {"channel": channel, "instId": inst}, "data": [row]},
+                    separators=(",", ":"),
+                )
+            )
         return frames
 
     def quote_frames(self, session: SimSession, quote: SimQuote) -> list[Frame]:
         inst = _inst(quote.symbol)
-        data = {"asks": [[quote.ask_price, quote.ask_amount, "0", "1"]],
-                "bids": [[quote.bid_price, quote.bid_amount, "0", "1"]],
-                "ts": str(quote.ts_ns // 1_000_000), "seqId": quote.update_id}
-        return [json.dumps({"arg": {"channel": "bbo-tbt", "instId": inst}, "data": [data]},
-                           separators=(",", ":"))]
+        data = {
+            "asks": [[quote.ask_price, quote.ask_amount, "0", "1"]],
+            "bids": [[quote.bid_price, quote.bid_amount, "0", "1"]],
+            "ts": str(quote.ts_ns // 1_000_000),
+            "seqId": quote.update_id,
+        }
+        return [
+            json.dumps(
+                {"arg": {"channel": "bbo-tbt", "instId": inst}, "data": [data]},
+                separators=(",", ":"),
+            )
+        ]
 
 
 DIALECT = OkxDialect()

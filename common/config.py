@@ -1,0 +1,265 @@
+"""Typed, frozen settings: a TOML file (``--config`` or ``TICKVAULT_CONFIG``) plus environment.
+
+``TICKVAULT_REDIS_URL`` and ``TICKVAULT_DATABASE_URL`` override the file's URLs. Unknown keys,
+unknown exchanges, channels the venue lacks and malformed symbols fail at start with a
+:class:`~common.errors.ConfigError` naming the key and the fix. Passwords in URLs are hidden in
+``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigError
+from .symbols import Symbol, parse_symbol
+from .venues import Channel, ConnectionPlan, Venue, all_venues, get_venue
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class RedisSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = DEFAULT_REDIS_URL
+    maxlen: int = 5_000_000  # approximate MAXLEN ~ per exchange stream
+
+    def __repr__(self) -> str:
+        return f"RedisSettings(url={hide_password(self.url)!r}, maxlen={self.maxlen})"
+
+
+class DatabaseSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = DEFAULT_DATABASE_URL
+    partition_days_ahead: int = 3
+    synchronous_commit: bool = True  # off trades the last ~0.6 s of commits on a crash for speed
+
+    def __repr__(self) -> str:
+        return (
+            f"DatabaseSettings(url={hide_password(self.url)!r}, "
+            f"partition_days_ahead={self.partition_days_ahead}, "
+            f"synchronous_commit={self.synchronous_commit})"
+        )
+
+
+class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    buffer_frames: int = 200_000  # in-memory frames kept while Redis is unreachable
+    pipeline_max: int = 2_000  # frames per pipelined XADD round trip at most
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    rollover_overlap_s: float = 10.0  # make-before-break: both connections live this long
+
+
+class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    group: str = "tickvault"
+    name: str = ""  # default: <hostname>-<pid>
+    batch_entries: int = 2_000  # flush at this many stream entries ...
+    batch_ms: int = 50  # ... or this many ms after the batch's first entry
+    block_ms: int = 1_000  # XREADGROUP BLOCK when idle
+    claim_idle_ms: int = 30_000  # claim entries pending on another consumer for this long
+    claim_every_s: float = 5.0
+    max_future_skew_s: float = 10.0  # trade time may be at most this far past its receive time
+    backoff_max_s: float = 30.0
+
+
+class FeedSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    exchange: str
+    symbols: list[str]
+    channels: list[str] = msgspec.field(default_factory=lambda: ["trades"])
+    url: str | None = None
+    options: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class _File(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    producer: ProducerSettings = msgspec.field(default_factory=ProducerSettings)
+    consumer: ConsumerSettings = msgspec.field(default_factory=ConsumerSettings)
+    feeds: list[FeedSettings] = msgspec.field(default_factory=list)
+
+
+class Feed(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked feed: the venue, its channels and parsed symbols."""
+
+    exchange: str
+    channels: tuple[Channel, ...]
+    symbols: tuple[Symbol, ...]
+    url: str | None
+    options: Mapping[str, str]
+
+    @property
+    def venue(self) -> Venue:
+        return get_venue(self.exchange)
+
+    def plans(self) -> list[ConnectionPlan]:
+        return self.venue.plan(
+            channels=self.channels, symbols=self.symbols, url=self.url, options=dict(self.options)
+        )
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis: RedisSettings
+    database: DatabaseSettings
+    producer: ProducerSettings
+    consumer: ConsumerSettings
+    feeds: tuple[Feed, ...]
+
+    @property
+    def exchanges(self) -> tuple[str, ...]:
+        return tuple(sorted({f.exchange for f in self.feeds}))
+
+    def subscribed(self) -> dict[str, frozenset[str]]:
+        """Exchange -> canonical symbols configured for it (for validation)."""
+        out: dict[str, set[str]] = {}
+        for feed in self.feeds:
+            out.setdefault(feed.exchange, set()).update(str(s) for s in feed.symbols)
+        return {k: frozenset(v) for k, v in out.items()}
+
+    def symbol_maps(self) -> dict[tuple[str, str], dict[str, str]]:
+        """(exchange, connection context) -> {venue symbol: canonical}, from the plans."""
+        maps: dict[tuple[str, str], dict[str, str]] = {}
+        for feed in self.feeds:
+            venue = feed.venue
+            for plan in feed.plans():
+                target = maps.setdefault((feed.exchange, plan.context), {})
+                for name in plan.symbols:
+                    target[venue.venue_symbol(parse_symbol(name))] = name
+        return maps
+
+
+def _check_feed(i: int, raw: FeedSettings) -> Feed:
+    key = f"feeds[{i}]"
+    venues = all_venues()
+    if raw.exchange not in venues:
+        raise ConfigError(
+            f"{key}.exchange",
+            f"unknown exchange {raw.exchange!r}",
+            f"use one of {', '.join(venues)}",
+        )
+    venue = venues[raw.exchange]
+    channels: list[Channel] = []
+    for name in raw.channels:
+        try:
+            channel = Channel(name)
+        except ValueError:
+            raise ConfigError(
+                f"{key}.channels", f"unknown channel {name!r}", "use 'trades' and/or 'quotes'"
+            ) from None
+        if channel not in venue.channels:
+            raise ConfigError(f"{key}.channels", f"{raw.exchange} has no {name} channel")
+        if channel not in channels:
+            channels.append(channel)
+    if not channels:
+        raise ConfigError(f"{key}.channels", "no channel", "list 'trades' and/or 'quotes'")
+    if not raw.symbols:
+        raise ConfigError(f"{key}.symbols", "no symbol", 'list canonical symbols like "BTC-USDT"')
+    symbols: list[Symbol] = []
+    for j, text in enumerate(raw.symbols):
+        try:
+            symbol = parse_symbol(text)
+            venue.check_symbol(symbol)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.symbols[{j}]", str(exc)) from None
+        if symbol not in symbols:
+            symbols.append(symbol)
+    for name, value in raw.options.items():
+        allowed = venue.options.get(name)
+        if allowed is None:
+            known = ", ".join(venue.options) or "none"
+            raise ConfigError(
+                f"{key}.options.{name}", f"{raw.exchange} has no option {name!r}", f"known: {known}"
+            )
+        if value not in allowed:
+            raise ConfigError(
+                f"{key}.options.{name}", f"bad value {value!r}", f"use one of {', '.join(allowed)}"
+            )
+    if raw.url is not None and not re.match(r"^wss?://[^/\s]+", raw.url):
+        raise ConfigError(f"{key}.url", f"{raw.url!r} is not a ws:// or wss:// URL")
+    return Feed(
+        exchange=raw.exchange,
+        channels=tuple(channels),
+        symbols=tuple(symbols),
+        url=raw.url,
+        options=dict(raw.options),
+    )
+
+
+def _located(message: str) -> tuple[str, str]:
+    """Split msgspec's "... - at `$.feeds[0].x`" into (key, problem)."""
+    m = re.search(r"^(.*?)(?: - at `\$\.?(.*)`)?$", message)
+    problem, where = (m.group(1), m.group(2)) if m else (message, None)
+    field = re.search(r"unknown field `([^`]+)`", problem)
+    key = where or ""
+    if field:
+        key = f"{key}.{field.group(1)}" if key else field.group(1)
+    return key or "(top level)", problem
+
+
+def settings_from_mapping(
+    data: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build settings from parsed TOML and the environment."""
+    env = os.environ if env is None else env
+    try:
+        raw = msgspec.convert(dict(data), _File)
+    except msgspec.ValidationError as exc:
+        key, problem = _located(str(exc))
+        raise ConfigError(key, problem, "see the config reference in README.md") from None
+    redis = raw.redis
+    database = raw.database
+    if env.get("TICKVAULT_REDIS_URL"):
+        redis = msgspec.structs.replace(redis, url=env["TICKVAULT_REDIS_URL"])
+    if env.get("TICKVAULT_DATABASE_URL"):
+        database = msgspec.structs.replace(database, url=env["TICKVAULT_DATABASE_URL"])
+    if not redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url", f"{hide_password(redis.url)!r} is not a redis:// URL")
+    if not database.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "database.url", f"{hide_password(database.url)!r} is not a postgresql:// URL"
+        )
+    positive = {
+        "redis.maxlen": redis.maxlen,
+        "producer.buffer_frames": raw.producer.buffer_frames,
+        "producer.pipeline_max": raw.producer.pipeline_max,
+        "consumer.batch_entries": raw.consumer.batch_entries,
+        "consumer.batch_ms": raw.consumer.batch_ms,
+        "consumer.claim_idle_ms": raw.consumer.claim_idle_ms,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(key, f"must be positive, got {value}")
+    return Settings(
+        redis=redis,
+        database=database,
+        producer=raw.producer,
+        consumer=raw.consumer,
+        feeds=tuple(_check_feed(i, f) for i, f in enumerate(raw.feeds)),
+    )
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from ``path`` (or ``TICKVAULT_CONFIG``; no file: defaults) and env."""
+    env = os.environ if env is None else env
+    path = path or env.get("TICKVAULT_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("--config", f"no such file {str(path)!r}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path}: invalid TOML: {exc}") from None
+    return settings_from_mapping(data, env)

@@ -1,0 +1,110 @@
+"""Coinbase Advanced Trade as the simulator speaks it: one WebSocket at ``/``, one subscribe
+message per channel (``market_trades``, ``ticker``, ``heartbeats``), each answered on channel
+``subscriptions`` with everything the connection now holds; ``market_trades`` opens with a
+``snapshot`` event (empty here: the simulator has no history) and then batches several trades per
+``update`` frame, newest first, with ``side`` as the MAKER's side and µs RFC 3339 times; tickers
+carry the best bid/ask and a ns frame timestamp. No protocol pings: Coinbase keeps connections
+alive with the heartbeats channel."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from ...venues.base import Channel
+from ..dialect import Dialect, Frame, SimSession
+from ..engine import SimQuote, SimTrade
+
+_CHANNELS = {"market_trades": Channel.TRADES, "ticker": Channel.QUOTES}
+_KNOWN = {"market_trades", "ticker", "ticker_batch", "level2", "candles", "status", "heartbeats"}
+_MAKER = {"buy": "SELL", "sell": "BUY"}  # taker side -> the maker side Coinbase reports
+
+
+def rfc3339(ns: int) -> str:
+    """``1675974637167359596`` -> ``2023-02-09T20:30:37.167359596Z`` (all nine digits)."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{fraction:09d}Z"
+
+
+def _us(ns: int) -> str:
+    """Trade times as Coinbase sends them: microseconds (``...27.028459Z``)."""
+    return rfc3339(ns)[:-4] + "Z"
+
+
+def _error(message: str) -> Frame:
+    return json.dumps({"type": "error", "message": message})
+
+
+class CoinbaseDialect(Dialect):
+    exchange = "coinbase"
+    server_ping_s = None  # keepalive is the heartbeats channel, not protocol pings
+    trades_per_frame = 5  # "collects all updates over the last 250 ms": several per frame
+    ts_unit_ns = 1_000  # trade times have microseconds
+
+    def accepts(self, path: str) -> bool:
+        return urlsplit(path).path in ("", "/")
+
+    def _envelope(self, session: SimSession, channel: str, ts_ns: int, events: list[object]) -> str:
+        seq = session.state.get("sequence_num", 0)
+        session.state["sequence_num"] = seq + 1  # +1 per message, per connection
+        session.state["last_ns"] = max(ts_ns, session.state.get("last_ns", 0))
+        body = {"channel": channel, "client_id": "", "timestamp": rfc3339(ts_ns),
+                "sequence_num": seq, "events": events}  # fmt: skip
+        return json.dumps(body, separators=(",", ":"))
+
+    def on_message(self, session: SimSession, message: Frame) -> list[Frame]:
+        try:
+            request = json.loads(message)
+            kind, channel = request["type"], request["channel"]
+            products = request.get("product_ids", [])
+        except (ValueError, KeyError, TypeError):
+            return [_error("failure to subscribe")]
+        if kind != "subscribe" or channel not in _KNOWN or not isinstance(products, list):
+            return [_error("failure to subscribe")]
+        held: dict[str, list[str]] = session.state.setdefault("channels", {})
+        held.setdefault(channel, [])
+        replies: list[Frame] = []
+        for product in products:
+            if product not in held[channel]:
+                held[channel].append(product)
+            mapped = _CHANNELS.get(channel)
+            if mapped is not None:
+                session.subscriptions[(mapped, product)] = channel
+        ts_ns = session.state.get("last_ns", 0)  # the dialect has no clock: reuse the last time
+        replies.append(self._envelope(session, "subscriptions", ts_ns, [{"subscriptions": held}]))
+        if channel == "market_trades" and products:
+            snapshot: list[object] = [{"type": "snapshot", "trades": []}]
+            replies.append(self._envelope(session, "market_trades", ts_ns, snapshot))
+        return replies
+
+    def trade_frames(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
+        if not trades:
+            return []
+        rows = [
+            {"trade_id": str(t.trade_id), "product_id": t.symbol, "price": t.price,
+             "size": t.amount, "side": _MAKER[t.side], "time": _us(t.ts_ns)}
+            for t in reversed(trades)  # newest first, as the venue sends them
+        ]  # fmt: skip
+        newest = max(t.ts_ns for t in trades)
+        return [
+            self._envelope(session, "market_trades", newest, [{"type": "update", "trades": rows}])
+        ]
+
+    def quote_frames(self, session: SimSession, quote: SimQuote) -> list[Frame]:
+        ticker = {"type": "ticker", "product_id": quote.symbol, "price": quote.ask_price,
+                  "best_bid": quote.bid_price, "best_bid_quantity": quote.bid_amount,
+                  "best_ask": quote.ask_price, "best_ask_quantity": quote.ask_amount}  # fmt: skip
+        return [
+            self._envelope(
+                session, "ticker", quote.ts_ns, [{"type": "update", "tickers": [ticker]}]
+            )
+        ]
+
+    def expected_trade_id(self, trade: SimTrade) -> str | None:
+        return str(trade.trade_id)
+
+
+DIALECT = CoinbaseDialect()
