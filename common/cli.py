@@ -1,0 +1,193 @@
+"""``tickvault``: one command, several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from .config import load_settings
+from .errors import ConfigError
+from .logs import setup_logging
+
+logger = logging.getLogger("tickvault")
+
+
+def _producer(argv: list[str]) -> int:
+    from producer.__main__ import main
+
+    return main(argv)
+
+
+def _consumer(argv: list[str]) -> int:
+    from consumer.__main__ import main
+
+    return main(argv)
+
+
+def _migrate(argv: list[str]) -> int:
+    import psycopg
+
+    from consumer.schema import migrate
+
+    parser = argparse.ArgumentParser(prog="tickvault migrate", description="apply the schema")
+    parser.add_argument("--config")
+    args = parser.parse_args(argv)
+    setup_logging()
+    settings = load_settings(args.config)
+    with psycopg.connect(settings.database.url) as conn:
+        version = migrate(conn, days_ahead=settings.database.partition_days_ahead)
+    print(f"schema at version {version}")
+    return 0
+
+
+def _replay(argv: list[str]) -> int:
+    import redis
+
+    from consumer.__main__ import streams_for
+    from consumer.replay import replay, to_stream_id
+    from consumer.store import Store
+
+    parser = argparse.ArgumentParser(
+        prog="tickvault replay", description="process a range of the stream again (idempotent)"
+    )
+    parser.add_argument("--config")
+    parser.add_argument("--from", dest="start", required=True, help="stream id or ISO time")
+    parser.add_argument("--to", dest="end", help="stream id or ISO time (default: the end)")
+    parser.add_argument("--exchange", action="append")
+    args = parser.parse_args(argv)
+    setup_logging()
+    settings = load_settings(args.config)
+    try:
+        start = to_stream_id(args.start)
+        end = to_stream_id(args.end, end=True) if args.end else None
+    except ValueError as exc:
+        raise ConfigError("--from/--to", str(exc)) from None
+    client = redis.Redis.from_url(settings.redis.url)
+    store = Store(
+        settings.database.url, partition_days_ahead=settings.database.partition_days_ahead
+    )
+    try:
+        counts = replay(
+            settings, streams_for(settings, args.exchange), start=start, end=end,
+            client=client, store=store,
+        )  # fmt: skip
+    finally:
+        store.close()
+    print(
+        f"replayed {counts.get('entries', 0)} entries: {counts.get('rows_new', 0)} new rows, "
+        f"{counts.get('dead', 0)} dead-lettered"
+    )
+    return 0
+
+
+def _simulate(argv: list[str]) -> int:
+    from .simulator.dialects import all_dialects, get_dialect
+    from .simulator.server import Simulator, SimulatorConfig
+
+    parser = argparse.ArgumentParser(
+        prog="tickvault simulate",
+        description="run a local exchange on 127.0.0.1 speaking venues' WebSocket protocols",
+    )
+    parser.add_argument(
+        "--serve", action="append", metavar="EXCHANGE=PORT", required=True,
+        help=f"venue and port, repeatable; venues: {', '.join(all_dialects())}",
+    )  # fmt: skip
+    parser.add_argument("--rate", type=float, default=100.0, help="trades/s per symbol")
+    parser.add_argument("--trades", type=int, default=0, help="stop after N trades per symbol")
+    parser.add_argument("--quote-rate", type=float, default=10.0, help="quotes/s per symbol")
+    parser.add_argument("--max-connection-s", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    setup_logging()
+    config = SimulatorConfig(
+        rate=args.rate,
+        trades=args.trades,
+        quote_rate=args.quote_rate,
+        max_connection_s=args.max_connection_s,
+    )
+    pairs = []
+    for item in args.serve:
+        exchange, _, port = item.partition("=")
+        try:
+            pairs.append((get_dialect(exchange), int(port)))
+        except (KeyError, ValueError) as exc:
+            parser.error(f"--serve {item}: {exc}")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sims = [Simulator(dialect, config) for dialect, _ in pairs]
+        for sim, (_, port) in zip(sims, pairs, strict=True):
+            await sim.start("127.0.0.1", port)
+        print("simulator ready", flush=True)
+        async with asyncio.TaskGroup() as tg:
+            for sim in sims:
+                tg.create_task(sim.run(stop), name=f"sim {sim.dialect.exchange}")
+        for sim in sims:
+            await sim.close()
+            logger.info("%s: sent %d trades", sim.dialect.exchange, sim.sent_trades)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+def _venues(argv: list[str]) -> int:
+    from .venues import all_venues
+
+    argparse.ArgumentParser(prog="tickvault venues").parse_args(argv)
+    for venue in all_venues().values():
+        kinds = ", ".join(sorted(k.value for k in venue.kinds))
+        channels = ", ".join(sorted(c.value for c in venue.channels))
+        print(f"{venue.exchange:<16} {venue.title}")
+        print(f"{'':<16} channels: {channels}; symbols: {kinds}")
+        print(f"{'':<16} endpoint: {venue.default_url}")
+        if venue.limits:
+            print(f"{'':<16} limits:   {venue.limits}")
+        if venue.options:
+            opts = "; ".join(f"{k} = {'|'.join(v)}" for k, v in venue.options.items())
+            print(f"{'':<16} options:  {opts}")
+        if venue.caveats:
+            print(f"{'':<16} caveats:  {venue.caveats}")
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    from .demo import main
+
+    return main(argv)
+
+
+COMMANDS = {
+    "producer": (_producer, "run the producer (exchange WebSockets -> Redis Stream)"),
+    "consumer": (_consumer, "run a consumer-group worker (Redis Stream -> PostgreSQL)"),
+    "demo": (_demo, "start servers, simulator, producer and consumer; show live counts"),
+    "simulate": (_simulate, "run the local exchange simulator"),
+    "migrate": (_migrate, "apply the database schema and partitions"),
+    "replay": (_replay, "process a range of the stream again (no duplicates)"),
+    "venues": (_venues, "list venues, channels, endpoints and limits"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: tickvault COMMAND [options]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<10} {text}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = COMMANDS[argv[0]][0], argv[1:]
+    try:
+        return command(rest)
+    except ConfigError as exc:
+        print(f"tickvault {argv[0]}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The consumer: stream entries -> normalised rows -> PostgreSQL, acked only after COMMIT."""

@@ -1,0 +1,92 @@
+"""``python -m consumer`` / ``tickvault consumer``: run one consumer-group worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+import redis
+
+from common.config import Settings, load_settings
+from common.envelope import raw_key
+from common.errors import ConfigError
+from common.logs import setup_logging
+from common.metrics import serve_metrics
+
+from .store import Store
+from .worker import Worker
+
+logger = logging.getLogger("consumer")
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (default: $TICKVAULT_CONFIG)")
+    parser.add_argument("--name", help="consumer name in the group (default: host-pid)")
+    parser.add_argument(
+        "--exchange", action="append", help="only these exchanges' streams (repeatable)"
+    )
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def streams_for(settings: Settings, exchanges: list[str] | None) -> list[str]:
+    chosen = exchanges or list(settings.exchanges)
+    unknown = sorted(set(chosen) - set(settings.exchanges))
+    if unknown:
+        raise ConfigError("--exchange", f"no feed configured for {', '.join(unknown)}")
+    if not chosen:
+        raise ConfigError("feeds", "no feed configured", "add a [[feeds]] table")
+    return [raw_key(e) for e in chosen]
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    name = args.name or settings.consumer.name or default_name()
+    streams = streams_for(settings, args.exchange)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())  # only a request: the loop drains and exits
+    client = redis.Redis.from_url(
+        settings.redis.url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
+    )
+    store = Store(
+        settings.database.url,
+        synchronous_commit=settings.database.synchronous_commit,
+        partition_days_ahead=settings.database.partition_days_ahead,
+    )
+    worker = Worker.from_settings(
+        settings, name=name, streams=streams, redis_client=client, store=store
+    )
+    if args.metrics_port:
+        serve_metrics(worker.metrics, args.metrics_port)
+    try:
+        worker.run(stop)
+    finally:
+        store.close()
+        client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tickvault consumer", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"tickvault consumer: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

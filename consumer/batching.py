@@ -1,0 +1,105 @@
+"""The batch being built (pure: time is passed in).
+
+A batch is flushed when it holds ``max_entries`` stream entries, when its first entry is
+``max_delay_s`` old, or, with ``flush_when_drained``, as soon as a read finds the stream empty:
+small batches and low latency when the consumer keeps up, big batches under backlog.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from common.records import Quote, Trade
+
+from .process import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where one entry's rows sit in the batch's flat lists (to find a row PostgreSQL rejects)."""
+
+    key: str
+    entry_id: str
+    trades: tuple[int, int]
+    quotes: tuple[int, int]
+
+
+@dataclass(slots=True)
+class Batch:
+    acks: dict[str, list[str]] = field(default_factory=dict)  # stream key -> entry ids
+    trades: list[Trade] = field(default_factory=list)
+    quotes: list[Quote] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    controls: Counter[str] = field(default_factory=Counter)
+    entries: int = 0
+    started: float | None = None  # monotonic time of the first entry
+    oldest_recv_ns: int = 0
+
+    def add(
+        self, key: str, entry_id: str, fields: dict[bytes, bytes] | None, out: Outcome, now: float
+    ) -> None:
+        if self.started is None:
+            self.started = now
+        self.entries += 1
+        self.acks.setdefault(key, []).append(entry_id)
+        if out.recv_ns and (not self.oldest_recv_ns or out.recv_ns < self.oldest_recv_ns):
+            self.oldest_recv_ns = out.recv_ns
+        if out.trades or out.quotes:
+            t0, q0 = len(self.trades), len(self.quotes)
+            self.trades.extend(out.trades)
+            self.quotes.extend(out.quotes)
+            self.spans.append(Span(key, entry_id, (t0, len(self.trades)), (q0, len(self.quotes))))
+        if out.dead is not None:
+            self.dead.append(DeadLetter(key, entry_id, dict(fields or {}), out.dead))
+        if out.control is not None:
+            self.controls[out.control] += 1
+
+    def ids(self) -> int:
+        return sum(len(v) for v in self.acks.values())
+
+
+@dataclass(slots=True)
+class Batcher:
+    max_entries: int
+    max_delay_s: float
+    flush_when_drained: bool = True
+    batch: Batch = field(default_factory=Batch)
+
+    def add(
+        self, key: str, entry_id: str, fields: dict[bytes, bytes] | None, out: Outcome, now: float
+    ) -> None:
+        self.batch.add(key, entry_id, fields, out, now)
+
+    @property
+    def room(self) -> int:
+        return max(0, self.max_entries - self.batch.entries)
+
+    def due(self, now: float, *, drained: bool = False) -> bool:
+        b = self.batch
+        if b.entries == 0:
+            return False
+        if b.entries >= self.max_entries:
+            return True
+        if drained and self.flush_when_drained:
+            return True
+        return b.started is not None and now - b.started >= self.max_delay_s
+
+    def wait_s(self, now: float) -> float:
+        """How long a read may block before the batch is due by time."""
+        if self.batch.started is None:
+            return self.max_delay_s
+        return max(0.0, self.batch.started + self.max_delay_s - now)
+
+    def take(self) -> Batch:
+        batch, self.batch = self.batch, Batch()
+        return batch

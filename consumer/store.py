@@ -1,0 +1,171 @@
+"""PostgreSQL writes: one transaction per batch, COPY into a staging table, then
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the partitioned tables.
+
+Invariant: a call to :meth:`Store.write` either commits every row it was given (rows already
+stored are skipped by their natural key) or commits nothing. Prices go to ``numeric`` as the
+venue's decimal text and times as integer microseconds converted in SQL, so nothing passes
+through a float.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import psycopg
+
+from common.errors import TransientError
+from common.records import Quote, Trade
+
+from .schema import migrate
+
+logger = logging.getLogger(__name__)
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_trades (
+    exchange text, symbol text, trade_id text, price numeric, amount numeric, side text,
+    ts_us bigint, recv_us bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
+    exchange text, symbol text, update_id text, bid_price numeric, bid_amount numeric,
+    ask_price numeric, ask_amount numeric, ts_us bigint, recv_us bigint
+) ON COMMIT DELETE ROWS;
+"""
+
+_US = "'epoch'::timestamptz + {} * interval '1 microsecond'"
+
+INSERT_TRADES = f"""
+INSERT INTO trades (exchange, symbol, trade_id, price, amount, side, ts, recv_ts)
+SELECT exchange, symbol, trade_id, price, amount, side, {_US.format("ts_us")},
+       {_US.format("recv_us")}
+FROM stage_trades
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_QUOTES = f"""
+INSERT INTO quotes (exchange, symbol, update_id, bid_price, bid_amount, ask_price, ask_amount,
+                    ts, recv_ts)
+SELECT exchange, symbol, update_id, bid_price, bid_amount, ask_price, ask_amount,
+       {_US.format("ts_us")}, {_US.format("recv_us")}
+FROM stage_quotes
+ON CONFLICT DO NOTHING
+"""
+
+# COPY text format: backslash, tab, newline and carriage return must be escaped in data.
+_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+_NULL = "\\N"
+
+
+def _text(value: str) -> str:
+    return value.translate(_ESCAPE)
+
+
+def trades_copy_text(trades: Sequence[Trade]) -> str:
+    """The COPY payload for ``stage_trades`` (prebuilt text: the fastest COPY input)."""
+    return "".join(
+        [
+            f"{t.exchange}\t{_text(t.symbol)}\t{_text(t.trade_id)}\t{t.price}\t{t.amount}\t"
+            f"{t.side or _NULL}\t{t.ts_ns // 1000}\t{t.recv_ns // 1000}\n"
+            for t in trades
+        ]
+    )
+
+
+def quotes_copy_text(quotes: Sequence[Quote]) -> str:
+    return "".join(
+        [
+            f"{q.exchange}\t{_text(q.symbol)}\t{_text(q.update_id)}\t{q.bid_price}\t"
+            f"{q.bid_amount}\t{q.ask_price}\t{q.ask_amount}\t{q.ts_ns // 1000}\t"
+            f"{q.recv_ns // 1000}\n"
+            for q in quotes
+        ]
+    )
+
+
+class Store:
+    """One PostgreSQL connection that writes batches. Not thread-safe."""
+
+    def __init__(
+        self, url: str, *, synchronous_commit: bool = True, partition_days_ahead: int = 3
+    ) -> None:
+        self.url = url
+        self.synchronous_commit = synchronous_commit
+        self.partition_days_ahead = partition_days_ahead
+        self._conn: psycopg.Connection[object] | None = None
+
+    def connect(self, *, run_migrations: bool = True) -> None:
+        """(Re)connect; raises TransientError when the server cannot be reached."""
+        self.close()
+        try:
+            conn: psycopg.Connection[object] = psycopg.connect(
+                self.url, connect_timeout=5, application_name="tickvault-consumer"
+            )
+            if run_migrations:
+                migrate(conn, days_ahead=self.partition_days_ahead)
+            if not self.synchronous_commit:
+                conn.execute("SET synchronous_commit = off")
+            conn.execute(_STAGING.encode())
+            conn.commit()
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"postgres unreachable: {exc}") from exc
+        self._conn = conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    @property
+    def conn(self) -> psycopg.Connection[object]:
+        if self._conn is None or self._conn.closed:
+            self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+        """Store ``trades`` and ``quotes`` in one transaction; return the rows newly inserted.
+
+        Raises:
+            TransientError: the connection was lost (nothing or everything was committed; the
+                batch is safe to write again).
+            psycopg.Error: a data error (e.g. a value numeric rejects); nothing was committed.
+        """
+        if not trades and not quotes:
+            return 0, 0
+        conn = self.conn
+        try:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    new_trades = new_quotes = 0
+                    if trades:
+                        with cur.copy("COPY stage_trades FROM STDIN") as copy:
+                            copy.write(trades_copy_text(trades))
+                        cur.execute(INSERT_TRADES)
+                        new_trades = cur.rowcount
+                    if quotes:
+                        with cur.copy("COPY stage_quotes FROM STDIN") as copy:
+                            copy.write(quotes_copy_text(quotes))
+                        cur.execute(INSERT_QUOTES)
+                        new_quotes = cur.rowcount
+            return new_trades, new_quotes
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"postgres write failed: {exc}") from exc
+        except psycopg.Error:
+            if conn.closed or conn.broken:
+                self.close()
+                raise TransientError("postgres connection broken during write") from None
+            raise
+
+    def refresh_partitions(self) -> None:
+        from .schema import ensure_partitions
+
+        try:
+            ensure_partitions(self.conn, days_ahead=self.partition_days_ahead)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"postgres unreachable: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The producer: exchange WebSockets -> raw frames in Redis Streams. It never parses prices."""

@@ -1,0 +1,126 @@
+"""``python -m producer`` / ``tickvault producer``: keep every configured feed connected and
+append each raw frame to its exchange's Redis Stream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import redis.asyncio as aioredis
+
+from common.config import Settings, load_settings
+from common.errors import ConfigError
+from common.logs import setup_logging
+from common.metrics import Metrics, serve_metrics
+
+from .publisher import Publisher
+from .session import FeedSession
+
+logger = logging.getLogger("producer")
+
+STATUS_EVERY_S = 10.0
+CONNECT_SPACING_S = 0.4  # between connections to one exchange: under every venue's connect rate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (default: $TICKVAULT_CONFIG)")
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_sessions(settings: Settings, publisher: Publisher, metrics: Metrics) -> list[FeedSession]:
+    sessions = []
+    per_exchange: dict[str, int] = {}
+    p = settings.producer
+    for feed in settings.feeds:
+        try:
+            plans = feed.plans()
+        except ValueError as exc:
+            raise ConfigError(f"feeds ({feed.exchange})", str(exc)) from None
+        for plan in plans:
+            n = per_exchange.get(feed.exchange, 0)
+            per_exchange[feed.exchange] = n + 1
+            sessions.append(
+                FeedSession(
+                    feed.venue,
+                    plan,
+                    publisher,
+                    metrics,
+                    lifetime_s=p.rollover_after_s or None,
+                    overlap_s=p.rollover_overlap_s,
+                    backoff_initial_s=p.backoff_initial_s,
+                    backoff_max_s=p.backoff_max_s,
+                    start_delay_s=n * CONNECT_SPACING_S,
+                )
+            )
+    return sessions
+
+
+async def amain(settings: Settings, metrics_port: int = 0) -> int:
+    if not settings.feeds:
+        raise ConfigError("feeds", "no feed configured", "add a [[feeds]] table")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = Metrics("producer")
+    if metrics_port:
+        serve_metrics(metrics, metrics_port)
+    client = aioredis.Redis.from_url(
+        settings.redis.url, socket_timeout=10, socket_connect_timeout=5
+    )
+    p = settings.producer
+    publisher = Publisher(
+        client,
+        maxlen=settings.redis.maxlen,
+        buffer_frames=p.buffer_frames,
+        pipeline_max=p.pipeline_max,
+        metrics=metrics,
+        backoff_max_s=p.backoff_max_s,
+    )
+    sessions = build_sessions(settings, publisher, metrics)
+    logger.info("producer: %d connections for %s", len(sessions), ", ".join(settings.exchanges))
+    publisher_stop = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            pub = tg.create_task(publisher.run(publisher_stop), name="publisher")
+            feeds = [tg.create_task(s.run(stop), name=f"feed {s.label}") for s in sessions]
+            status = tg.create_task(_status(metrics, publisher, stop), name="status")
+            await stop.wait()
+            logger.info("producer: stopping; flushing %d buffered frames", publisher.buffered)
+            await asyncio.gather(*feeds, status)
+            publisher_stop.set()
+            await pub
+    finally:
+        await client.aclose()
+    logger.info("producer stopped: %s", metrics.summary())
+    return 0
+
+
+async def _status(metrics: Metrics, publisher: Publisher, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
+        except TimeoutError:
+            metrics.set("buffered", publisher.buffered)
+            logger.info("producer: %s", metrics.summary())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tickvault producer", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        settings = load_settings(args.config)
+        return asyncio.run(amain(settings, args.metrics_port))
+    except ConfigError as exc:
+        print(f"tickvault producer: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""One planned connection kept alive: connect, subscribe, keepalive, receive, reconnect, roll over.
+
+Every frame received is handed to the publisher unchanged with its receive time and its number
+within the connection. Disconnects are retried with capped, jittered backoff that resets after a
+connection that delivered data. A venue that closes connections on schedule is rolled over
+make-before-break: a new connection is opened and subscribed, both run for ``overlap_s`` (the
+duplicates are removed by the consumer's natural keys), then the old one is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from common.envelope import Envelope, raw_key
+from common.errors import backoff
+from common.metrics import Metrics
+from common.venues import ConnectionPlan, Venue
+
+from .publisher import Publisher
+
+logger = logging.getLogger(__name__)
+
+HEALTHY_AFTER_S = 10.0  # a connection that lived this long with data resets the backoff
+_ids = itertools.count(1)
+
+
+@dataclass
+class _Generation:
+    conn_id: str
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    started: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FeedSession:
+    def __init__(
+        self,
+        venue: Venue,
+        plan: ConnectionPlan,
+        publisher: Publisher,
+        metrics: Metrics,
+        *,
+        lifetime_s: float | None = None,
+        overlap_s: float = 10.0,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        start_delay_s: float = 0.0,
+    ) -> None:
+        self.venue = venue
+        self.plan = plan
+        self.publisher = publisher
+        self.metrics = metrics
+        self.key = raw_key(venue.exchange)
+        self.lifetime_s = lifetime_s if lifetime_s else plan.max_lifetime_s
+        self.overlap_s = overlap_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.start_delay_s = start_delay_s
+        self.label = plan.name or venue.exchange
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.start_delay_s:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.start_delay_s)
+        delays = backoff(initial=self.backoff_initial_s, cap=self.backoff_max_s)
+        async with asyncio.TaskGroup() as tg:
+            current = self._spawn(tg)
+            while not stop.is_set():
+                gen, task = current
+                timeout = None
+                if self.lifetime_s:
+                    timeout = max(
+                        0.0, gen.started + self.lifetime_s - self.overlap_s - time.monotonic()
+                    )
+                stopper = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait(
+                    {task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                stopper.cancel()
+                if stop.is_set():
+                    break
+                if task in done:
+                    healthy = gen.frames > 0 and time.monotonic() - gen.started >= HEALTHY_AFTER_S
+                    if healthy:
+                        delays = backoff(initial=self.backoff_initial_s, cap=self.backoff_max_s)
+                    delay = next(delays)
+                    self.metrics.inc("reconnects")
+                    logger.warning("%s: reconnecting in %.2f s", self.label, delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    if stop.is_set():
+                        break
+                    current = self._spawn(tg)
+                    continue
+                # Lifetime nearly reached: make before break.
+                new_gen, new_task = self._spawn(tg)
+                logger.info("%s: rolling over %s -> %s", self.label, gen.conn_id, new_gen.conn_id)
+                ready = asyncio.ensure_future(new_gen.ready.wait())
+                await asyncio.wait(
+                    {ready, new_task}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+                )
+                ready.cancel()
+                if new_gen.ready.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.overlap_s)
+                    gen.closing.set()
+                    self.metrics.inc("rollovers")
+                    current = (new_gen, new_task)
+                else:
+                    logger.warning(
+                        "%s: rollover connection failed; keeping the old one", self.label
+                    )
+                    new_gen.closing.set()
+                    gen.started = time.monotonic() - (self.lifetime_s or 0) + self.overlap_s + 5
+            for gen_, task_ in [current]:
+                gen_.closing.set()
+
+    def _spawn(self, tg: asyncio.TaskGroup) -> tuple[_Generation, asyncio.Task[None]]:
+        conn_id = f"{self.label}#{next(_ids)}@{time.time_ns() // 1_000_000}"
+        gen = _Generation(conn_id)
+        task = tg.create_task(self._connection(gen), name=f"ws {conn_id}")
+        return gen, task
+
+    async def _connection(self, gen: _Generation) -> None:
+        """One connection's life. Never raises: the supervisor decides what comes next."""
+        plan, ka = self.plan, self.plan.keepalive
+        try:
+            async with connect(
+                plan.url,
+                ping_interval=ka.protocol_ping_s,
+                ping_timeout=ka.protocol_ping_s,
+                open_timeout=15,
+                close_timeout=2,
+                max_size=None,
+                max_queue=4096,
+            ) as ws:
+                self.metrics.inc("connections")
+                logger.info("%s: connected to %s as %s", self.label, plan.url, gen.conn_id)
+                async with asyncio.TaskGroup() as tg:
+                    receiver = tg.create_task(self._receive(ws, gen), name=f"recv {gen.conn_id}")
+                    tg.create_task(self._subscribe(ws, gen), name=f"subscribe {gen.conn_id}")
+                    pinger = None
+                    if ka.app_ping:
+                        pinger = tg.create_task(self._ping(ws, ka.app_ping, ka.app_ping_s))
+                    closer = tg.create_task(gen.closing.wait())
+                    await asyncio.wait({receiver, closer}, return_when=asyncio.FIRST_COMPLETED)
+                    for t in (receiver, closer, pinger):
+                        if t is not None:
+                            t.cancel()
+                    tg.create_task(ws.close())
+        except* (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as group:
+            for exc in group.exceptions:
+                logger.warning("%s: connection %s lost: %r", self.label, gen.conn_id, exc)
+        except* Exception as others:  # never let one feed take the producer down
+            for err in others.exceptions:
+                logger.error("%s: connection %s failed", self.label, gen.conn_id, exc_info=err)
+        finally:
+            gen.closing.set()
+
+    async def _subscribe(self, ws: ClientConnection, gen: _Generation) -> None:
+        for i, message in enumerate(self.plan.subscribe):
+            if i and self.plan.subscribe_interval_s:
+                await asyncio.sleep(self.plan.subscribe_interval_s)
+            await ws.send(message)
+        logger.info("%s: subscribed (%d messages)", self.label, len(self.plan.subscribe))
+
+    async def _ping(self, ws: ClientConnection, message: str, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await ws.send(message)
+
+    async def _receive(self, ws: ClientConnection, gen: _Generation) -> None:
+        silence = self.plan.keepalive.silence_s
+        put, key, reply = self.publisher.put, self.key, self.venue.reply
+        exchange, context, conn_id = self.venue.exchange, self.plan.context, gen.conn_id
+        seq = 0
+        while True:
+            if silence is None:
+                message = await ws.recv()
+            else:
+                try:
+                    async with asyncio.timeout(silence):
+                        message = await ws.recv()
+                except TimeoutError:
+                    self.metrics.inc("silence_timeouts")
+                    logger.warning("%s: no frame for %.0f s, reconnecting", self.label, silence)
+                    return
+            recv_ns = time.time_ns()
+            seq += 1
+            binary = isinstance(message, bytes)
+            frame = message if isinstance(message, bytes) else message.encode()
+            put(key, Envelope(frame, binary, exchange, context, conn_id, seq, recv_ns).fields())
+            gen.frames = seq
+            if seq == 1:
+                gen.ready.set()
+            answer = reply(message)
+            if answer is not None:
+                await ws.send(answer)
