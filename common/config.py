@@ -68,6 +68,7 @@ class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     name: str = ""  # default: <hostname>-<pid>
     batch_entries: int = 2_000  # flush at this many stream entries ...
     batch_ms: int = 50  # ... or this many ms after the batch's first entry
+    flush_when_drained: bool = True  # flush as soon as a read finds the stream empty
     block_ms: int = 1_000  # XREADGROUP BLOCK when idle
     claim_idle_ms: int = 30_000  # claim entries pending on another consumer for this long
     claim_every_s: float = 5.0

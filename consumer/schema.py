@@ -127,10 +127,10 @@ def create_partition(conn: psycopg.Connection[object], table: str, day: dt.date)
             (lo, hi),
         )
         conn.execute(
-            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM (%s) TO (%s)").format(
-                parent, ident
-            ),
-            (lo, hi),
+            # DDL takes no parameters: the bounds are literals (quoted by psycopg).
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                parent, ident, sql.Literal(lo.isoformat()), sql.Literal(hi.isoformat())
+            )
         )
     return True
 

@@ -56,6 +56,7 @@ class WorkerOptions:
     claim_idle_ms: int
     claim_every_s: float
     backoff_max_s: float
+    flush_when_drained: bool = True
     claim: bool = True
     read_pending_first: bool = True
     # replay: stop once every stream is drained; entries past these ids are left alone
@@ -86,7 +87,8 @@ class Worker:
     _done: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._batcher = Batcher(self.options.batch_entries, self.options.batch_ms / 1000)
+        o = self.options
+        self._batcher = Batcher(o.batch_entries, o.batch_ms / 1000, o.flush_when_drained)
 
     @classmethod
     def from_settings(
@@ -106,6 +108,7 @@ class Worker:
             streams=streams,
             batch_entries=c.batch_entries,
             batch_ms=c.batch_ms,
+            flush_when_drained=c.flush_when_drained,
             block_ms=c.block_ms,
             claim_idle_ms=c.claim_idle_ms,
             claim_every_s=c.claim_every_s,

@@ -1,0 +1,245 @@
+"""``make demo`` / ``tickvault demo``: the whole pipeline on this machine, watched live.
+
+Starts (unless URLs are given by ``TICKVAULT_REDIS_URL`` / ``TICKVAULT_DATABASE_URL``) an embedded
+Redis-protocol server and PostgreSQL under ``.tickvault/``, the simulator (Binance and OKX
+protocols), one producer and one consumer as separate processes, prints frames in, rows written
+and lag every second, then stops them in order (producer, consumer once the lag is 0) and prints
+a summary with per-symbol gap checks and a sample of the stored trades.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from .envelope import raw_key
+from .servers import PostgresServer, RedisServer, free_port
+
+EXCHANGES = ("binance", "okx")
+
+DEMO_CONFIG = """\
+[redis]
+url = "{redis}"
+
+[database]
+url = "{database}"
+
+[consumer]
+batch_ms = 20
+
+[[feeds]]
+exchange = "binance"
+channels = ["trades", "quotes"]
+symbols = ["BTC-USDT", "ETH-USDT"]
+url = "ws://127.0.0.1:{binance}"
+
+[[feeds]]
+exchange = "okx"
+channels = ["trades", "quotes"]
+symbols = ["BTC-USDT", "ETH-USDT-PERP"]
+url = "ws://127.0.0.1:{okx}"
+"""
+
+
+_ROW = "{:>6} {:>10} {:>9} {:>8} {:>6} {:>8}"
+_SYM = "  {:<9} {:<15} {:>7} {:>9} {:>8} {:>8}"
+
+
+class Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self, *_: Any) -> None:
+        self.requested = True
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "common.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the demo only; it stops them in order
+        )
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> int | None:
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
+def _counts(r: redis.Redis, db: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
+    frames = lag = 0
+    for ex in EXCHANGES:
+        key = raw_key(ex)
+        if r.exists(key):
+            frames += int(r.xlen(key))
+            for group in r.xinfo_groups(key):
+                if group["name"] in (b"tickvault", "tickvault"):
+                    lag += int(group.get("lag") or 0) + int(group.get("pending") or 0)
+    row = db.execute("SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM quotes)")
+    trades, quotes = row.fetchone() or (0, 0)
+    return frames, int(trades), int(quotes), lag
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tickvault demo", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0, help="run length (default 20)")
+    parser.add_argument("--forever", action="store_true", help="run until Ctrl-C")
+    parser.add_argument("--rate", type=float, default=200.0, help="trades/s per symbol")
+    parser.add_argument("--dir", default=".tickvault", help="state directory")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the embedded servers' data from the last run"
+    )
+    args = parser.parse_args(argv)
+    state = Path(args.dir).resolve()
+    if not args.keep:
+        for sub in ("redis", "postgres"):
+            shutil.rmtree(state / sub, ignore_errors=True)
+    demo_started = time.time()
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stop = Stop()
+    signal.signal(signal.SIGINT, stop.set)
+    signal.signal(signal.SIGTERM, stop.set)
+
+    redis_server = pg_server = None
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        redis_url = os.environ.get("TICKVAULT_REDIS_URL")
+        if not redis_url:
+            print("starting embedded Redis-protocol server ...", flush=True)
+            redis_server = RedisServer(state / "redis").start()
+            redis_url = redis_server.url
+        database_url = os.environ.get("TICKVAULT_DATABASE_URL")
+        if not database_url:
+            print("starting embedded PostgreSQL ...", flush=True)
+            pg_server = PostgresServer(state / "postgres").start()
+            database_url = pg_server.url
+        ports = {ex: free_port() for ex in EXCHANGES}
+        config = state / "demo.toml"
+        config.write_text(DEMO_CONFIG.format(redis=redis_url, database=database_url, **ports))
+        env = dict(os.environ, TICKVAULT_CONFIG=str(config), PYTHONUNBUFFERED="1")
+        env.pop("TICKVAULT_REDIS_URL", None)
+        env.pop("TICKVAULT_DATABASE_URL", None)
+        serve = [f"--serve={ex}={port}" for ex, port in ports.items()]
+        procs["simulator"] = _spawn(
+            ["simulate", *serve, f"--rate={args.rate}", "--quote-rate=5"],
+            logs / "simulator.log",
+            env,
+        )
+        time.sleep(0.5)
+        procs["consumer"] = _spawn(["consumer", "--name=demo-1"], logs / "consumer.log", env)
+        procs["producer"] = _spawn(["producer"], logs / "producer.log", env)
+        print(f"redis {redis_url}  postgres {database_url}")
+        print(f"config {config}; process logs in {logs}")
+        print("Ctrl-C stops cleanly." if args.forever else f"running {args.seconds:g} s ...")
+        r = redis.Redis.from_url(redis_url)
+        with _wait_db(database_url) as db:
+            print(_ROW.format("time", "frames in", "trades", "quotes", "lag", "rows/s"))
+            started = last_t = time.monotonic()
+            last_rows = 0
+            while not stop.requested and (
+                args.forever or time.monotonic() - started < args.seconds
+            ):
+                time.sleep(1.0)
+                for name, proc in procs.items():
+                    if proc.poll() is not None:
+                        print(f"{name} exited with {proc.returncode}; see {logs / name}.log")
+                        stop.set()
+                frames, trades, quotes, lag = _counts(r, db)
+                now = time.monotonic()
+                rate = (trades + quotes - last_rows) / max(1e-9, now - last_t)
+                last_rows, last_t = trades + quotes, now
+                print(
+                    _ROW.format(f"{now - started:.0f}", frames, trades, quotes, lag, f"{rate:.0f}"),
+                    flush=True,
+                )
+            print("stopping the producer, letting the consumer drain ...", flush=True)
+            _terminate(procs.pop("producer"))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _counts(r, db)[3] > 0:
+                time.sleep(0.2)
+            _terminate(procs.pop("consumer"))
+            _terminate(procs.pop("simulator"))
+            _summary(r, db, demo_started)
+        return 0
+    finally:
+        for proc in procs.values():
+            _terminate(proc)
+        if redis_server:
+            redis_server.stop()
+        if pg_server:
+            pg_server.stop()
+
+
+@contextlib.contextmanager
+def _wait_db(url: str) -> Any:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn = psycopg.connect(url, autocommit=True)
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    # the consumer applies the schema at start; wait for it
+    while True:
+        if conn.execute("SELECT to_regclass('trades') IS NOT NULL").fetchone() == (True,):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("the consumer did not create the schema")
+        time.sleep(0.2)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _summary(r: redis.Redis, db: psycopg.Connection[Any], since: float) -> None:
+    frames, trades, quotes, lag = _counts(r, db)
+    dead = sum(int(r.xlen(f"tickvault:dead:{{{ex}}}")) for ex in EXCHANGES)
+    print(
+        f"\nsummary: {frames} frames in the stream, {trades} trades and {quotes} quotes stored, "
+        f"{dead} dead-lettered, lag {lag}"
+    )
+    print("\nper symbol (ids are consecutive in the simulator, so 'missing' shows any gap):")
+    rows = db.execute(
+        "SELECT exchange, symbol, count(*), min(trade_id::bigint), max(trade_id::bigint), "
+        "min(ts), max(ts) FROM trades WHERE trade_id ~ '^[0-9]+$' AND recv_ts >= to_timestamp(%s) "
+        "GROUP BY 1, 2 ORDER BY 1, 2",
+        (since,),
+    ).fetchall()
+    print(_SYM.format("exchange", "symbol", "trades", "first id", "last id", "missing"))
+    for ex, sym, n, lo, hi, _, _ in rows:
+        print(_SYM.format(ex, sym, n, lo, hi, hi - lo + 1 - n))
+    print(
+        "\nsample: SELECT exchange, symbol, trade_id, price, amount, side, ts FROM trades "
+        "ORDER BY ts DESC, trade_id DESC LIMIT 5;"
+    )
+    sample = db.execute(
+        "SELECT exchange, symbol, trade_id, price, amount, side, ts FROM trades "
+        "ORDER BY ts DESC, trade_id DESC LIMIT 5"
+    ).fetchall()
+    for row in sample:
+        print("  " + " | ".join(str(v) for v in row))
