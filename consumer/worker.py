@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import psycopg
@@ -171,7 +172,7 @@ class Worker:
         while not stop.is_set():
             now = time.monotonic()
             if o.claim and now - last_claim >= o.claim_every_s:
-                self._retry("claim", lambda: self._claim(now), stop)
+                self._retry("claim", partial(self._claim, now), stop)
                 last_claim = time.monotonic()
             if now - last_status >= STATUS_EVERY_S:
                 self._status()
@@ -320,7 +321,7 @@ class Worker:
                 trades = batch.trades[span.trades[0] : span.trades[1]]
                 quotes = batch.quotes[span.quotes[0] : span.quotes[1]]
                 try:
-                    self._retry("postgres-write", lambda: self.store.write(trades, quotes), stop)
+                    self._retry("postgres-write", partial(self.store.write, trades, quotes), stop)
                 except psycopg.Error as one:
                     reason = f"postgres rejected: {str(one).splitlines()[0]}"
                     fields = self._fetch(span.key, span.entry_id)

@@ -121,8 +121,7 @@ class FeedSession:
                     )
                     new_gen.closing.set()
                     gen.started = time.monotonic() - (self.lifetime_s or 0) + self.overlap_s + 5
-            for gen_, task_ in [current]:
-                gen_.closing.set()
+            current[0].closing.set()
 
     def _spawn(self, tg: asyncio.TaskGroup) -> tuple[_Generation, asyncio.Task[None]]:
         conn_id = f"{self.label}#{next(_ids)}@{time.time_ns() // 1_000_000}"

@@ -80,7 +80,7 @@ class Pipeline:
         self.config.write_text("\n".join(lines) + "\n")
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - handed to the process
+        log = open(self.work / f"{name}.log", "ab")
         env = dict(os.environ, TICKVAULT_CONFIG=str(self.config), PYTHONUNBUFFERED="1")
         env.pop("TICKVAULT_REDIS_URL", None)
         env.pop("TICKVAULT_DATABASE_URL", None)

@@ -1,0 +1,98 @@
+"""PostgreSQL writes against a real server: exact values, idempotence, partitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from common.records import Quote, Trade
+from consumer.schema import create_partition, ensure_partitions, migrate
+from consumer.store import Store
+
+pytestmark = pytest.mark.integration
+
+TS = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
+
+
+def trade(i: int, **kw: object) -> Trade:
+    base: dict[str, object] = dict(
+        exchange="binance", symbol="BTC-USDT", trade_id=str(i), price="37000.12345678",
+        amount="0.00000001", side="sell", ts_ns=TS + i * 1000, recv_ns=TS + 5_000_000,
+    )  # fmt: skip
+    base.update(kw)
+    return Trade(**base)  # type: ignore[arg-type]
+
+
+def test_rows_are_exact_and_rewrites_insert_nothing(database_url: str) -> None:
+    store = Store(database_url)
+    store.connect()
+    huge = "123456789012345678901234567890.123456789012345678901234567890"
+    trades = [trade(1), trade(2, price=huge, side=None), trade(3, price="1e-8")]
+    q = Quote("okx", "BTC-USDT", "42", "1.10", "0.5", "1.20", "7", TS, TS + 1000)
+    assert store.write(trades, [q]) == (3, 1)
+    assert store.write(trades, [q]) == (0, 0)  # redelivery: nothing twice
+    assert store.write(trades + [trade(4), trade(4)], []) == (1, 0)  # dupes inside one batch
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT trade_id, price, amount, side, ts, recv_ts FROM trades ORDER BY trade_id"
+        ).fetchall()
+        quote = conn.execute("SELECT * FROM quotes").fetchone()
+    assert [r[0] for r in rows] == ["1", "2", "3", "4"]
+    assert rows[0][1] == Decimal("37000.12345678") and rows[0][2] == Decimal("0.00000001")
+    assert rows[1][1] == Decimal(huge) and rows[1][3] is None
+    assert rows[2][1] == Decimal("1e-8")
+    # microsecond precision (PostgreSQL's), no float rounding, UTC
+    assert rows[0][4] == dt.datetime(2023, 11, 14, 22, 13, 20, 123457, tzinfo=dt.UTC)
+    assert rows[0][5] == dt.datetime(2023, 11, 14, 22, 13, 20, 128456, tzinfo=dt.UTC)
+    assert quote is not None
+    assert quote[:7] == ("okx", "BTC-USDT", "42", Decimal("1.10"), Decimal("0.5"),
+                         Decimal("1.20"), Decimal("7"))  # fmt: skip
+    store.close()
+
+
+def test_a_bad_value_raises_a_data_error_and_commits_nothing(database_url: str) -> None:
+    store = Store(database_url)
+    store.connect()
+    with pytest.raises(psycopg.DataError):
+        store.write([trade(1), trade(2, price="1.2.3")], [])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM trades").fetchone() == (0,)
+    assert store.write([trade(1)], []) == (1, 0)  # the connection is still usable
+    store.close()
+
+
+def test_migrations_are_idempotent_and_partitions_daily(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        assert migrate(conn) == 1
+        assert migrate(conn) == 1
+        today = dt.datetime.now(dt.UTC).date()
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'trades'"
+            ).fetchall()
+        }
+        for offset in (-1, 0, 1, 2, 3):
+            assert f"trades_p{today + dt.timedelta(days=offset):%Y%m%d}" in names
+        assert "trades_default" in names
+        assert ensure_partitions(conn) == []
+
+
+def test_old_rows_go_to_default_and_move_when_their_day_gets_a_partition(
+    database_url: str,
+) -> None:
+    store = Store(database_url)
+    store.connect()
+    store.write([trade(1)], [])  # 2023: no partition for that day
+    with psycopg.connect(database_url) as conn:
+        where = "SELECT tableoid::regclass::text FROM trades"
+        assert conn.execute(where).fetchall() == [("trades_default",)]
+        assert create_partition(conn, "trades", dt.date(2023, 11, 14))
+        assert conn.execute(where).fetchall() == [("trades_p20231114",)]
+        assert not create_partition(conn, "trades", dt.date(2023, 11, 14))
+    assert store.write([trade(1)], []) == (0, 0)  # still unique after the move
+    store.close()

@@ -1,0 +1,163 @@
+"""Worker and publisher against a real Redis: acks follow commits, claims, pipelining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from common.config import settings_from_mapping
+from common.envelope import Envelope, raw_key
+from common.errors import TransientError
+from common.metrics import Metrics
+from common.records import Quote, Trade
+from common.servers import free_port
+from consumer.store import Store
+from consumer.worker import Worker
+from producer.publisher import Publisher
+
+pytestmark = pytest.mark.integration
+
+KEY = raw_key("binance")
+SETTINGS = settings_from_mapping(
+    {
+        "consumer": {"batch_ms": 10, "claim_idle_ms": 100, "claim_every_s": 0.05, "block_ms": 50},
+        "feeds": [{"exchange": "binance", "symbols": ["BTC-USDT"]}],
+    },
+    {},
+)
+
+
+def frame(i: int) -> dict[bytes, bytes]:
+    body = (
+        f'{{"e":"trade","E":1700000000000,"s":"BTCUSDT","t":{i},"p":"1.{i}","q":"1",'
+        f'"T":1700000000000,"m":false,"M":true}}'
+    ).encode()
+    return Envelope(body, False, "binance", "", "c", i, 1_700_000_000_000_000_000).fields()
+
+
+class Once:
+    """A stop flag that is set after the store has written ``n`` trades."""
+
+    def __init__(self, store: CountingStore, n: int) -> None:
+        self.store, self.n = store, n
+
+    def is_set(self) -> bool:
+        return self.store.stored >= self.n
+
+
+class CountingStore(Store):
+    def __init__(self, url: str, failures: int = 0, client: redis.Redis | None = None) -> None:
+        super().__init__(url)
+        self.failures = failures
+        self.stored = 0
+        self.client = client
+        self.pending_seen: list[int] = []
+
+    def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+        if self.client is not None:
+            self.pending_seen.append(int(self.client.xpending(KEY, "tickvault")["pending"]))
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("simulated lost connection")
+        result = super().write(trades, quotes)
+        self.stored += len(trades)
+        return result
+
+
+def make_worker(client: redis.Redis, store: Store, name: str = "w1") -> Worker:
+    worker = Worker.from_settings(
+        SETTINGS, name=name, streams=[KEY], redis_client=client, store=store
+    )
+    worker.sleep = lambda s: None  # backoff without waiting
+    return worker
+
+
+def test_ack_only_after_commit_and_retry_keeps_the_batch(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    for i in range(1, 51):
+        redis_client.xadd(KEY, frame(i))
+    store = CountingStore(database_url, failures=2, client=redis_client)
+    worker = make_worker(redis_client, store)
+    try:
+        worker.run(Once(store, 50))
+    finally:
+        store.close()
+    # while the write was failing, all 50 entries stayed pending (no ack before commit)
+    assert store.pending_seen[:3] == [50, 50, 50]
+    assert redis_client.xpending(KEY, "tickvault")["pending"] == 0
+    assert worker.metrics.counters["retries:postgres-write"] == 2
+    assert worker.metrics.counters["trades"] == 50
+
+
+def test_pending_entries_of_a_dead_consumer_are_claimed_and_deleted_ones_acked(
+    redis_client: redis.Redis, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client.xgroup_create(KEY, "tickvault", id="0", mkstream=True)
+    ids = [redis_client.xadd(KEY, frame(i)) for i in range(1, 11)]
+    # "dead" reads everything and dies without acking; two of its entries are then trimmed away
+    redis_client.xreadgroup("tickvault", "dead", {KEY: ">"}, count=10)
+    redis_client.xdel(KEY, ids[0], ids[1])
+    store = CountingStore(database_url)
+    worker = make_worker(redis_client, store, name="alive")
+    stop = threading.Event()
+
+    def done() -> bool:
+        if worker.metrics.counters["claimed_deleted"] >= 2 and store.stored >= 8:
+            stop.set()
+        return stop.is_set()
+
+    stop_flag: Any = type("Stop", (), {"is_set": staticmethod(done)})()
+    with caplog.at_level(logging.INFO):
+        try:
+            worker.run(stop_flag)
+        finally:
+            store.close()
+    assert worker.metrics.counters["claimed"] == 8
+    assert worker.metrics.counters["claimed_deleted"] == 2
+    assert redis_client.xpending(KEY, "tickvault")["pending"] == 0
+    assert "no longer exist" in caplog.text
+
+
+async def _publish(url: str, n: int, buffer_frames: int = 100_000) -> tuple[Publisher, Metrics]:
+    metrics = Metrics("producer")
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=0.5)
+    pub = Publisher(
+        client, maxlen=1_000_000, buffer_frames=buffer_frames, pipeline_max=500, metrics=metrics
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(pub.run(stop, drain_budget_s=1.0))
+    for i in range(n):
+        pub.put(KEY, frame(i))
+        if i % 1000 == 0:
+            await asyncio.sleep(0)
+    stop.set()
+    await task
+    await client.aclose()
+    return pub, metrics
+
+
+def test_publisher_pipelines_and_keeps_order(redis_client: redis.Redis, redis_url: str) -> None:
+    _, metrics = asyncio.run(_publish(redis_url, 5000))
+    entries = redis_client.xrange(KEY)
+    assert [int(fields[b"n"]) for _, fields in entries] == list(range(5000))
+    assert metrics.counters["published"] == 5000
+    assert metrics.counters["round_trips"] <= 5000 / 100  # batched, not one XADD per trip
+
+
+def test_publisher_buffers_while_redis_is_down_and_counts_drops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens
+    with caplog.at_level(logging.WARNING):
+        pub, metrics = asyncio.run(_publish(url, 300, buffer_frames=200))
+    assert metrics.counters["dropped"] == 100
+    assert metrics.counters["unsent_at_stop"] == 200
+    assert "buffering frames" in caplog.text and "dropped" in caplog.text

@@ -1,0 +1,37 @@
+"""deploy/: the compose file and Dockerfile say what the README promises (no Docker engine here,
+so their syntax and shape are checked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def test_compose_file_parses_and_scales_consumers() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "postgres", "producer", "consumer"}
+    consumer = services["consumer"]
+    assert "container_name" not in consumer and "ports" not in consumer  # --scale works
+    assert consumer["command"][0] == "consumer" and services["producer"]["command"][0] == "producer"
+    assert services["producer"]["image"] == consumer["image"]  # one image
+    for name in ("producer", "consumer"):
+        service = services[name]
+        assert service["stop_grace_period"] == "30s"
+        for mount in service["volumes"]:
+            assert (DEPLOY / mount.split(":")[0]).exists()
+    redis_conf = (DEPLOY / "redis.conf").read_text()
+    assert "appendfsync everysec" in redis_conf and "maxmemory-policy noeviction" in redis_conf
+    assert all("healthcheck" in services[s] for s in ("redis", "postgres"))
+    assert (DEPLOY / services["producer"]["build"]["context"]).resolve() == DEPLOY.parent
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "USER tickvault" in text and "HEALTHCHECK" in text
+    assert 'ENTRYPOINT ["tickvault"]' in text
+    for path in ("common", "producer", "consumer", "pyproject.toml"):
+        assert f"COPY {path}" in text
