@@ -34,7 +34,7 @@ def test_rows_are_exact_and_rewrites_insert_nothing(database_url: str) -> None:
     q = Quote("okx", "BTC-USDT", "42", "1.10", "0.5", "1.20", "7", TS, TS + 1000)
     assert store.write(trades, [q]) == (3, 1)
     assert store.write(trades, [q]) == (0, 0)  # redelivery: nothing twice
-    assert store.write(trades + [trade(4), trade(4)], []) == (1, 0)  # dupes inside one batch
+    assert store.write([*trades, trade(4), trade(4)], []) == (1, 0)  # dupes inside one batch
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT trade_id, price, amount, side, ts, recv_ts FROM trades ORDER BY trade_id"

@@ -157,7 +157,7 @@ def test_publisher_buffers_while_redis_is_down_and_counts_drops(
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens
     with caplog.at_level(logging.WARNING):
-        pub, metrics = asyncio.run(_publish(url, 300, buffer_frames=200))
+        _, metrics = asyncio.run(_publish(url, 300, buffer_frames=200))
     assert metrics.counters["dropped"] == 100
     assert metrics.counters["unsent_at_stop"] == 200
     assert "buffering frames" in caplog.text and "dropped" in caplog.text

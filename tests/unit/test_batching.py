@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from common.records import Trade
 from consumer.batching import Batcher
 from consumer.process import Outcome
-from common.records import Trade
 
 
 def _trade(i: int) -> Trade:
