@@ -20,8 +20,8 @@ demo: venv
 	$(BIN)/tickvault demo $(DEMO_ARGS)
 
 lint: venv
-	$(BIN)/ruff check common producer consumer tests
-	$(BIN)/ruff format --check common producer consumer tests
+	$(BIN)/ruff check common producer consumer tests bench
+	$(BIN)/ruff format --check common producer consumer tests bench
 	$(BIN)/mypy common producer consumer
 
 test: lint

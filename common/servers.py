@@ -178,6 +178,7 @@ class PostgresServer:
     directory: Path
     port: int = 0
     durable: bool = True  # False: fsync off, for tests (nothing survives an OS crash)
+    settings: dict[str, str] = field(default_factory=dict)  # extra postgres -c options
     bindir: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -218,6 +219,8 @@ class PostgresServer:
         ]  # fmt: skip
         if not self.durable:
             args += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        for name, value in self.settings.items():
+            args += ["-c", f"{name}={value}"]
         log = open(self.directory / "server.log", "ab")
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory, **as_user

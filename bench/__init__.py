@@ -1,0 +1,1 @@
+"""tickvault's benchmark: ``make bench`` / ``python -m bench``. See README "Performance"."""

@@ -1,0 +1,170 @@
+"""``make bench``: measure tickvault on this machine and print one table (JSON in bench/results/).
+
+Servers: an embedded Redis-protocol server (AOF everysec, as in production) and an embedded
+PostgreSQL (durable, ``track_commit_timestamp = on`` so receive -> commit latency is exact per
+row), or ``TICKVAULT_BENCH_REDIS_URL`` / ``TICKVAULT_BENCH_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.servers import PostgresServer, RedisServer
+
+from . import baselines, scenarios
+from .scenarios import Env, median
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _median_of(runs: int, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+    results = [fn() for _ in range(runs)]
+    return {k: median([r[k] for r in results]) for k in results[0]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
+    parser.add_argument(
+        "--rates", default="20000,40000,80000,100000,120000", help="end-to-end rates to try"
+    )
+    parser.add_argument("--seconds", type=float, default=30.0, help="sustained run length")
+    args = parser.parse_args()
+    quick = args.quick
+    n_consumer = 200_000 if quick else 1_000_000
+    n_producer = 200_000 if quick else 400_000
+    seconds = 10.0 if quick else args.seconds
+
+    work = Path(tempfile.mkdtemp(prefix="tickvault-bench-"))
+    redis_server = pg_server = None
+    try:
+        redis_url = os.environ.get("TICKVAULT_BENCH_REDIS_URL")
+        database_url = os.environ.get("TICKVAULT_BENCH_DATABASE_URL")
+        if not redis_url:
+            redis_server = RedisServer(work / "redis").start()
+            redis_url = redis_server.url
+        if not database_url:
+            pg_server = PostgresServer(
+                work / "postgres", settings={"track_commit_timestamp": "on"}
+            ).start()
+            database_url = pg_server.url
+        env = Env(work, redis_url, database_url, commit_timestamps=pg_server is not None)
+        out: dict[str, Any] = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": (
+                f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+            ),
+            "runs": args.runs,
+        }
+        print(f"bench in {work} ({out['machine']}); {args.runs} runs per figure", flush=True)
+
+        out["producer"] = _median_of(args.runs, lambda: scenarios.producer_alone(env, n_producer))
+        print("producer alone:", out["producer"], flush=True)
+
+        out["redis_bytes_per_frame"] = scenarios.prefill(env, n_consumer)
+        out["consumer_1"] = _median_of(
+            args.runs, lambda: scenarios.consumer_alone(env, n_consumer, 1)
+        )
+        print("consumer alone:", out["consumer_1"], flush=True)
+        out["consumer_2"] = _median_of(
+            args.runs, lambda: scenarios.consumer_alone(env, n_consumer, 2)
+        )
+        print("two consumers:", out["consumer_2"], flush=True)
+
+        sustained = []
+        for rate in [float(r) for r in args.rates.split(",")]:
+            result = scenarios.end_to_end(env, rate, seconds)
+            sustained.append(result)
+            print("end to end:", result, flush=True)
+        out["end_to_end"] = sustained
+        kept_up = [
+            r["achieved_per_s"]
+            for r in sustained
+            if r["bounded"] and r["achieved_per_s"] >= 0.95 * r["target_per_s"]
+        ]
+        out["sustained_max_per_s"] = max(kept_up) if kept_up else 0.0
+
+        out["burst"] = _median_of(args.runs, lambda: scenarios.burst(env, 100_000))
+        print("burst:", out["burst"], flush=True)
+        for rate in (1_000.0, 10_000.0, 40_000.0):
+            out[f"latency_{int(rate)}"] = _median_of(
+                args.runs, lambda rate=rate: scenarios.end_to_end(env, rate, 10.0)
+            )
+            print(f"latency at {rate:.0f}/s:", out[f"latency_{int(rate)}"], flush=True)
+
+        out["naive_consumer_per_s"] = baselines.naive_consumer(env, 5_000 if quick else 20_000)
+        unbatched, batched = baselines.producer_paths(env, 20_000 if quick else 100_000)
+        out["unbatched_xadd_per_s"] = unbatched
+        out["publisher_xadd_per_s"] = batched
+        print_table(out)
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(out, indent=2))
+        print(f"\nwritten {path}")
+        return 0
+    finally:
+        if redis_server:
+            redis_server.stop()
+        if pg_server:
+            pg_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _lat(d: dict[str, float]) -> str:
+    return f"{d.get('p50_ms', 0):.1f} / {d.get('p99_ms', 0):.1f} / {d.get('max_ms', 0):.1f} ms"
+
+
+def print_table(out: dict[str, Any]) -> None:
+    p, c1, c2, b = out["producer"], out["consumer_1"], out["consumer_2"], out["burst"]
+    l1, l10, l40 = out["latency_1000"], out["latency_10000"], out["latency_40000"]
+    e2e_max = out["sustained_max_per_s"]
+    naive = out["naive_consumer_per_s"]
+    peak_p = max([p["peak_rss_mb"], b["producer_rss_mb"]]
+                 + [r["producer_rss_mb"] for r in out["end_to_end"]])  # fmt: skip
+    peak_c = max([c1["peak_rss_mb"], b["consumer_rss_mb"]]
+                 + [r["consumer_rss_mb"] for r in out["end_to_end"]])  # fmt: skip
+    rows = [
+        ("producer alone", f"{p['frames_per_s']:,.0f} frames/s at {p['cpu_percent']:.0f}% CPU",
+         ">= 150,000 frames/s"),
+        ("consumer alone, 1 process", f"{c1['rows_per_s']:,.0f} rows/s", ">= 120,000 rows/s"),
+        ("consumer alone, 2 in one group", f"{c2['rows_per_s']:,.0f} rows/s", ""),
+        ("end to end, sustained (lag bounded)", f"{e2e_max:,.0f} trades/s", ">= 80,000 trades/s"),
+        ("burst of 100,000: stored after last frame",
+         f"{b['stored_after_last_s']:.2f} s (arrived over {b['arrival_span_s']:.2f} s)",
+         "<= 1.0 s"),
+        ("latency at 1,000/s p50 / p99 / max",
+         _lat(l1), ""),
+        ("latency at 10,000/s p50 / p99 / max",
+         _lat(l10),
+         "p99 <= 10 ms"),
+        ("latency at 40,000/s p50 / p99 / max",
+         _lat(l40),
+         "p99 <= 50 ms"),
+        ("peak RSS producer / consumer", f"{peak_p:.0f} / {peak_c:.0f} MB", "<= 60 / 120 MB"),
+        ("Redis bytes per stored frame", f"{out['redis_bytes_per_frame']:.0f} B", ""),
+        ("naive path (INSERT+COMMIT per message)", f"{naive:,.0f} rows/s",
+         f"x{e2e_max / naive:.1f} end to end (>= x10)" if naive else ""),
+        ("unbatched XADD vs Publisher",
+         f"{out['unbatched_xadd_per_s']:,.0f} vs {out['publisher_xadd_per_s']:,.0f} frames/s",
+         f"x{out['publisher_xadd_per_s'] / out['unbatched_xadd_per_s']:.1f}"),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    print(f"\n{'figure':<{width}}  {'median':<{vwidth}}  target / ratio")
+    print(f"{'-' * width}  {'-' * vwidth}  {'-' * 24}")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:<{vwidth}}  {target}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

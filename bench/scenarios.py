@@ -1,0 +1,319 @@
+"""The measured scenarios. Each returns plain numbers; ``__main__`` takes medians and prints."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from common.envelope import Envelope, raw_key
+from common.servers import free_port
+
+from .procs import Proc, spawn
+
+KEY = raw_key("binance")
+SYMBOLS = ["BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT"]
+
+
+@dataclass
+class Env:
+    work: Path
+    redis_url: str
+    database_url: str
+    commit_timestamps: bool  # track_commit_timestamp is on: exact receive -> commit latency
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def reset(self) -> None:
+        r = self.redis()
+        r.flushdb()
+        r.close()
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            exists = conn.execute("SELECT to_regclass('trades')").fetchone()
+            if exists and exists[0] is not None:
+                conn.execute("TRUNCATE trades, quotes")
+
+    def config(self, port: int, **consumer: Any) -> Path:
+        lines = [
+            f'[redis]\nurl = "{self.redis_url}"\nmaxlen = 20000000\n',
+            f'[database]\nurl = "{self.database_url}"\n',
+            "[consumer]",
+            *(f"{k} = {v}" for k, v in consumer.items()),
+            "\n[[feeds]]",
+            'exchange = "binance"',
+            "symbols = [" + ", ".join(f'"{s}"' for s in SYMBOLS) + "]",
+            f'url = "ws://127.0.0.1:{port}"',
+        ]
+        path = self.work / f"bench-{port}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def rows(self) -> int:
+        with psycopg.connect(self.database_url) as conn:
+            try:
+                row = conn.execute("SELECT count(*) FROM trades").fetchone()
+            except psycopg.errors.UndefinedTable:
+                return 0
+        return int(row[0]) if row else 0
+
+    def lag(self) -> int:
+        r = self.redis()
+        try:
+            total = 0
+            for g in r.xinfo_groups(KEY):
+                total += int(g.get("lag") or 0) + int(g.get("pending") or 0)
+            return total
+        except redis.ResponseError:
+            return 0
+        finally:
+            r.close()
+
+
+def _wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _wait(check: Any, timeout: float, procs: list[Proc], interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            p.mark()
+        if check():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _simulator(env: Env, port: int, rate_per_symbol: float, trades: int) -> Proc:
+    sim = spawn(
+        "simulator",
+        ["simulate", f"--serve=binance={port}", f"--rate={rate_per_symbol}",
+         f"--trades={trades}", "--quote-rate=0"],
+        env.work,
+    )  # fmt: skip
+    _wait_port(port)
+    return sim
+
+
+def _stream_rate(r: redis.Redis, key: str = KEY) -> tuple[int, float]:
+    """(entries, entries/s between the first and last entry's id time)."""
+    n = int(r.xlen(key))
+    if n < 2:
+        return n, 0.0
+    first = r.xrange(key, count=1)[0][0]
+    last = r.xrevrange(key, count=1)[0][0]
+    ms0 = int(first.split(b"-")[0])
+    ms1 = int(last.split(b"-")[0])
+    return n, n / max(0.001, (ms1 - ms0) / 1000)
+
+
+# -- 1. producer alone -------------------------------------------------------------------------
+def producer_alone(env: Env, total: int) -> dict[str, float]:
+    env.reset()
+    port = free_port()
+    per_symbol = total // len(SYMBOLS)
+    sim = _simulator(env, port, rate_per_symbol=10_000_000, trades=per_symbol)
+    producer = spawn("producer", ["producer"], env.work, env.config(port))
+    r = env.redis()
+    try:
+        ok = _wait(lambda: r.exists(KEY) and r.xlen(KEY) >= 1, 30, [producer])
+        producer.cpu_marks.clear()
+        ok = ok and _wait(lambda: r.xlen(KEY) >= per_symbol * len(SYMBOLS), 120, [producer])
+        n, rate = _stream_rate(r)
+        return {
+            "frames": n,
+            "frames_per_s": rate,
+            "cpu_percent": producer.cpu_percent(),
+            "peak_rss_mb": producer.peak_rss_mb(),
+            "complete": float(ok),
+        }
+    finally:
+        producer.stop()
+        sim.stop()
+        r.close()
+
+
+# -- 2. consumer alone -------------------------------------------------------------------------
+def trade_frame(symbol: str, i: int, ts_ms: int) -> bytes:
+    price = f"{100 + i % 5000 / 100:.2f}"
+    return (
+        f'{{"stream":"{symbol.lower()}@trade","data":{{"e":"trade","E":{ts_ms},"s":"{symbol}",'
+        f'"t":{i},"p":"{price}","q":"0.{i % 997 + 1:05d}","T":{ts_ms},'
+        f'"m":{"true" if i % 3 else "false"},"M":true}}}}'
+    ).encode()
+
+
+def prefill(env: Env, n: int) -> float:
+    """XADD ``n`` Binance trade frames (4 symbols) with pipelines; returns Redis bytes/entry."""
+    env.reset()
+    r = env.redis()
+    now_ns = time.time_ns()
+    pipe = r.pipeline(transaction=False)
+    venue_symbols = [s.replace("-", "") for s in SYMBOLS]
+    for i in range(n):
+        sym = venue_symbols[i % 4]
+        frame = trade_frame(sym, i // 4 + 1, now_ns // 1_000_000)
+        env_ = Envelope(frame, False, "binance", "", "bench#1", i + 1, now_ns + i)
+        pipe.xadd(KEY, env_.fields())  # type: ignore[arg-type]
+        if len(pipe) >= 2000:
+            pipe.execute()
+    pipe.execute()
+    used = int(r.memory_usage(KEY, samples=0) or 0)
+    r.close()
+    return used / n
+
+
+def consumer_alone(env: Env, n: int, consumers: int) -> dict[str, float]:
+    """Drain the prefilled stream with a fresh group; rows/s between the first and last commit."""
+    r = env.redis()
+    with contextlib.suppress(redis.ResponseError):
+        r.xgroup_destroy(KEY, "tickvault")
+    r.close()
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('trades')").fetchone() != (None,):
+            conn.execute("TRUNCATE trades, quotes")
+    port = free_port()
+    config = env.config(port)
+    procs = [spawn(f"consumer{i}", ["consumer", f"--name=bench{i}"], env.work, config)
+             for i in range(consumers)]  # fmt: skip
+    started = time.monotonic()
+    try:
+        ok = _wait(lambda: env.rows() >= n, 600, procs, interval=0.2)
+        wall = time.monotonic() - started
+        rss = max(p.peak_rss_mb() for p in procs)
+        span = _commit_span(env) if env.commit_timestamps else 0.0
+        rate = n / span if span > 0 else n / wall
+        return {"rows_per_s": rate, "peak_rss_mb": rss, "complete": float(ok)}
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def _commit_span(env: Env) -> float:
+    with psycopg.connect(env.database_url) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM max(c) - min(c)) FROM "
+            "(SELECT pg_xact_commit_timestamp(xmin) AS c FROM trades) t"
+        ).fetchone()
+    # + one batch: the first commit's rows were already done when min(c) was stamped
+    return float(row[0]) if row and row[0] is not None else 0.0
+
+
+# -- 3 and 4. end to end -----------------------------------------------------------------------
+def end_to_end(env: Env, rate: float, seconds: float) -> dict[str, float]:
+    """Drive the simulator at ``rate`` trades/s for ``seconds``; lag samples tell if we kept up."""
+    env.reset()
+    port = free_port()
+    total = int(rate * seconds)
+    per_symbol = total // len(SYMBOLS)
+    sim = _simulator(env, port, rate_per_symbol=rate / len(SYMBOLS), trades=per_symbol)
+    config = env.config(port)
+    consumer = spawn("consumer", ["consumer", "--name=e2e"], env.work, config)
+    producer = spawn("producer", ["producer"], env.work, config)
+    procs = [producer, consumer]
+    r = env.redis()
+    lags: list[int] = []
+    try:
+        _wait(lambda: r.exists(KEY), 30, procs)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            time.sleep(1.0)
+            for p in procs:
+                p.mark()
+            lags.append(env.lag())
+        done = _wait(lambda: env.rows() >= per_symbol * len(SYMBOLS), 60, procs, interval=0.2)
+        _n, achieved = _stream_rate(r)
+        third = max(1, len(lags) // 3)
+        # bounded: the lag in the last third is not above the first third's (plus one batch)
+        bounded = max(lags[-third:]) <= max(lags[:third]) + 5_000
+        result = {
+            "target_per_s": rate,
+            "achieved_per_s": achieved,
+            "max_lag": float(max(lags) if lags else 0),
+            "bounded": float(bounded and done),
+            "producer_rss_mb": producer.peak_rss_mb(),
+            "consumer_rss_mb": consumer.peak_rss_mb(),
+            "producer_cpu": producer.cpu_percent(),
+            "consumer_cpu": consumer.cpu_percent(),
+        }
+        if env.commit_timestamps:
+            result.update(latency(env))
+        return result
+    finally:
+        producer.stop()
+        consumer.stop()
+        sim.stop()
+        r.close()
+
+
+def latency(env: Env) -> dict[str, float]:
+    """Receive -> commit, per row, from PostgreSQL's commit timestamps (ms)."""
+    with psycopg.connect(env.database_url) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), "
+            "percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d) FROM "
+            "(SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - recv_ts) * 1000 AS d "
+            "FROM trades) t"
+        ).fetchone()
+    assert row is not None
+    return {"p50_ms": float(row[0]), "p99_ms": float(row[1]), "max_ms": float(row[2])}
+
+
+def burst(env: Env, n: int) -> dict[str, float]:
+    """``n`` trades as fast as the simulator can send them: stored within how long of the last
+    frame's arrival?"""
+    env.reset()
+    port = free_port()
+    per_symbol = n // len(SYMBOLS)
+    config = env.config(port)
+    consumer = spawn("consumer", ["consumer", "--name=burst"], env.work, config)
+    sim = _simulator(env, port, rate_per_symbol=10_000_000, trades=per_symbol)
+    producer = spawn("producer", ["producer"], env.work, config)
+    procs = [producer, consumer]
+    try:
+        ok = _wait(lambda: env.rows() >= per_symbol * len(SYMBOLS), 120, procs, interval=0.01)
+        done_wall = time.time()
+        with psycopg.connect(env.database_url) as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM max(recv_ts)), extract(epoch FROM min(recv_ts)) "
+                "FROM trades"
+            ).fetchone()
+        assert row is not None
+        last_recv, first_recv = float(row[0]), float(row[1])
+        result = {
+            "stored_after_last_s": done_wall - last_recv,
+            "arrival_span_s": last_recv - first_recv,
+            "producer_rss_mb": producer.peak_rss_mb(),
+            "consumer_rss_mb": consumer.peak_rss_mb(),
+            "complete": float(ok),
+        }
+        if env.commit_timestamps:
+            with psycopg.connect(env.database_url) as conn:
+                row = conn.execute(
+                    "SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin)) - max(recv_ts))"
+                    " FROM trades"
+                ).fetchone()
+            assert row is not None
+            result["stored_after_last_s"] = float(row[0])
+        return result
+    finally:
+        producer.stop()
+        consumer.stop()
+        sim.stop()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
