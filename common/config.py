@@ -66,7 +66,7 @@ class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
 class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     group: str = "tickvault"
     name: str = ""  # default: <hostname>-<pid>
-    batch_entries: int = 2_000  # flush at this many stream entries ...
+    batch_entries: int = 5_000  # flush at this many stream entries ...
     batch_ms: int = 50  # ... or this many ms after the batch's first entry
     flush_when_drained: bool = True  # flush as soon as a read finds the stream empty
     block_ms: int = 1_000  # XREADGROUP BLOCK when idle

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -68,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.metrics_port:
         serve_metrics(worker.metrics, args.metrics_port)
+    # Long-lived startup objects need no more scans; batches make many short-lived objects.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
     try:
         worker.run(stop)
     finally:

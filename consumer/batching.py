@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from common.records import Quote, Trade
 
-from .process import Outcome
+from .process import Fields, Outcome
+
+
+def as_dict(fields: Fields | None) -> dict[bytes, bytes]:
+    """A field map from a map or from XREADGROUP's flat [name, value, ...] list."""
+    if not fields:
+        return {}
+    if isinstance(fields, dict):
+        return dict(fields)
+    flat = list(fields)
+    return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +34,7 @@ class DeadLetter:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+class Span(NamedTuple):
     """Where one entry's rows sit in the batch's flat lists (to find a row PostgreSQL rejects)."""
 
     key: str
@@ -45,9 +55,7 @@ class Batch:
     started: float | None = None  # monotonic time of the first entry
     oldest_recv_ns: int = 0
 
-    def add(
-        self, key: str, entry_id: str, fields: dict[bytes, bytes] | None, out: Outcome, now: float
-    ) -> None:
+    def add(self, key: str, entry_id: str, fields: Fields | None, out: Outcome, now: float) -> None:
         if self.started is None:
             self.started = now
         self.entries += 1
@@ -60,7 +68,7 @@ class Batch:
             self.quotes.extend(out.quotes)
             self.spans.append(Span(key, entry_id, (t0, len(self.trades)), (q0, len(self.quotes))))
         if out.dead is not None:
-            self.dead.append(DeadLetter(key, entry_id, dict(fields or {}), out.dead))
+            self.dead.append(DeadLetter(key, entry_id, as_dict(fields), out.dead))
         if out.control is not None:
             self.controls[out.control] += 1
 
@@ -75,9 +83,7 @@ class Batcher:
     flush_when_drained: bool = True
     batch: Batch = field(default_factory=Batch)
 
-    def add(
-        self, key: str, entry_id: str, fields: dict[bytes, bytes] | None, out: Outcome, now: float
-    ) -> None:
+    def add(self, key: str, entry_id: str, fields: Fields | None, out: Outcome, now: float) -> None:
         self.batch.add(key, entry_id, fields, out, now)
 
     @property

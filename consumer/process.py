@@ -3,8 +3,10 @@ reason to dead-letter. Never raises on data."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
 
 from common.envelope import decode_fields
 from common.errors import PoisonFrame
@@ -13,14 +15,18 @@ from common.venues import FrameContext, Venue, all_venues
 
 from .validate import Validator
 
+_NONE: list[Any] = []  # shared empty list: outcomes never mutate theirs
 
-@dataclass(slots=True)
-class Outcome:
-    trades: list[Trade] = field(default_factory=list)
-    quotes: list[Quote] = field(default_factory=list)
+
+class Outcome(msgspec.Struct, gc=False):
+    trades: list[Trade] = msgspec.field(default_factory=list)
+    quotes: list[Quote] = msgspec.field(default_factory=list)
     control: str | None = None  # e.g. "ack", "heartbeat", "unknown:kline"
     dead: str | None = None  # reason, when the frame goes to the dead-letter stream
     recv_ns: int = 0
+
+
+Fields = Mapping[bytes, bytes] | Sequence[bytes]  # a field map, or XREADGROUP's flat list
 
 
 class Processor:
@@ -39,47 +45,65 @@ class Processor:
         self.symbol_maps = symbol_maps
         self.venues = venues if venues is not None else all_venues()
         self._empty: Mapping[str, str] = {}
+        # (exchange, context) as the bytes in the entry -> (exchange, context, venue, symbols)
+        self._routes: dict[tuple[bytes, bytes], tuple[str, str, Venue | None, Mapping[str, str]]]
+        self._routes = {}
 
-    def process(self, entry_id: str, fields: Mapping[bytes, bytes] | None) -> Outcome:
+    def _route(
+        self, exchange: bytes, context: bytes
+    ) -> tuple[str, str, Venue | None, Mapping[str, str]]:
+        route = self._routes.get((exchange, context))
+        if route is None:
+            ex, cx = exchange.decode(), context.decode()
+            route = (ex, cx, self.venues.get(ex), self.symbol_maps.get((ex, cx), self._empty))
+            self._routes[(exchange, context)] = route
+        return route
+
+    def process(self, entry_id: str, fields: Fields | None) -> Outcome:
         if not fields:
             return Outcome(dead="entry has no fields")
         try:
-            env = decode_fields(dict(fields))
-            venue = self.venues.get(env.exchange)
+            # Fast path: the producer's own field order f k e x c n t, as a flat list.
+            if (
+                isinstance(fields, list) and len(fields) == 14 and fields[0] == b"f"
+                and fields[4] == b"e" and fields[6] == b"x" and fields[12] == b"t"
+            ):  # fmt: skip
+                frame, exchange_b, context_b = fields[1], fields[5], fields[7]
+                recv_ns = int(fields[13])
+            else:
+                mapping = (
+                    dict(fields) if isinstance(fields, Mapping)
+                    else dict(zip(fields[::2], fields[1::2], strict=False))
+                )  # fmt: skip
+                env = decode_fields(mapping)
+                frame, recv_ns = env.frame, env.recv_ns
+                exchange_b, context_b = env.exchange.encode(), env.context.encode()
+            exchange, context, venue, symbols = self._route(exchange_b, context_b)
             if venue is None:
-                return Outcome(dead=f"unknown exchange {env.exchange!r}", recv_ns=env.recv_ns)
-            ctx = FrameContext(
-                env.exchange,
-                env.context,
-                env.recv_ns,
-                entry_id,
-                self.symbol_maps.get((env.exchange, env.context), self._empty),
-            )
-            parsed = venue.parse(env.frame, ctx)
+                return Outcome(dead=f"unknown exchange {exchange!r}", recv_ns=recv_ns)
+            parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, entry_id, symbols))
         except PoisonFrame as exc:
             return Outcome(dead=exc.reason)
         except Exception as exc:  # a parser bug must not kill the worker: keep the frame
             return Outcome(dead=f"parser error {type(exc).__name__}: {exc}")
-        if parsed.control is not None and not parsed.trades and not parsed.quotes:
-            return Outcome(control=parsed.control, recv_ns=env.recv_ns)
-        out = Outcome(recv_ns=env.recv_ns)
-        reasons = []
+        trades, quotes = parsed.trades, parsed.quotes
+        if parsed.control is not None and not trades and not quotes:
+            return Outcome(_NONE, _NONE, parsed.control, None, recv_ns)
         check_trade, check_quote = self.validator.trade, self.validator.quote
-        for t in parsed.trades:
-            problem = check_trade(t)
-            if problem is None:
-                out.trades.append(t)
-            else:
-                reasons.append(problem)
-        for q in parsed.quotes:
-            problem = check_quote(q)
-            if problem is None:
-                out.quotes.append(q)
-            else:
-                reasons.append(problem)
+        reasons = [r for r in map(check_trade, trades) if r is not None]
+        reasons += [r for r in map(check_quote, quotes) if r is not None]
+        if not reasons:
+            if not trades and not quotes:
+                return Outcome(_NONE, _NONE, "empty", None, recv_ns)  # e.g. an empty snapshot
+            return Outcome(trades, quotes, None, None, recv_ns)
+        out = Outcome(
+            [t for t in trades if check_trade(t) is None],
+            [q for q in quotes if check_quote(q) is None],
+            None,
+            None,
+            recv_ns,
+        )
         if reasons:
             more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
             out.dead = "invalid: " + "; ".join(reasons[:3]) + more
-        if not out.trades and not out.quotes and out.dead is None:
-            out.control = "empty"  # e.g. an empty snapshot
         return out

@@ -1,4 +1,4 @@
-"""PostgreSQL writes: one transaction per batch, COPY into a staging table, then
+"""PostgreSQL writes: one transaction per batch, COPY into a staging table (decimals as text, parsed once by the cast), then
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the partitioned tables.
 
 Invariant: a call to :meth:`Store.write` either commits every row it was given (rows already
@@ -23,12 +23,12 @@ logger = logging.getLogger(__name__)
 
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_trades (
-    exchange text, symbol text, trade_id text, price numeric, amount numeric, side text,
+    exchange text, symbol text, trade_id text, price text, amount text, side text,
     ts_us bigint, recv_us bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
-    exchange text, symbol text, update_id text, bid_price numeric, bid_amount numeric,
-    ask_price numeric, ask_amount numeric, ts_us bigint, recv_us bigint
+    exchange text, symbol text, update_id text, bid_price text, bid_amount text,
+    ask_price text, ask_amount text, ts_us bigint, recv_us bigint
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -36,7 +36,7 @@ _US = "'epoch'::timestamptz + {} * interval '1 microsecond'"
 
 INSERT_TRADES = f"""
 INSERT INTO trades (exchange, symbol, trade_id, price, amount, side, ts, recv_ts)
-SELECT exchange, symbol, trade_id, price, amount, side, {_US.format("ts_us")},
+SELECT exchange, symbol, trade_id, price::numeric, amount::numeric, side, {_US.format("ts_us")},
        {_US.format("recv_us")}
 FROM stage_trades
 ON CONFLICT DO NOTHING
@@ -45,8 +45,8 @@ ON CONFLICT DO NOTHING
 INSERT_QUOTES = f"""
 INSERT INTO quotes (exchange, symbol, update_id, bid_price, bid_amount, ask_price, ask_amount,
                     ts, recv_ts)
-SELECT exchange, symbol, update_id, bid_price, bid_amount, ask_price, ask_amount,
-       {_US.format("ts_us")}, {_US.format("recv_us")}
+SELECT exchange, symbol, update_id, bid_price::numeric, bid_amount::numeric,
+       ask_price::numeric, ask_amount::numeric, {_US.format("ts_us")}, {_US.format("recv_us")}
 FROM stage_quotes
 ON CONFLICT DO NOTHING
 """

@@ -9,6 +9,9 @@ Invariants:
   writing entry by entry and their frames dead-lettered;
 - on stop (SIGTERM/SIGINT) it stops reading, flushes, commits, acks and returns.
 
+Reading and processing run on the main thread; committing and acking on one writer thread, so
+the next batch is read and parsed while PostgreSQL commits the previous one.
+
 At start it re-reads its own pending entries (id ``0``), then new ones (``>``). Every
 ``claim_every_s`` it XAUTOCLAIMs entries idle for ``claim_idle_ms`` from dead consumers; ids the
 stream no longer holds (Redis 7's third reply element) are acked and counted.
@@ -17,6 +20,8 @@ stream no longer holds (Redis 7's third reply element) are acked and counted.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -86,8 +91,14 @@ class Worker:
     sleep: Callable[[float], None] = time.sleep
     _batcher: Batcher = field(init=False)
     _done: set[str] = field(default_factory=set)
+    _queue: queue.Queue[Batch | None] = field(default_factory=lambda: queue.Queue(maxsize=1))
+    _writer: threading.Thread | None = None
+    _writer_error: BaseException | None = None
 
     def __post_init__(self) -> None:
+        # Raw XREADGROUP replies: entries stay [id, [name, value, ...]] lists instead of being
+        # turned into dicts by redis-py, which costs more than parsing the frame.
+        self.client.set_response_callback("XREADGROUP", _raw_reply)
         o = self.options
         self._batcher = Batcher(o.batch_entries, o.batch_ms / 1000, o.flush_when_drained)
 
@@ -167,7 +178,20 @@ class Worker:
         self._retry("postgres-connect", self.store.connect)
         o = self.options
         cursor = {key: "0" if o.read_pending_first else ">" for key in o.streams}
-        last_claim = last_status = last_partitions = time.monotonic()
+        last_claim = last_status = time.monotonic()
+        self._start_writer(stop)
+        try:
+            self._loop(stop, cursor, last_claim, last_status)
+            self.flush(stop)
+        finally:
+            self._stop_writer()
+        self._status()
+        logger.info("consumer %s stopped", o.name)
+
+    def _loop(
+        self, stop: StopFlag, cursor: dict[str, str], last_claim: float, last_status: float
+    ) -> None:
+        o = self.options
         logger.info("consumer %s in group %s reading %s", o.name, o.group, ", ".join(o.streams))
         while not stop.is_set():
             now = time.monotonic()
@@ -177,9 +201,6 @@ class Worker:
             if now - last_status >= STATUS_EVERY_S:
                 self._status()
                 last_status = now
-            if now - last_partitions >= PARTITIONS_EVERY_S:
-                self._retry("partitions", self.store.refresh_partitions, stop)
-                last_partitions = now
             live = {k: v for k, v in cursor.items() if k not in self._done}
             if not live:
                 break
@@ -203,9 +224,6 @@ class Worker:
                 self._done.update(cursor)
             if self._batcher.due(time.monotonic(), drained=drained):
                 self.flush(stop)
-        self.flush(stop)
-        self._status()
-        logger.info("consumer %s stopped", o.name)
 
     _last_count: int = 0
 
@@ -221,13 +239,15 @@ class Worker:
         )
         return reply or []  # type: ignore[return-value]
 
-    def _handle_read(self, reply: list[Any], cursor: dict[str, str]) -> int:
+    def _handle_read(self, reply: Any, cursor: dict[str, str]) -> int:
         now = time.monotonic()
         total = 0
         seen_keys = set()
         add, process = self._batcher.add, self.processor.process
         until = self.options.until
-        for raw_key, entries in reply:
+        # RESP2 replies [[key, entries], ...]; RESP3 (redis-py's default in 8.x) a map
+        pairs = reply.items() if isinstance(reply, dict) else reply
+        for raw_key, entries in pairs:
             key = _s(raw_key)
             seen_keys.add(key)
             history = cursor.get(key, ">") != ">"
@@ -284,9 +304,63 @@ class Worker:
 
     # -- flush ----------------------------------------------------------------------------------
     def flush(self, stop: StopFlag | None = None) -> None:
+        """Hand the batch to the writer thread, which commits it and then acks it.
+
+        The queue holds one batch: while one is being committed and one waits, reading stops
+        (backpressure), so at most three batches are in memory.
+        """
         batch = self._batcher.take()
         if batch.entries == 0:
             return
+        if self._writer is None:
+            self._commit(batch, stop)
+            return
+        while True:
+            if self._writer_error is not None:
+                raise RuntimeError("the writer thread failed") from self._writer_error
+            try:
+                self._queue.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _start_writer(self, stop: StopFlag) -> None:
+        self._writer = threading.Thread(
+            target=self._writer_loop, args=(stop,), name="writer", daemon=True
+        )
+        self._writer.start()
+
+    def _stop_writer(self) -> None:
+        if self._writer is None:
+            return
+        while self._writer.is_alive():
+            try:
+                self._queue.put(None, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        self._writer.join()
+        self._writer = None
+        if self._writer_error is not None:
+            raise RuntimeError("the writer thread failed") from self._writer_error
+
+    def _writer_loop(self, stop: StopFlag) -> None:
+        """Commit, then ack, batch after batch, while the main thread reads the next ones."""
+        last_partitions = time.monotonic()
+        try:
+            while True:
+                batch = self._queue.get()
+                if batch is None:
+                    return
+                if time.monotonic() - last_partitions >= PARTITIONS_EVERY_S:
+                    self._retry("partitions", self.store.refresh_partitions, stop)
+                    last_partitions = time.monotonic()
+                self._commit(batch, stop)
+        except BaseException as exc:
+            logger.exception("writer thread failed")
+            self._writer_error = exc
+
+    def _commit(self, batch: Batch, stop: StopFlag | None) -> None:
         try:
             self._write(batch, stop)
             if batch.dead:
@@ -363,3 +437,7 @@ class Worker:
 
 
 _DELETED = Outcome(control="deleted")
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response

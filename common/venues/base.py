@@ -69,9 +69,8 @@ class ConnectionPlan:
     name: str = ""  # short label for logs ("binance/0")
 
 
-@dataclass(frozen=True, slots=True)
-class FrameContext:
-    """What the consumer knows about a frame besides its bytes."""
+class FrameContext(msgspec.Struct, frozen=True, gc=False):
+    """What the consumer knows about a frame besides its bytes (a Struct: cheap to build)."""
 
     exchange: str
     context: str
@@ -79,15 +78,14 @@ class FrameContext:
     entry_id: str  # the stream id: a stable base for derived ids
     # venue symbol -> canonical symbol for what this connection context subscribes; lets venues
     # whose names have no separator (BTCUSDT) map back without guessing.
-    symbols: Mapping[str, str] = field(default_factory=dict)
+    symbols: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Parsed:
+class Parsed(msgspec.Struct):
     """The result of parsing one frame."""
 
-    trades: list[Trade] = field(default_factory=list)
-    quotes: list[Quote] = field(default_factory=list)
+    trades: list[Trade] = msgspec.field(default_factory=list)
+    quotes: list[Quote] = msgspec.field(default_factory=list)
     control: str | None = None  # "ack", "heartbeat", "pong", "error", "unknown:<type>", ...
 
     @staticmethod

@@ -92,6 +92,32 @@ class WireBookTicker(msgspec.Struct, frozen=True):
     T: int | None = None
 
 
+class _Event(msgspec.Struct, frozen=True):
+    """Every field of the events we store, all optional: one decode for the hot path."""
+
+    e: str | None = None
+    E: int | None = None
+    s: str | None = None
+    t: int | None = None
+    p: str | None = None
+    q: str | None = None
+    T: int | None = None
+    m: bool | None = None
+    a: int | str | None = None  # aggTrade id (int) or bookTicker best ask (str)
+    u: int | None = None
+    b: str | None = None
+    B: str | None = None
+    A: str | None = None
+
+
+class _Frame(_Event, frozen=True):
+    """A raw event, or the combined-stream wrapper around one."""
+
+    stream: str | None = None
+    data: _Event | None = None
+
+
+_frame = msgspec.json.Decoder(_Frame)
 _head = msgspec.json.Decoder(_Head)
 _type = msgspec.json.Decoder(_Type)
 _trade = msgspec.json.Decoder(WireTrade)
@@ -185,6 +211,49 @@ class Binance(Venue):
         return plans
 
     def parse(self, frame: bytes, ctx: FrameContext) -> Parsed:
+        """One decode for trades and book tickers; anything else takes the general path."""
+        try:
+            f = _frame.decode(frame)
+        except msgspec.ValidationError:
+            return self._parse_general(frame, ctx)  # e.g. depthUpdate's array fields
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise decode_error(self.exchange, exc) from None
+        ev: _Event = f.data if f.data is not None else f
+        event = ev.e
+        if event == "trade" or event == "aggTrade":
+            trade_id: int | str | None = ev.t if event == "trade" else ev.a
+            if (
+                ev.s is None or ev.p is None or ev.q is None or ev.T is None or ev.m is None
+                or not isinstance(trade_id, int)
+            ):  # fmt: skip
+                raise PoisonFrame(f"{self.exchange}: {event} event misses fields")
+            tid = str(trade_id) if event == "trade" else f"{self.agg_prefix}{trade_id}"
+            return Parsed(trades=[self._trade(ev.s, tid, ev.p, ev.q, ev.T, ev.m, ctx)])
+        if (event == "bookTicker" or event is None) and ev.u is not None:
+            if (
+                ev.s is None or ev.b is None or ev.B is None or not isinstance(ev.a, str)
+                or ev.A is None
+            ):  # fmt: skip
+                raise PoisonFrame(f"{self.exchange}: bookTicker event misses fields")
+            stamp = ev.T if ev.T is not None else ev.E
+            quote = Quote(
+                exchange=self.exchange,
+                symbol=self.canonical(ev.s, ctx),
+                update_id=str(ev.u),
+                bid_price=ev.b,
+                bid_amount=ev.B,
+                ask_price=ev.a,
+                ask_amount=ev.A,
+                ts_ns=self._time_ns(stamp) if stamp else ctx.recv_ns,
+                recv_ns=ctx.recv_ns,
+            )
+            return Parsed(quotes=[quote])
+        return self._parse_general(frame, ctx)
+
+    def _time_ns(self, value: int) -> int:
+        return epoch_to_ns(value)
+
+    def _parse_general(self, frame: bytes, ctx: FrameContext) -> Parsed:
         try:
             head = _head.decode(frame)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:

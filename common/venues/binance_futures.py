@@ -139,6 +139,9 @@ class BinanceFutures(Binance):
                 )
         return plans
 
+    def _time_ns(self, value: int) -> int:
+        return ms_to_ns(value)  # USD-M times are always ms
+
     def _trade(
         self,
         venue_symbol: str,

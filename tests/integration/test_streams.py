@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 KEY = raw_key("binance")
 SETTINGS = settings_from_mapping(
     {
-        "consumer": {"batch_ms": 10, "claim_idle_ms": 100, "claim_every_s": 0.05, "block_ms": 50},
+        "consumer": {"batch_ms": 10, "claim_idle_ms": 1000, "claim_every_s": 0.05, "block_ms": 50},
         "feeds": [{"exchange": "binance", "symbols": ["BTC-USDT"]}],
     },
     {},
