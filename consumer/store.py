@@ -1,5 +1,6 @@
-"""PostgreSQL writes: one transaction per batch, COPY into a staging table (decimals as text, parsed once by the cast), then
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the partitioned tables.
+"""PostgreSQL writes: one transaction per batch, COPY into a staging table (decimals as text,
+parsed once by the cast), then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the
+partitioned tables.
 
 Invariant: a call to :meth:`Store.write` either commits every row it was given (rows already
 stored are skipped by their natural key) or commits nothing. Prices go to ``numeric`` as the
