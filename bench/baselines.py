@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from common.envelope import Envelope
 from common.metrics import Metrics
 from producer.publisher import Publisher
+from producer.wire import RedisWire, XaddPacker
 
 from .scenarios import KEY, Env, prefill, trade_frame
 
@@ -80,22 +81,21 @@ async def _unbatched(url: str, frames: list[dict[bytes, bytes]]) -> float:
 
 
 async def _batched(url: str, frames: list[dict[bytes, bytes]]) -> float:
-    client = aioredis.Redis.from_url(url)
     pub = Publisher(
-        client, maxlen=20_000_000, buffer_frames=len(frames) + 1, pipeline_max=2000,
-        metrics=Metrics("bench"),
+        RedisWire(url), buffer_frames=len(frames) + 1, pipeline_max=2000,
+        metrics=Metrics("bench"), high_water=len(frames) + 1,
     )  # fmt: skip
+    pack = XaddPacker(KEY, 20_000_000, "binance", "", "b").pack
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(pub.run(stop))
     for i, fields in enumerate(frames):
-        pub.put(KEY, fields)
+        pub.put(pack(fields[b"f"], False, i, time.time_ns()))
         if i % 500 == 0:
             await asyncio.sleep(0)  # frames arrive over time, as from a socket
     stop.set()
     await task
     elapsed = time.perf_counter() - started
-    await client.aclose()
     return len(frames) / elapsed
 
 

@@ -9,8 +9,6 @@ import logging
 import signal
 import sys
 
-import redis.asyncio as aioredis
-
 from common.config import Settings, load_settings
 from common.errors import ConfigError
 from common.logs import setup_logging
@@ -18,6 +16,7 @@ from common.metrics import Metrics, serve_metrics
 
 from .publisher import Publisher
 from .session import FeedSession
+from .wire import RedisWire
 
 logger = logging.getLogger("producer")
 
@@ -54,6 +53,7 @@ def build_sessions(settings: Settings, publisher: Publisher, metrics: Metrics) -
                     backoff_initial_s=p.backoff_initial_s,
                     backoff_max_s=p.backoff_max_s,
                     start_delay_s=n * CONNECT_SPACING_S,
+                    maxlen=settings.redis.maxlen,
                 )
             )
     return sessions
@@ -69,13 +69,9 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
     metrics = Metrics("producer")
     if metrics_port:
         serve_metrics(metrics, metrics_port)
-    client = aioredis.Redis.from_url(
-        settings.redis.url, socket_timeout=10, socket_connect_timeout=5
-    )
     p = settings.producer
     publisher = Publisher(
-        client,
-        maxlen=settings.redis.maxlen,
+        RedisWire(settings.redis.url, timeout=10.0),
         buffer_frames=p.buffer_frames,
         pipeline_max=p.pipeline_max,
         metrics=metrics,
@@ -84,18 +80,15 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
     sessions = build_sessions(settings, publisher, metrics)
     logger.info("producer: %d connections for %s", len(sessions), ", ".join(settings.exchanges))
     publisher_stop = asyncio.Event()
-    try:
-        async with asyncio.TaskGroup() as tg:
-            pub = tg.create_task(publisher.run(publisher_stop), name="publisher")
-            feeds = [tg.create_task(s.run(stop), name=f"feed {s.label}") for s in sessions]
-            status = tg.create_task(_status(metrics, publisher, stop), name="status")
-            await stop.wait()
-            logger.info("producer: stopping; flushing %d buffered frames", publisher.buffered)
-            await asyncio.gather(*feeds, status)
-            publisher_stop.set()
-            await pub
-    finally:
-        await client.aclose()
+    async with asyncio.TaskGroup() as tg:
+        pub = tg.create_task(publisher.run(publisher_stop), name="publisher")
+        feeds = [tg.create_task(s.run(stop), name=f"feed {s.label}") for s in sessions]
+        status = tg.create_task(_status(metrics, publisher, stop), name="status")
+        await stop.wait()
+        logger.info("producer: stopping; flushing %d buffered frames", publisher.buffered)
+        await asyncio.gather(*feeds, status)
+        publisher_stop.set()
+        await pub
     logger.info("producer stopped: %s", metrics.summary())
     return 0
 

@@ -1,26 +1,30 @@
 """Frames -> Redis Stream, pipelined.
 
-Frames are put in an in-memory buffer; one task sends everything buffered in one pipelined round
-trip (at most ``pipeline_max`` XADDs), then looks again. A lone frame goes out at once; frames that
-arrive during a round trip ride the next one. So XADDs batch themselves under load without adding
-latency when the feed is slow.
+Sessions put packed XADD commands (:class:`~producer.wire.XaddPacker`) in an in-memory buffer;
+one task sends everything buffered in one pipelined round trip (at most ``pipeline_max``), then
+looks again. A lone frame goes out at once; frames that arrive during a round trip ride the next
+one. So XADDs batch themselves under load without adding latency when the feed is slow.
 
-While Redis is unreachable the buffer keeps up to ``buffer_frames`` frames, in order, and the
-loss of Redis is logged and counted; they are flushed, oldest first, when Redis returns. Frames
-that find the buffer full are dropped, counted and logged: a gap, never a silent one.
+Memory is bounded two ways. While Redis is up but slower than the feeds, sessions wait once the
+buffer holds ``high_water`` frames (they stop reading their sockets: TCP backpressure), so a burst
+never piles up here. While Redis is unreachable the buffer keeps up to ``buffer_frames`` frames,
+in order, the loss of Redis is logged and counted, and they are flushed, oldest first, when
+Redis returns; frames that find the buffer full are dropped, counted and logged: a gap, never a
+silent one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
 
-import redis.asyncio as aioredis
-
 from common.errors import backoff, is_transient
 from common.metrics import Metrics
+
+from .wire import RedisWire
 
 logger = logging.getLogger(__name__)
 
@@ -28,22 +32,24 @@ logger = logging.getLogger(__name__)
 class Publisher:
     def __init__(
         self,
-        client: aioredis.Redis,
+        wire: RedisWire,
         *,
-        maxlen: int,
         buffer_frames: int,
         pipeline_max: int,
         metrics: Metrics,
         backoff_max_s: float = 30.0,
+        high_water: int = 20_000,
     ) -> None:
-        self.client = client
-        self.maxlen = maxlen
+        self.wire = wire
         self.buffer_frames = buffer_frames
         self.pipeline_max = pipeline_max
         self.metrics = metrics
         self.backoff_max_s = backoff_max_s
-        self._buffer: deque[tuple[str, dict[bytes, bytes]]] = deque()
+        self.high_water = min(high_water, buffer_frames)
+        self._buffer: deque[bytes] = deque()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._down_since: float | None = None
         self._last_drop_log = 0.0
         self._dropped_since_log = 0
@@ -52,8 +58,19 @@ class Publisher:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def put(self, key: str, fields: dict[bytes, bytes]) -> bool:
-        """Queue one entry. Returns False (and counts a drop) when the buffer is full."""
+    @property
+    def full(self) -> bool:
+        """True when a session should wait (Redis up and ``high_water`` frames queued)."""
+        return len(self._buffer) >= self.high_water and self._down_since is None
+
+    async def room(self) -> None:
+        """Wait until the buffer is below ``high_water`` again (or Redis went down)."""
+        while self.full:
+            self._room.clear()
+            await self._room.wait()
+
+    def put(self, command: bytes) -> bool:
+        """Queue one packed XADD. Returns False (and counts a drop) when the buffer is full."""
         if len(self._buffer) >= self.buffer_frames:
             self.metrics.inc("dropped")
             self._dropped_since_log += 1
@@ -67,7 +84,7 @@ class Publisher:
                 self._last_drop_log = now
                 self._dropped_since_log = 0
             return False
-        self._buffer.append((key, fields))
+        self._buffer.append(command)
         self._wake.set()
         return True
 
@@ -106,14 +123,11 @@ class Publisher:
                     await asyncio.sleep(min(next(delays), 1.0 if stop.is_set() else 1e9))
         finally:
             stop_wait.cancel()
+            await self.wire.close()
 
     async def _send_some(self) -> None:
         n = min(len(self._buffer), self.pipeline_max)
-        pipe = self.client.pipeline(transaction=False)
-        for i in range(n):
-            key, fields = self._buffer[i]
-            pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        await pipe.execute()
+        await self.wire.execute(b"".join(itertools.islice(self._buffer, n)), n)
         # Only now are they in Redis: drop them from the buffer. (A failure midway may have
         # stored some of them; they are sent again, and the consumer's natural keys dedupe.)
         for _ in range(n):
@@ -127,9 +141,12 @@ class Publisher:
                 len(self._buffer) + n,
             )
             self._down_since = None
+        if len(self._buffer) < self.high_water // 2:
+            self._room.set()
 
     def _note_down(self, exc: BaseException) -> None:
         self.metrics.inc("redis_errors")
+        self._room.set()  # sessions keep reading into the buffer while Redis is away
         if self._down_since is None:
             self._down_since = time.monotonic()
             logger.error(

@@ -1,7 +1,8 @@
 """One planned connection kept alive: connect, subscribe, keepalive, receive, reconnect, roll over.
 
-Every frame received is handed to the publisher unchanged with its receive time and its number
-within the connection. Disconnects are retried with capped, jittered backoff that resets after a
+Every frame received is handed to the publisher unchanged, packed as an XADD with its receive
+time and its number within the connection (``common.envelope`` lists the fields).
+Disconnects are retried with capped, jittered backoff that resets after a
 connection that delivered data. A venue that closes connections on schedule is rolled over
 make-before-break: a new connection is opened and subscribed, both run for ``overlap_s`` (the
 duplicates are removed by the consumer's natural keys), then the old one is closed.
@@ -19,12 +20,13 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from common.envelope import Envelope, raw_key
+from common.envelope import raw_key
 from common.errors import backoff
 from common.metrics import Metrics
 from common.venues import ConnectionPlan, Venue
 
 from .publisher import Publisher
+from .wire import XaddPacker
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ class FeedSession:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         start_delay_s: float = 0.0,
+        maxlen: int = 5_000_000,
     ) -> None:
+        self.maxlen = maxlen
         self.venue = venue
         self.plan = plan
         self.publisher = publisher
@@ -179,8 +183,11 @@ class FeedSession:
 
     async def _receive(self, ws: ClientConnection, gen: _Generation) -> None:
         silence = self.plan.keepalive.silence_s
-        put, key, reply = self.publisher.put, self.key, self.venue.reply
-        exchange, context, conn_id = self.venue.exchange, self.plan.context, gen.conn_id
+        publisher, reply = self.publisher, self.venue.reply
+        put = publisher.put
+        pack = XaddPacker(
+            self.key, self.maxlen, self.venue.exchange, self.plan.context, gen.conn_id
+        ).pack
         seq = 0
         while True:
             if silence is None:
@@ -195,12 +202,15 @@ class FeedSession:
                     return
             recv_ns = time.time_ns()
             seq += 1
-            binary = isinstance(message, bytes)
-            frame = message if isinstance(message, bytes) else message.encode()
-            put(key, Envelope(frame, binary, exchange, context, conn_id, seq, recv_ns).fields())
+            if isinstance(message, bytes):
+                put(pack(message, True, seq, recv_ns))
+            else:
+                put(pack(message.encode(), False, seq, recv_ns))
             gen.frames = seq
             if seq == 1:
                 gen.ready.set()
             answer = reply(message)
             if answer is not None:
                 await ws.send(answer)
+            if publisher.full:
+                await publisher.room()  # backpressure: stop reading until Redis catches up

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from common.config import settings_from_mapping
-from common.envelope import Envelope, raw_key
+from common.envelope import Envelope, decode_fields, raw_key
 from common.errors import TransientError
 from common.metrics import Metrics
 from common.records import Quote, Trade
@@ -21,6 +20,7 @@ from common.servers import free_port
 from consumer.store import Store
 from consumer.worker import Worker
 from producer.publisher import Publisher
+from producer.wire import RedisWire, XaddPacker
 
 pytestmark = pytest.mark.integration
 
@@ -126,21 +126,26 @@ def test_pending_entries_of_a_dead_consumer_are_claimed_and_deleted_ones_acked(
     assert "no longer exist" in caplog.text
 
 
+def packed(i: int) -> bytes:
+    fields = frame(i)
+    packer = XaddPacker(KEY, 1_000_000, "binance", "", "c")
+    return packer.pack(fields[b"f"], False, i, int(fields[b"t"]))
+
+
 async def _publish(url: str, n: int, buffer_frames: int = 100_000) -> tuple[Publisher, Metrics]:
     metrics = Metrics("producer")
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=0.5)
     pub = Publisher(
-        client, maxlen=1_000_000, buffer_frames=buffer_frames, pipeline_max=500, metrics=metrics
-    )
+        RedisWire(url, timeout=0.5), buffer_frames=buffer_frames, pipeline_max=500,
+        metrics=metrics, high_water=buffer_frames,
+    )  # fmt: skip
     stop = asyncio.Event()
     task = asyncio.create_task(pub.run(stop, drain_budget_s=1.0))
     for i in range(n):
-        pub.put(KEY, frame(i))
+        pub.put(packed(i))
         if i % 1000 == 0:
             await asyncio.sleep(0)
     stop.set()
     await task
-    await client.aclose()
     return pub, metrics
 
 
@@ -148,6 +153,13 @@ def test_publisher_pipelines_and_keeps_order(redis_client: redis.Redis, redis_ur
     _, metrics = asyncio.run(_publish(redis_url, 5000))
     entries = redis_client.xrange(KEY)
     assert [int(fields[b"n"]) for _, fields in entries] == list(range(5000))
+    # exactly the envelope the consumer reads, field order included (its fast path)
+    redis_client.set_response_callback("XRANGE", lambda r, **_: r)
+    raw = redis_client.xrange(KEY, count=1)[0][1]
+    assert list(raw)[::2] == [b"f", b"k", b"e", b"x", b"c", b"n", b"t"]
+    assert decode_fields(dict(entries[7][1])) == Envelope(
+        frame(7)[b"f"], False, "binance", "", "c", 7, 1_700_000_000_000_000_000
+    )
     assert metrics.counters["published"] == 5000
     assert metrics.counters["round_trips"] <= 5000 / 100  # batched, not one XADD per trip
 

@@ -1,0 +1,153 @@
+"""The producer's Redis hot path: XADD commands packed by hand, sent in pipelines over one raw
+connection, replies parsed by hiredis.
+
+redis-py builds each command in Python and sets up a timeout per reply; for the producer's one
+command that costs more than the whole rest of a frame's journey. Here a connection's constant
+parts (key, MAXLEN, exchange, context, connection id) are encoded once, so packing a frame is
+one ``%`` format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+from common.errors import TransientError
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def command(*parts: bytes) -> bytes:
+    """One RESP command."""
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
+
+
+class XaddPacker:
+    """Packs ``XADD key MAXLEN ~ N * f <frame> k t|b e <ex> x <ctx> c <conn> n <seq> t <ns>``.
+
+    The field order is the consumer's fast path (see ``common.envelope``).
+    """
+
+    def __init__(self, key: str, maxlen: int, exchange: str, context: str, conn_id: str) -> None:
+        self.prefix = b"*20\r\n" + b"".join(
+            _bulk(part)
+            for part in (b"XADD", key.encode(), b"MAXLEN", b"~", str(maxlen).encode(), b"*", b"f")
+        )
+        middle = b"".join(
+            _bulk(part)
+            for part in (b"e", exchange.encode(), b"x", context.encode(), b"c", conn_id.encode())
+        )
+        self.text_middle = _bulk(b"k") + _bulk(b"t") + middle + _bulk(b"n")
+        self.binary_middle = _bulk(b"k") + _bulk(b"b") + middle + _bulk(b"n")
+        self.t = _bulk(b"t")
+
+    def pack(self, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bytes:
+        s = b"%d" % seq
+        r = b"%d" % recv_ns
+        return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+            self.prefix,
+            len(frame),
+            frame,
+            self.binary_middle if binary else self.text_middle,
+            len(s),
+            s,
+            self.t,
+            len(r),
+            r,
+        )
+
+
+class RedisWire:
+    """One connection that sends packed commands and checks their replies."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
+        self.scheme = parts.scheme
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.path = parts.path
+        self.db = 0
+        if parts.scheme != "unix" and parts.path.strip("/"):
+            self.db = int(parts.path.strip("/"))
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._parser = hiredis.Reader()
+
+    async def connect(self) -> None:
+        await self.close()
+        self._parser = hiredis.Reader()
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.scheme == "unix":
+                    self._reader, self._writer = await asyncio.open_unix_connection(self.path)
+                else:
+                    tls = ssl.create_default_context() if self.scheme == "rediss" else None
+                    self._reader, self._writer = await asyncio.open_connection(
+                        self.host, self.port, ssl=tls
+                    )
+        except (OSError, TimeoutError) as exc:
+            raise TransientError(f"redis unreachable: {exc!r}") from exc
+        setup = []
+        if self.password is not None:
+            auth = [b"AUTH"] + ([self.username.encode()] if self.username else [])
+            setup.append(command(*auth, self.password.encode()))
+        if self.db:
+            setup.append(command(b"SELECT", str(self.db).encode()))
+        if setup:
+            await self.execute(b"".join(setup), len(setup))
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def execute(self, payload: bytes, count: int) -> None:
+        """Send ``count`` packed commands and wait for all their replies.
+
+        Raises:
+            TransientError: the connection failed, or Redis answered an error (e.g. OOM): the
+                caller sends the same commands again later.
+        """
+        if not self.connected:
+            await self.connect()
+        assert self._reader is not None and self._writer is not None
+        errors: list[str] = []
+        try:
+            async with asyncio.timeout(self.timeout):
+                self._writer.write(payload)
+                await self._writer.drain()
+                left = count
+                while left:
+                    reply = self._parser.gets()
+                    if reply is False:
+                        data = await self._reader.read(1 << 16)
+                        if not data:
+                            raise ConnectionResetError("redis closed the connection")
+                        self._parser.feed(data)
+                        continue
+                    left -= 1
+                    if isinstance(reply, hiredis.ReplyError):
+                        errors.append(str(reply))
+        except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+            await self.close()
+            raise TransientError(f"redis connection lost: {exc!r}") from exc
+        if errors:
+            raise TransientError(f"redis refused {len(errors)} of {count} commands: {errors[0]}")
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ConnectionError):
+                pass
