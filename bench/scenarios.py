@@ -41,18 +41,24 @@ class Env:
             if exists and exists[0] is not None:
                 conn.execute("TRUNCATE trades, quotes")
 
-    def config(self, port: int, **consumer: Any) -> Path:
+    def config(self, *ports: int, **consumer: Any) -> Path:
+        """Feeds for SYMBOLS, split evenly over one simulator per port."""
         lines = [
             f'[redis]\nurl = "{self.redis_url}"\nmaxlen = 20000000\n',
             f'[database]\nurl = "{self.database_url}"\n',
             "[consumer]",
             *(f"{k} = {v}" for k, v in consumer.items()),
-            "\n[[feeds]]",
-            'exchange = "binance"',
-            "symbols = [" + ", ".join(f'"{s}"' for s in SYMBOLS) + "]",
-            f'url = "ws://127.0.0.1:{port}"',
         ]
-        path = self.work / f"bench-{port}.toml"
+        per = len(SYMBOLS) // len(ports)
+        for i, port in enumerate(ports):
+            symbols = SYMBOLS[i * per : (i + 1) * per]
+            lines += [
+                "\n[[feeds]]",
+                'exchange = "binance"',
+                "symbols = [" + ", ".join(f'"{s}"' for s in symbols) + "]",
+                f'url = "ws://127.0.0.1:{port}"',
+            ]
+        path = self.work / f"bench-{ports[0]}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
 
@@ -122,11 +128,13 @@ def _stream_rate(r: redis.Redis, key: str = KEY) -> tuple[int, float]:
 
 # -- 1. producer alone -------------------------------------------------------------------------
 def producer_alone(env: Env, total: int) -> dict[str, float]:
+    """Two simulator processes (one Python process alone cannot saturate the producer) send
+    as fast as they can; frames/s is measured on the stream's own entry ids."""
     env.reset()
-    port = free_port()
+    ports = (free_port(), free_port())
     per_symbol = total // len(SYMBOLS)
-    sim = _simulator(env, port, rate_per_symbol=10_000_000, trades=per_symbol)
-    producer = spawn("producer", ["producer"], env.work, env.config(port))
+    sims = [_simulator(env, port, rate_per_symbol=10_000_000, trades=per_symbol) for port in ports]
+    producer = spawn("producer", ["producer"], env.work, env.config(*ports))
     r = env.redis()
     try:
         ok = _wait(lambda: r.exists(KEY) and r.xlen(KEY) >= 1, 30, [producer])
@@ -142,7 +150,8 @@ def producer_alone(env: Env, total: int) -> dict[str, float]:
         }
     finally:
         producer.stop()
-        sim.stop()
+        for sim in sims:
+            sim.stop()
         r.close()
 
 

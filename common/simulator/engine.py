@@ -7,10 +7,10 @@ what must be in PostgreSQL from the ids alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class SimTrade:
+class SimTrade(NamedTuple):
     symbol: str  # canonical
     trade_id: int  # consecutive per symbol, from 1
     price: str  # exact decimal text
@@ -19,8 +19,7 @@ class SimTrade:
     ts_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class SimQuote:
+class SimQuote(NamedTuple):
     symbol: str
     update_id: int
     bid_price: str

@@ -126,6 +126,23 @@ class Simulator:
                 self.quote_pacers[symbol] = Pacer(self.config.quote_rate)
 
     async def _send(self, ws: ServerConnection, frames: Sequence[Frame]) -> None:
+        if len(frames) > 1:
+            # Many frames, one write: websockets' own send() flushes and drains per message,
+            # which would make the simulator, not the producer, the bottleneck of a benchmark.
+            # send_context()/protocol are websockets internals; this is a test tool.
+            binary = self.dialect.binary
+            protocol = ws.protocol
+            async with ws.send_context():
+                for frame in frames:
+                    if isinstance(frame, str):
+                        data = frame.encode()
+                        if binary:
+                            protocol.send_binary(data)
+                        else:
+                            protocol.send_text(data)
+                    else:
+                        protocol.send_binary(frame)
+            return
         for frame in frames:
             if self.dialect.binary and isinstance(frame, str):
                 await ws.send(frame.encode())
@@ -151,9 +168,10 @@ class Simulator:
             for client in list(self.clients):
                 if (Channel.TRADES, symbol) not in client.session.subscriptions:
                     continue
+                frames = []
                 for i in range(0, len(trades), per_frame):
-                    frames = self.dialect.trade_frames(client.session, trades[i : i + per_frame])
-                    await self._safe_send(client, frames)
+                    frames += self.dialect.trade_frames(client.session, trades[i : i + per_frame])
+                await self._safe_send(client, frames)
         for symbol, pacer in self.quote_pacers.items():
             count = pacer.due(now)
             if not count:

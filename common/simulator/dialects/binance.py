@@ -74,6 +74,10 @@ class BinanceDialect(Dialect):
         return json.dumps(event, separators=(",", ":"))
 
     def trade_frames(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
+        if not self.futures and trades:
+            kind = session.subscriptions.get((Channel.TRADES, trades[0].symbol), "trade")
+            if kind == "trade":
+                return self._fast_trades(session, trades)
         frames = []
         for t in trades:
             venue = t.symbol.replace("-", "")
@@ -108,6 +112,22 @@ class BinanceDialect(Dialect):
                     "M": True,
                 }
             frames.append(self._wrap(session, f"{venue.lower()}@{kind}", event))
+        return frames
+
+    def _fast_trades(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
+        """Spot ``trade`` events by string template: the benchmark's firehose path."""
+        venue = trades[0].symbol.replace("-", "")
+        wrap = urlsplit(session.path).path.startswith("/stream")
+        head = f'{{"stream":"{venue.lower()}@trade","data":' if wrap else ""
+        tail = "}" if wrap else ""
+        frames: list[Frame] = []
+        for t in trades:
+            ms = t.ts_ns // 1_000_000
+            maker = "true" if t.side == "sell" else "false"
+            frames.append(
+                f'{head}{{"e":"trade","E":{ms},"s":"{venue}","t":{t.trade_id},"p":"{t.price}",'
+                f'"q":"{t.amount}","T":{ms},"m":{maker},"M":true}}{tail}'
+            )
         return frames
 
     def quote_frames(self, session: SimSession, quote: SimQuote) -> list[Frame]:
