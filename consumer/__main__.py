@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+    sys.setswitchinterval(0.0005)  # the writer thread gets the GIL back quickly after I/O
     try:
         worker.run(stop)
     finally:

@@ -94,6 +94,8 @@ class Worker:
     _queue: queue.Queue[Batch | None] = field(default_factory=lambda: queue.Queue(maxsize=1))
     _writer: threading.Thread | None = None
     _writer_error: BaseException | None = None
+    _busy: bool = False  # the writer is committing a batch
+    _idle: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         # Raw XREADGROUP replies: entries stay [id, [name, value, ...]] lists instead of being
@@ -204,9 +206,13 @@ class Worker:
             live = {k: v for k, v in cursor.items() if k not in self._done}
             if not live:
                 break
-            block_ms = max(1, int(self._batcher.wait_s(now) * 1000))
             if self._batcher.batch.entries == 0:
                 block_ms = o.block_ms
+            else:
+                # A batch waits for the writer: wait for the writer (not for Redis, which
+                # polling would keep busy), then collect whatever arrived meanwhile.
+                self._idle.wait(min(0.005, self._batcher.wait_s(now)))
+                block_ms = 0
             if any(v != ">" for v in live.values()) or o.stop_when_drained:
                 block_ms = 0  # history reads never block
             try:
@@ -222,7 +228,9 @@ class Worker:
             drained = got < self._last_count
             if drained and o.stop_when_drained and all(v == ">" for v in cursor.values()):
                 self._done.update(cursor)
-            if self._batcher.due(time.monotonic(), drained=drained):
+            # Drained: hand the batch over as soon as the writer is free. While it is busy the
+            # batch keeps growing, so commits get bigger exactly when the load is higher.
+            if self._batcher.due(time.monotonic(), drained=drained and self._writer_idle()):
                 self.flush(stop)
 
     _last_count: int = 0
@@ -324,6 +332,9 @@ class Worker:
             except queue.Full:
                 continue
 
+    def _writer_idle(self) -> bool:
+        return self._writer is None or (not self._busy and self._queue.empty())
+
     def _start_writer(self, stop: StopFlag) -> None:
         self._writer = threading.Thread(
             target=self._writer_loop, args=(stop,), name="writer", daemon=True
@@ -352,10 +363,15 @@ class Worker:
                 batch = self._queue.get()
                 if batch is None:
                     return
+                self._busy = True
+                self._idle.clear()
                 if time.monotonic() - last_partitions >= PARTITIONS_EVERY_S:
                     self._retry("partitions", self.store.refresh_partitions, stop)
                     last_partitions = time.monotonic()
                 self._commit(batch, stop)
+                self._busy = False
+                if self._queue.empty():
+                    self._idle.set()
         except BaseException as exc:
             logger.exception("writer thread failed")
             self._writer_error = exc
