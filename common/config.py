@@ -189,13 +189,18 @@ def _check_feed(i: int, raw: FeedSettings) -> Feed:
             )
     if raw.url is not None and not re.match(r"^wss?://[^/\s]+", raw.url):
         raise ConfigError(f"{key}.url", f"{raw.url!r} is not a ws:// or wss:// URL")
-    return Feed(
+    feed = Feed(
         exchange=raw.exchange,
         channels=tuple(channels),
         symbols=tuple(symbols),
         url=raw.url,
         options=dict(raw.options),
     )
+    try:
+        feed.plans()  # a combination the venue cannot serve fails now, not at connect time
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+    return feed
 
 
 def _located(message: str) -> tuple[str, str]:

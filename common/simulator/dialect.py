@@ -34,6 +34,7 @@ class Dialect(abc.ABC):
     trades_per_frame: ClassVar[int] = 1  # how many trades the venue packs in one frame at most
     ts_unit_ns: ClassVar[int] = 1_000_000  # the precision of the venue's trade times
     reports_side: ClassVar[bool] = True  # False where the stored side is NULL
+    heartbeat_s: ClassVar[float | None] = None  # application heartbeats every so often
 
     @abc.abstractmethod
     def accepts(self, path: str) -> bool:
@@ -54,6 +55,10 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def quote_frames(self, session: SimSession, quote: SimQuote) -> list[Frame]:
         """Frames carrying one best bid/ask update."""
+
+    def heartbeat_frames(self, session: SimSession, now_ns: int) -> list[Frame]:
+        """Application heartbeats due every ``heartbeat_s`` (Coinbase, Kraken)."""
+        return []
 
     def expected_trade_id(self, trade: SimTrade) -> str | None:
         """The trade id the venue parser must produce (None where it derives one)."""

@@ -41,6 +41,7 @@ class _Client:
     ws: ServerConnection
     session: SimSession
     opened: float
+    heartbeat_at: float = 0.0
 
 
 @dataclass
@@ -157,6 +158,12 @@ class Simulator:
             for client in list(self.clients):
                 if now - client.opened > self.config.max_connection_s:
                     await client.ws.close(1000, "connection lifetime reached")
+        if self.dialect.heartbeat_s:
+            for client in list(self.clients):
+                if now - client.heartbeat_at >= self.dialect.heartbeat_s:
+                    client.heartbeat_at = now
+                    beats = self.dialect.heartbeat_frames(client.session, time.time_ns())
+                    await self._safe_send(client, beats)
         for symbol, pacer in self.trade_pacers.items():
             count = pacer.due(now)
             if not count:

@@ -60,6 +60,20 @@ def test_load_from_file_and_env_variable(tmp_path: Path) -> None:
         ({"consumer": {"batch_entries": 0}}, "consumer.batch_entries", ""),
         ({"consumer": {"batch_ms": "soon"}}, "consumer.batch_ms", "README"),
         ({"database": {"url": "mysql://x"}}, "database.url", ""),
+        (
+            {
+                "feeds": [
+                    {
+                        "exchange": "bithumb",
+                        "symbols": ["BTC-KRW"],
+                        "channels": ["quotes"],
+                        "options": {"api": "legacy"},
+                    }
+                ]
+            },
+            "feeds[0]",
+            "",
+        ),
     ],
 )
 def test_bad_config_names_the_key(data: dict[str, object], key: str, fix: str) -> None:

@@ -41,6 +41,15 @@ def _error(message: str) -> Frame:
 class CoinbaseDialect(Dialect):
     exchange = "coinbase"
     server_ping_s = None  # keepalive is the heartbeats channel, not protocol pings
+    heartbeat_s = 1.0
+
+    def heartbeat_frames(self, session: SimSession, now_ns: int) -> list[Frame]:
+        if "heartbeats" not in session.state.get("channels", {}):
+            return []
+        counter = session.state["heartbeat_counter"] = session.state.get("heartbeat_counter", 0) + 1
+        event = {"current_time": rfc3339(now_ns), "heartbeat_counter": str(counter)}
+        return [self._envelope(session, "heartbeats", now_ns, [event])]
+
     trades_per_frame = 5  # "collects all updates over the last 250 ms": several per frame
     ts_unit_ns = 1_000  # trade times have microseconds
 

@@ -3,8 +3,8 @@ one subscribe ack per symbol, ``{"method":"ping"}`` -> ``{"method":"pong"}``, se
 ``trade`` frame with prices as JSON numbers, RFC 3339 microsecond timestamps, and ``ticker``
 best bid/ask frames. The first frame of a channel after subscribing is typed ``snapshot``.
 
-Not simulated: the ~1 s ``heartbeat`` (the dialect interface has no timer; the client's pings keep
-the connection from going silent) and the 50-trade history in the real trade snapshot. Acks and
+``{"channel":"heartbeat"}`` about every second once subscribed. Not simulated: the 50-trade
+history in the real trade snapshot. Acks and
 pongs carry fixed ``time_in``/``time_out`` values because a dialect has no clock.
 """
 
@@ -68,6 +68,11 @@ def _venue(symbol: str) -> str:
 class KrakenDialect(Dialect):
     exchange = "kraken"
     server_ping_s = None  # Kraken keeps connections alive with heartbeats and app-level pings
+    heartbeat_s = 1.0
+
+    def heartbeat_frames(self, session: SimSession, now_ns: int) -> list[Frame]:
+        return ['{"channel":"heartbeat"}'] if session.subscriptions else []
+
     trades_per_frame = 5  # "Multiple trades may be batched in a single message"
     ts_unit_ns = 1_000  # RFC 3339 timestamps with microseconds
 
