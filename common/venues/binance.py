@@ -324,7 +324,7 @@ class Binance(Venue):
             amount=amount,
             # "m: Is the buyer the market maker?" -> the seller took liquidity.
             side="sell" if buyer_is_maker else "buy",
-            ts_ns=epoch_to_ns(time),
+            ts_ns=self._time_ns(time),
             recv_ns=ctx.recv_ns,
         )
 

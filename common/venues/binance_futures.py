@@ -39,7 +39,6 @@ from typing import ClassVar
 
 import msgspec
 
-from ..records import Trade
 from ..symbols import Kind, Symbol
 from .base import (
     Channel,
@@ -140,30 +139,8 @@ class BinanceFutures(Binance):
         return plans
 
     def _time_ns(self, value: int) -> int:
-        return ms_to_ns(value)  # USD-M times are always ms
-
-    def _trade(
-        self,
-        venue_symbol: str,
-        trade_id: str,
-        price: str,
-        amount: str,
-        time: int,
-        buyer_is_maker: bool,
-        ctx: FrameContext,
-    ) -> Trade:
-        return Trade(
-            exchange=self.exchange,
-            symbol=self.canonical(venue_symbol, ctx),
-            trade_id=trade_id,
-            price=price,
-            amount=amount,
-            # "m: Is the buyer the market maker?" -> the seller took liquidity.
-            side="sell" if buyer_is_maker else "buy",
-            # USD-M trade times are always ms ("T": Trade time); no magnitude guessing.
-            ts_ns=ms_to_ns(time),
-            recv_ns=ctx.recv_ns,
-        )
+        # USD-M times are always ms ("T": Trade time): no magnitude guessing.
+        return ms_to_ns(value)
 
 
 VENUE = BinanceFutures()

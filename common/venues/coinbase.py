@@ -35,9 +35,7 @@ and https://docs.cdp.coinbase.com/coinbase-app/advanced-trade-apis/websocket/web
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from datetime import date
 
 import msgspec
 
@@ -53,6 +51,7 @@ from .base import (
     Venue,
     chunks,
     decode_error,
+    rfc3339_ns,
 )
 
 # Our choice, not a documented limit: bounds the traffic one connection must keep up with.
@@ -110,36 +109,6 @@ class _Head(msgspec.Struct):
 _head = msgspec.json.Decoder(_Head)
 _trade_events = msgspec.json.Decoder(list[TradesEvent])
 _ticker_events = msgspec.json.Decoder(list[TickerEvent])
-
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))"
-)
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-
-
-def rfc3339_ns(text: str) -> int:
-    """An RFC 3339 date-time (``2023-02-09T20:30:37.167359596Z``) as int ns UTC, exactly.
-
-    Integer arithmetic only: up to nine fraction digits survive unrounded.
-
-    Raises:
-        ValueError: not an RFC 3339 date-time, or an impossible date or time.
-    """
-    m = _RFC3339.fullmatch(text)
-    if m is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    if hour > 23 or minute > 59 or second > 59:
-        raise ValueError(f"impossible time of day: {text!r}")
-    days = date(year, month, day).toordinal() - _EPOCH_ORDINAL  # ValueError on a bad date
-    seconds = days * 86_400 + hour * 3_600 + minute * 60 + second
-    sign, off_h, off_m = m.group(8), m.group(9), m.group(10)
-    if sign is not None:
-        offset = int(off_h) * 3_600 + int(off_m) * 60
-        seconds -= offset if sign == "+" else -offset
-    fraction = (m.group(7) or "").ljust(9, "0")
-    return seconds * 1_000_000_000 + int(fraction)
 
 
 class Coinbase(Venue):

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from hashlib import blake2b
 
 import msgspec
@@ -58,6 +57,7 @@ from .base import (
     chunks,
     decode_error,
     raw_decimal,
+    rfc3339_ns,
 )
 
 # Kraken documents no per-connection subscription cap and only a dynamic message-rate limit
@@ -109,33 +109,6 @@ _tickers = msgspec.json.Decoder(list[WireTicker])
 
 _SIDES = {"buy": "buy", "sell": "sell"}
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_RFC3339 = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def rfc3339_ns(text: str) -> int:
-    """``2023-09-25T07:48:36.925533Z`` -> integer ns since the epoch, exactly (no float).
-
-    Raises:
-        ValueError: not an RFC 3339 date-time, or an impossible date.
-    """
-    m = _RFC3339.fullmatch(text)
-    if m is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    year, month, day, hour, minute, second, fraction, zone = m.groups()
-    delta = (
-        datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC)
-        - _EPOCH
-    )
-    seconds = delta.days * 86_400 + delta.seconds
-    if zone not in ("Z", "z"):
-        offset = int(zone[1:3]) * 3600 + int(zone[4:6]) * 60
-        seconds -= offset if zone[0] == "+" else -offset
-    nanos = int(fraction.ljust(9, "0")) if fraction else 0
-    return seconds * 1_000_000_000 + nanos
 
 
 def _decimal(raw: msgspec.Raw, name: str) -> str:

@@ -13,7 +13,7 @@ from common.simulator.dialects import get_dialect
 from common.simulator.engine import make_trade
 from common.symbols import parse_symbol
 from common.venues import Channel, get_venue
-from common.venues.coinbase import rfc3339_ns
+from common.venues.base import rfc3339_ns
 from tests.venue_helpers import RECV_NS, fixture, parse
 
 EX = "coinbase"

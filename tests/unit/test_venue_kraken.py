@@ -16,7 +16,7 @@ from common.simulator.dialects.kraken import DIALECT
 from common.simulator.engine import make_quote, make_trade
 from common.symbols import parse_symbol
 from common.venues import Channel, get_venue
-from common.venues.kraken import rfc3339_ns
+from common.venues.base import rfc3339_ns
 from tests.venue_helpers import ENTRY_ID, RECV_NS, fixture, parse
 
 # 2023-09-25T07:48:36Z and 2023-09-25T09:04:31Z as epoch seconds, computed independently.
