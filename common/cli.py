@@ -100,6 +100,9 @@ def _simulate(argv: list[str]) -> int:
     parser.add_argument("--trades", type=int, default=0, help="stop after N trades per symbol")
     parser.add_argument("--quote-rate", type=float, default=10.0, help="quotes/s per symbol")
     parser.add_argument("--max-connection-s", type=float, default=0.0)
+    parser.add_argument(
+        "--compress", action="store_true", help="negotiate permessage-deflate compression"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     config = SimulatorConfig(
@@ -107,6 +110,7 @@ def _simulate(argv: list[str]) -> int:
         trades=args.trades,
         quote_rate=args.quote_rate,
         max_connection_s=args.max_connection_s,
+        compress=args.compress,
     )
     pairs = []
     for item in args.serve:

@@ -34,6 +34,7 @@ class SimulatorConfig:
     trades: int = 0  # stop after this many trades per symbol (0: run forever)
     quote_rate: float = 10.0  # quotes per second per symbol (0: none)
     max_connection_s: float = 0.0  # close each connection after this long (0: never)
+    compress: bool = False  # offer permessage-deflate (RFC 7692), as some venues do
 
 
 @dataclass(slots=True)
@@ -64,7 +65,7 @@ class Simulator:
             process_request=self._check_path,
             ping_interval=self.dialect.server_ping_s,
             max_queue=None,
-            compression=None,
+            compression="deflate" if self.config.compress else None,
         )
         sock = next(iter(self._server.sockets))
         bound: int = sock.getsockname()[1]

@@ -94,7 +94,9 @@ class Pipeline:
 
     def simulator(self, *, rate: float, trades: int, quote_rate: float = 0.0, **extra: Any) -> Any:
         serve = [f"--serve={ex}={port}" for ex, port in self.ports.items()]
-        more = [f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]
+        more = [  # a flag given "" is passed without a value
+            f"--{k.replace('_', '-')}" + (f"={v}" if v != "" else "") for k, v in extra.items()
+        ]
         proc = self._spawn(
             "simulator", "simulate", *serve, f"--rate={rate}", f"--trades={trades}",
             f"--quote-rate={quote_rate}", *more,

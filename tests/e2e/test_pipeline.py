@@ -95,6 +95,21 @@ def test_every_venue_end_to_end(
         assert quotes == [(0,)]
 
 
+def test_compressed_frames_are_stored_decompressed(
+    redis_url: str, database_url: str, work_dir: Path, redis_client: redis.Redis
+) -> None:
+    n = 300
+    feeds = [Feed("binance", ["BTC-USDT"])]
+    with pipeline(work=work_dir, redis_url=redis_url, database_url=database_url, feeds=feeds) as p:
+        p.simulator(rate=300, trades=n, compress="")  # the venue sends permessage-deflate frames
+        p.start_consumer()
+        p.start_producer()
+        p.wait_rows(n)
+        assert_exact(p, expected("binance", ["BTC-USDT"], n))
+        [(_, fields)] = redis_client.xrange(raw_key("binance"), count=1)
+        assert fields[b"f"].startswith(b"{")  # the frame as the venue wrote it, inflated
+
+
 def test_kill_consumer_mid_stream_then_restart(
     redis_url: str, database_url: str, work_dir: Path
 ) -> None:

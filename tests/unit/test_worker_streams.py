@@ -1,0 +1,121 @@
+"""The worker's stream logic (group creation, own pending first, acks after the write, dead
+letters) against fakeredis and an in-memory store: fast, no server. The same paths run against
+real Redis and PostgreSQL in tests/integration and tests/e2e."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import fakeredis
+import pytest
+
+from common.config import settings_from_mapping
+from common.envelope import Envelope, dead_key, raw_key
+from common.errors import TransientError
+from common.records import Quote, Trade
+from consumer.store import Store
+from consumer.worker import Worker
+
+KEY = raw_key("binance")
+SETTINGS = settings_from_mapping(
+    {
+        "consumer": {"batch_ms": 5, "block_ms": 10, "claim_every_s": 3600},
+        "feeds": [{"exchange": "binance", "symbols": ["BTC-USDT"]}],
+    },
+    {},
+)
+
+
+def frame(i: int) -> dict[bytes, bytes]:
+    body = (
+        f'{{"e":"trade","E":1700000000000,"s":"BTCUSDT","t":{i},"p":"1.5","q":"2",'
+        f'"T":1700000000000,"m":true,"M":true}}'
+    ).encode()
+    return Envelope(body, False, "binance", "", "c", i, 1_700_000_000_000_000_000).fields()
+
+
+class MemoryStore(Store):
+    """Keeps rows in a dict keyed like the table; can fail its first writes."""
+
+    def __init__(self, redis: fakeredis.FakeRedis, failures: int = 0) -> None:
+        super().__init__("postgresql://unused")
+        self.rows: dict[tuple[str, str, str], Trade] = {}
+        self.failures = failures
+        self.redis = redis
+        self.pending_at_write: list[int] = []
+
+    def connect(self, *, run_migrations: bool = True) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+        self.pending_at_write.append(int(self.redis.xpending(KEY, "tickvault")["pending"]))
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("down")
+        new = 0
+        for t in trades:
+            if (t.symbol, t.trade_id, str(t.ts_ns)) not in self.rows:
+                self.rows[(t.symbol, t.trade_id, str(t.ts_ns))] = t
+                new += 1
+        return new, 0
+
+
+class StopAfter:
+    def __init__(self, store: MemoryStore, rows: int) -> None:
+        self.store, self.rows = store, rows
+
+    def is_set(self) -> bool:
+        return len(self.store.rows) >= self.rows
+
+
+def worker(r: fakeredis.FakeRedis, store: MemoryStore, name: str = "w1") -> Worker:
+    w = Worker.from_settings(SETTINGS, name=name, streams=[KEY], redis_client=r, store=store)
+    w.sleep = lambda s: None
+    return w
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+def test_creates_the_group_from_zero_and_acks_only_after_the_write(r: fakeredis.FakeRedis) -> None:
+    for i in range(1, 6):
+        r.xadd(KEY, frame(i))  # written before any group existed: must not be skipped
+    store = MemoryStore(r, failures=1)
+    w = worker(r, store)
+    w.run(StopAfter(store, 5))
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == [1, 2, 3, 4, 5]
+    assert store.pending_at_write[:2] == [5, 5]  # nothing acked while the write failed
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert w.metrics.counters["retries:postgres-write"] == 1
+
+
+def test_own_pending_entries_are_read_again_first(r: fakeredis.FakeRedis) -> None:
+    r.xgroup_create(KEY, "tickvault", id="0", mkstream=True)
+    for i in range(1, 4):
+        r.xadd(KEY, frame(i))
+    r.xreadgroup("tickvault", "w1", {KEY: ">"}, count=3)  # read, then "crashed" before acking
+    r.xadd(KEY, frame(4))
+    store = MemoryStore(r)
+    worker(r, store, name="w1").run(StopAfter(store, 4))
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == [1, 2, 3, 4]
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+
+
+def test_malformed_frames_are_dead_lettered_then_acked(r: fakeredis.FakeRedis) -> None:
+    bad = {**frame(1), b"f": b"[oops"}
+    bad_id = r.xadd(KEY, bad)
+    r.xadd(KEY, frame(2))
+    store = MemoryStore(r)
+    w = worker(r, store)
+    w.run(StopAfter(store, 1))
+    [(_, dead)] = r.xrange(dead_key("binance"))
+    assert (
+        dead[b"origin"] == bad_id and dead[b"f"] == b"[oops" and b"undecodable" in dead[b"reason"]
+    )
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert w.metrics.counters["dead"] == 1
