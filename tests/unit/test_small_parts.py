@@ -108,3 +108,22 @@ def test_simulated_trades_are_deterministic_and_paced() -> None:
     assert pacer.due(10.5) == 50
     assert pacer.due(12.0) == 99  # capped at the limit
     assert pacer.finished and pacer.due(20.0) == 0
+
+
+def test_metrics_are_served_over_http() -> None:
+    import urllib.request
+
+    from common.metrics import serve_metrics
+    from common.servers import free_port
+
+    m = Metrics("producer")
+    m.inc("published", 5)
+    port = free_port()
+    server = serve_metrics(m, port, host="127.0.0.1")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 'tickvault_published_total{process="producer"} 5' in body
