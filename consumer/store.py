@@ -1,6 +1,6 @@
-"""PostgreSQL writes: one transaction per batch, COPY into a staging table (decimals as text,
-parsed once by the cast), then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the
-partitioned tables.
+"""PostgreSQL writes, one transaction per batch: COPY into session-private staging tables
+(decimals as text, parsed once by the cast), then ``INSERT ... SELECT ... ON CONFLICT DO
+NOTHING`` into the partitioned tables and COMMIT, sent together in one round trip.
 
 Invariant: a call to :meth:`Store.write` either commits every row it was given (rows already
 stored are skipped by their natural key) or commits nothing. Prices go to ``numeric`` as the
@@ -109,6 +109,7 @@ class Store:
                 conn.execute("SET synchronous_commit = off")
             conn.execute(_STAGING.encode())
             conn.commit()
+            conn.autocommit = True  # write() sends its own BEGIN ... COMMIT (fewer round trips)
         except psycopg.OperationalError as exc:
             raise TransientError(f"postgres unreachable: {exc}") from exc
         self._conn = conn
@@ -138,20 +139,28 @@ class Store:
         if not trades and not quotes:
             return 0, 0
         conn = self.conn
+        statements = []
         try:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    new_trades = new_quotes = 0
-                    if trades:
-                        with cur.copy("COPY stage_trades FROM STDIN") as copy:
-                            copy.write(trades_copy_text(trades))
-                        cur.execute(INSERT_TRADES)
-                        new_trades = cur.rowcount
-                    if quotes:
-                        with cur.copy("COPY stage_quotes FROM STDIN") as copy:
-                            copy.write(quotes_copy_text(quotes))
-                        cur.execute(INSERT_QUOTES)
-                        new_quotes = cur.rowcount
+            with psycopg.ClientCursor(conn) as cur:
+                # Three round trips: BEGIN, the COPY(s) into this session's staging tables,
+                # then the inserts and the COMMIT as one simple-query string. The staging
+                # tables empty themselves at commit (ON COMMIT DELETE ROWS).
+                cur.execute("BEGIN")
+                if trades:
+                    with cur.copy("COPY stage_trades FROM STDIN") as copy:
+                        copy.write(trades_copy_text(trades))
+                    statements.append(INSERT_TRADES)
+                if quotes:
+                    with cur.copy("COPY stage_quotes FROM STDIN") as copy:
+                        copy.write(quotes_copy_text(quotes))
+                    statements.append(INSERT_QUOTES)
+                statements.append("COMMIT")
+                cur.execute(";".join(statements).encode())
+                counts = [cur.rowcount]
+                while cur.nextset():
+                    counts.append(cur.rowcount)
+            new_trades = counts[0] if trades else 0
+            new_quotes = counts[1 if trades else 0] if quotes else 0
             return new_trades, new_quotes
         except psycopg.OperationalError as exc:
             self.close()
@@ -160,7 +169,15 @@ class Store:
             if conn.closed or conn.broken:
                 self.close()
                 raise TransientError("postgres connection broken during write") from None
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        """After a failed write: end the aborted transaction (the staging rows go with it)."""
+        try:
+            self.conn.execute("ROLLBACK")
+        except psycopg.Error:
+            self.close()  # a fresh session starts clean
 
     def refresh_partitions(self) -> None:
         from .schema import ensure_partitions
