@@ -246,8 +246,10 @@ def end_to_end(env: Env, rate: float, seconds: float) -> dict[str, float]:
         done = _wait(lambda: env.rows() >= per_symbol * len(SYMBOLS), 60, procs, interval=0.2)
         _n, achieved = _stream_rate(r)
         third = max(1, len(lags) // 3)
-        # bounded: the lag in the last third is not above the first third's (plus one batch)
-        bounded = max(lags[-third:]) <= max(lags[:third]) + 5_000
+        # bounded: the lag in the last third of the run is not above the first third's by more
+        # than half a second of trades (lag swings with batch sizes and Redis' AOF rewrites;
+        # a consumer that falls behind grows it by seconds)
+        bounded = max(lags[-third:]) <= max(lags[:third]) + max(5_000, rate / 2)
         result = {
             "target_per_s": rate,
             "achieved_per_s": achieved,
