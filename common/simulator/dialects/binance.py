@@ -62,11 +62,13 @@ class BinanceDialect(Dialect):
             return [json.dumps({"result": None, "id": ident})]
         if method == "LIST_SUBSCRIPTIONS":
             names = [
-                f"{sym.replace('-', '').lower()}@{kind}"
-                for (_, sym), kind in session.subscriptions.items()
+                self.stream_name(sym, kind) for (_, sym), kind in session.subscriptions.items()
             ]
             return [json.dumps({"result": names, "id": ident})]
         return [json.dumps({"code": 2, "msg": f"Unknown method {method}", "id": ident})]
+
+    def stream_name(self, symbol: str, kind: str) -> str:
+        return f"{symbol.replace('-', '').lower()}@{kind}"
 
     def _wrap(self, session: SimSession, stream: str, event: dict[str, object]) -> Frame:
         if urlsplit(session.path).path.startswith("/stream"):

@@ -71,23 +71,8 @@ class BinanceFuturesDialect(BinanceDialect):
             session.subscriptions[(channel, symbol)] = kind
         return True  # on the wrong route Binance acks and then stays silent
 
-    def on_message(self, session: SimSession, message: Frame) -> list[Frame]:
-        try:
-            request = json.loads(message)
-            method, ident = request["method"], request["id"]
-        except (ValueError, KeyError, TypeError):
-            return [json.dumps({"code": 2, "msg": "Invalid request: malformed JSON or keys"})]
-        if method == "SUBSCRIBE":
-            for stream in request.get("params", []):
-                if not self._subscribe(session, stream):
-                    return [json.dumps({"code": 2, "msg": f"Invalid stream {stream}", "id": ident})]
-            return [json.dumps({"result": None, "id": ident})]
-        if method == "LIST_SUBSCRIPTIONS":
-            names = [
-                f"{_venue(sym).lower()}@{kind}" for (_, sym), kind in session.subscriptions.items()
-            ]
-            return [json.dumps({"result": names, "id": ident})]
-        return [json.dumps({"code": 2, "msg": f"Unknown method {method}", "id": ident})]
+    def stream_name(self, symbol: str, kind: str) -> str:
+        return f"{_venue(symbol).lower()}@{kind}"
 
     def _wrap(self, session: SimSession, stream: str, event: dict[str, object]) -> Frame:
         if _route(session.path)[1].startswith("/stream"):
