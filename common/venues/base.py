@@ -105,6 +105,9 @@ class Venue(abc.ABC):
     kinds: ClassVar[frozenset[Kind]] = frozenset({Kind.SPOT})
     limits: ClassVar[str] = ""  # one line for `tickvault venues`
     caveats: ClassVar[str] = ""
+    # Trade ids are consecutive integers per symbol, so a missing id is a missing trade
+    # (``tickvault gaps`` checks these venues).
+    consecutive_ids: ClassVar[bool] = False
     options: ClassVar[dict[str, tuple[str, ...]]] = {}  # option name -> allowed values
 
     def check_symbol(self, symbol: Symbol) -> None:

@@ -132,6 +132,7 @@ class Binance(Venue):
     kinds = frozenset({Kind.SPOT})
     limits = "1024 streams/conn, 5 msgs/s in, 24 h per connection, 300 connects/5 min/IP"
     caveats = "spot bookTicker has no timestamp: quote ts is the receive time"
+    consecutive_ids = True  # trade ids `t` (and aggTrade ids `a`) are consecutive per symbol
     options: ClassVar[dict[str, tuple[str, ...]]] = {"trades": ("trade", "aggTrade")}
     stream_path = "/stream"
     agg_prefix = "agg-"  # aggTrade ids live in another id space than trade ids

@@ -117,6 +117,7 @@ class Coinbase(Venue):
     default_url = "wss://advanced-trade-ws.coinbase.com"
     kinds = frozenset({Kind.SPOT})
     limits = "subscribe within 5 s, one channel per message, 8 unauthenticated msgs/s per IP"
+    consecutive_ids = True  # trade_id is consecutive per product (recorded frames)
     caveats = (
         "side is sent as the maker's and stored inverted (taker); ticker quotes use the frame "
         "timestamp as ts and key; -USDC products other than USDT-USDC/EURC-USDC are refused"

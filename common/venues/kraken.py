@@ -125,6 +125,7 @@ class Kraken(Venue):
     default_url = "wss://ws.kraken.com"
     kinds = frozenset({Kind.SPOT})
     limits = "no documented per-connection cap; dynamic message-rate limit (error frame when hit)"
+    consecutive_ids = True  # trade_id: "sequence number, unique per book"
     caveats = (
         "prices are JSON numbers (kept as exact text, trailing zeros trimmed by Kraken); "
         "quote update_id is derived (timestamp + bbo hash, else stream entry)"

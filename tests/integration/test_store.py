@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -96,3 +99,49 @@ def test_old_rows_go_to_default_and_move_when_their_day_gets_a_partition(
         assert not create_partition(conn, "trades", dt.date(2023, 11, 14))
     assert store.write([trade(1)], []) == (0, 0)  # still unique after the move
     store.close()
+
+
+def test_gaps_are_found_where_ids_are_consecutive(database_url: str) -> None:
+    from consumer.gaps import checked_exchanges, find_gaps
+
+    store = Store(database_url)
+    store.connect()
+    ids = [1, 2, 3, 7, 8, 10]
+    store.write([trade(i) for i in ids], [])
+    store.write([trade(5, exchange="upbit", symbol="BTC-KRW"), trade(9, exchange="upbit",
+                 symbol="BTC-KRW")], [])  # fmt: skip
+    store.close()
+    assert checked_exchanges(["binance", "upbit", "coinbase"]) == ["binance", "coinbase"]
+    since = dt.datetime(2023, 1, 1, tzinfo=dt.UTC)
+    with psycopg.connect(database_url) as conn:
+        gaps = find_gaps(conn, since=since, exchanges=checked_exchanges())
+    assert [(g.exchange, g.first_missing, g.last_missing, g.missing) for g in gaps] == [
+        ("binance", 4, 6, 3),
+        ("binance", 9, 9, 1),
+    ]
+    assert gaps[0].after < gaps[0].before
+
+
+def test_gaps_command_reports_and_fails_on_a_gap(database_url: str, tmp_path: Path) -> None:
+    store = Store(database_url)
+    store.connect()
+    store.write([trade(1), trade(4)], [])
+    store.close()
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[database]\nurl = "{database_url}"\n'
+        '[[feeds]]\nexchange = "binance"\nsymbols = ["BTC-USDT"]\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "common.cli", "gaps", f"--config={config}", "--since=2023-01-01"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "1 gap(s), 2 missing trade(s)" in done.stdout
+    assert "ids 2..3 (2)" in done.stdout
+    config.write_text(config.read_text().replace(database_url, "postgresql://x@127.0.0.1:1/x"))
+    down = subprocess.run(
+        [sys.executable, "-m", "common.cli", "gaps", f"--config={config}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert down.returncode == 3 and "cannot reach a server" in down.stderr
