@@ -176,8 +176,12 @@ class Worker:
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self, stop: StopFlag) -> None:
-        self._retry("redis-setup", self.ensure_groups)
-        self._retry("postgres-connect", self.store.connect)
+        try:
+            self._retry("redis-setup", self.ensure_groups, stop)
+            self._retry("postgres-connect", self.store.connect, stop)
+        except TransientError as exc:  # asked to stop while a server was still unreachable
+            logger.error("consumer %s stopped before it could start: %s", self.options.name, exc)
+            return
         o = self.options
         cursor = {key: "0" if o.read_pending_first else ">" for key in o.streams}
         last_claim = last_status = time.monotonic()

@@ -119,3 +119,20 @@ def test_malformed_frames_are_dead_lettered_then_acked(r: fakeredis.FakeRedis) -
     )
     assert r.xpending(KEY, "tickvault")["pending"] == 0
     assert w.metrics.counters["dead"] == 1
+
+
+def test_a_stop_while_postgres_is_unreachable_at_start_returns(r: fakeredis.FakeRedis) -> None:
+    class Down(MemoryStore):
+        def connect(self, *, run_migrations: bool = True) -> None:
+            raise TransientError("postgres unreachable")
+
+    store = Down(r)
+    w = worker(r, store)
+    w.options.shutdown_budget_s = 0.0
+
+    class Stopped:
+        def is_set(self) -> bool:
+            return True
+
+    w.run(Stopped())  # returns instead of retrying forever
+    assert w.metrics.counters["retries:postgres-connect"] >= 1
