@@ -16,6 +16,9 @@ from common.records import Quote, Trade
 
 _DECIMAL = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _NONZERO = re.compile(r"[1-9]")
+# Plain decimals with at least one non-zero digit: positive. The hot path's one check per value;
+# anything else (exponents, "1.") takes the general path.
+_PLAIN_POSITIVE = re.compile(r"(?=[0-9.]*[1-9])[0-9]+(?:\.[0-9]+)?\Z")
 EARLIEST_NS = 1_230_768_000 * 1_000_000_000  # 2009-01-01T00:00:00Z
 
 
@@ -51,9 +54,10 @@ class Validator:
 
     def trade(self, t: Trade) -> str | None:
         """None when ``t`` is valid, else the reason."""
+        plain = _PLAIN_POSITIVE.match
         if (
-            _positive(t.price)
-            and _positive(t.amount)
+            plain(t.price) is not None
+            and plain(t.amount) is not None
             and (t.side == "buy" or t.side == "sell" or t.side is None)
             and EARLIEST_NS <= t.ts_ns <= t.recv_ns + self.skew
             and t.symbol in self.subscribed.get(t.exchange, ())
