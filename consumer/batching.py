@@ -59,13 +59,18 @@ class Batch:
         if self.started is None:
             self.started = now
         self.entries += 1
-        self.acks.setdefault(key, []).append(entry_id)
-        if out.recv_ns and (not self.oldest_recv_ns or out.recv_ns < self.oldest_recv_ns):
-            self.oldest_recv_ns = out.recv_ns
-        if out.trades or out.quotes:
+        ids = self.acks.get(key)
+        if ids is None:
+            ids = self.acks[key] = []
+        ids.append(entry_id)
+        recv_ns = out.recv_ns
+        if recv_ns and (not self.oldest_recv_ns or recv_ns < self.oldest_recv_ns):
+            self.oldest_recv_ns = recv_ns
+        trades, quotes = out.trades, out.quotes
+        if trades or quotes:
             t0, q0 = len(self.trades), len(self.quotes)
-            self.trades.extend(out.trades)
-            self.quotes.extend(out.quotes)
+            self.trades += trades
+            self.quotes += quotes
             self.spans.append(Span(key, entry_id, (t0, len(self.trades)), (q0, len(self.quotes))))
         if out.dead is not None:
             self.dead.append(DeadLetter(key, entry_id, as_dict(fields), out.dead))

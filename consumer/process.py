@@ -90,8 +90,15 @@ class Processor:
         if parsed.control is not None and not trades and not quotes:
             return Outcome(_NONE, _NONE, parsed.control, None, recv_ns)
         check_trade, check_quote = self.validator.trade, self.validator.quote
-        reasons = [r for r in map(check_trade, trades) if r is not None]
-        reasons += [r for r in map(check_quote, quotes) if r is not None]
+        reasons: list[str] = []
+        for t in trades:
+            problem = check_trade(t)
+            if problem is not None:
+                reasons.append(problem)
+        for q in quotes:
+            problem = check_quote(q)
+            if problem is not None:
+                reasons.append(problem)
         if not reasons:
             if not trades and not quotes:
                 return Outcome(_NONE, _NONE, "empty", None, recv_ns)  # e.g. an empty snapshot

@@ -266,12 +266,13 @@ class Worker:
             if history and not entries:
                 cursor[key] = ">"  # own pending entries all re-read: switch to new ones
                 continue
+            total += len(entries)
+            check_until = until is not None and key in until
             for raw_id, fields in entries:
-                entry_id = _s(raw_id)
-                total += 1
+                entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
                 if history:
                     cursor[key] = entry_id
-                if until is not None and key in until and not _ids_le(entry_id, until[key]):
+                if check_until and not _ids_le(entry_id, until[key]):  # type: ignore[index]
                     self._done.add(key)
                     continue
                 if fields is None:  # pending entry deleted from the stream by trimming

@@ -229,7 +229,7 @@ class Binance(Venue):
             ):  # fmt: skip
                 raise PoisonFrame(f"{self.exchange}: {event} event misses fields")
             tid = str(trade_id) if event == "trade" else f"{self.agg_prefix}{trade_id}"
-            return Parsed(trades=[self._trade(ev.s, tid, ev.p, ev.q, ev.T, ev.m, ctx)])
+            return Parsed([self._trade(ev.s, tid, ev.p, ev.q, ev.T, ev.m, ctx)])
         if (event == "bookTicker" or event is None) and ev.u is not None:
             if (
                 ev.s is None or ev.b is None or ev.B is None or not isinstance(ev.a, str)
@@ -317,16 +317,17 @@ class Binance(Venue):
         buyer_is_maker: bool,
         ctx: FrameContext,
     ) -> Trade:
+        # Positional: this runs for every trade. Fields: exchange, symbol, trade_id, price,
+        # amount, side, ts_ns, recv_ns. "m: Is the buyer the market maker?" -> the seller took.
         return Trade(
-            exchange=self.exchange,
-            symbol=self.canonical(venue_symbol, ctx),
-            trade_id=trade_id,
-            price=price,
-            amount=amount,
-            # "m: Is the buyer the market maker?" -> the seller took liquidity.
-            side="sell" if buyer_is_maker else "buy",
-            ts_ns=self._time_ns(time),
-            recv_ns=ctx.recv_ns,
+            self.exchange,
+            self.canonical(venue_symbol, ctx),
+            trade_id,
+            price,
+            amount,
+            "sell" if buyer_is_maker else "buy",
+            self._time_ns(time),
+            ctx.recv_ns,
         )
 
 
