@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import msgspec
 
@@ -110,6 +110,10 @@ class Venue(abc.ABC):
     consecutive_ids: ClassVar[bool] = False
     options: ClassVar[dict[str, tuple[str, ...]]] = {}  # option name -> allowed values
 
+    def base_url(self, url: str | None) -> str:
+        """The configured URL override, else the default: scheme://host[:port], no slash."""
+        return (url or self.default_url).rstrip("/")
+
     def check_symbol(self, symbol: Symbol) -> None:
         """Raise ``ValueError`` if this venue cannot serve ``symbol``."""
         if symbol.kind not in self.kinds:
@@ -141,6 +145,18 @@ class Venue(abc.ABC):
         Called by the producer on every frame, so it must be a cheap check, not a parse.
         """
         return None
+
+
+T = TypeVar("T")
+
+
+def decode_frame(decoder: msgspec.json.Decoder[T], frame: bytes, exchange: str) -> T:
+    """``decoder.decode(frame)``; a frame that is not JSON, not UTF-8, or not of the decoder's
+    shape (``msgspec.ValidationError`` is a ``DecodeError``) is a PoisonFrame."""
+    try:
+        return decoder.decode(frame)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise decode_error(exchange, exc) from None
 
 
 def decode_error(exchange: str, exc: Exception) -> PoisonFrame:

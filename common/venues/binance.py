@@ -33,6 +33,7 @@ from .base import (
     Venue,
     chunks,
     decode_error,
+    decode_frame,
     epoch_to_ns,
     split_concatenated,
 )
@@ -171,7 +172,7 @@ class Binance(Venue):
         url: str | None,
         options: dict[str, str],
     ) -> list[ConnectionPlan]:
-        base = (url or self.default_url).rstrip("/")
+        base = self.base_url(url)
         return self.plan_streams(
             f"{base}{self.stream_path}", channels, symbols, options, context=""
         )
@@ -255,10 +256,7 @@ class Binance(Venue):
         return epoch_to_ns(value)
 
     def _parse_general(self, frame: bytes, ctx: FrameContext) -> Parsed:
-        try:
-            head = _head.decode(frame)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise decode_error(self.exchange, exc) from None
+        head = decode_frame(_head, frame, self.exchange)
         if head.data:
             body: bytes = bytes(head.data)
             try:

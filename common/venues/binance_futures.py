@@ -105,7 +105,7 @@ class BinanceFutures(Binance):
         url: str | None,
         options: dict[str, str],
     ) -> list[ConnectionPlan]:
-        base = (url or self.default_url).rstrip("/")
+        base = self.base_url(url)
         by_name = {str(s): s for s in symbols}  # deduplicated, in the given order
         plans = []
         for channel in (Channel.TRADES, Channel.QUOTES):

@@ -51,7 +51,7 @@ from .base import (
     Parsed,
     Venue,
     chunks,
-    decode_error,
+    decode_frame,
     ms_to_ns,
     split_concatenated,
 )
@@ -162,7 +162,7 @@ class Bybit(Venue):
         url: str | None,
         options: dict[str, str],
     ) -> list[ConnectionPlan]:
-        base = (url or self.default_url).rstrip("/")
+        base = self.base_url(url)
         by_category: dict[str, list[Symbol]] = {}
         for symbol in symbols:
             by_category.setdefault(self.category(symbol), []).append(symbol)
@@ -224,10 +224,7 @@ class Bybit(Venue):
         return out
 
     def parse(self, frame: bytes, ctx: FrameContext) -> Parsed:
-        try:
-            head = _head.decode(frame)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise decode_error(self.exchange, exc) from None
+        head = decode_frame(_head, frame, self.exchange)
         if head.topic is None:
             return self._control(head)
         kind = head.topic.split(".", 1)[0]

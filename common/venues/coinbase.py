@@ -50,7 +50,7 @@ from .base import (
     Parsed,
     Venue,
     chunks,
-    decode_error,
+    decode_frame,
     rfc3339_ns,
 )
 
@@ -152,7 +152,7 @@ class Coinbase(Venue):
         url: str | None,
         options: dict[str, str],
     ) -> list[ConnectionPlan]:
-        base = (url or self.default_url).rstrip("/")
+        base = self.base_url(url)
         by_product = {self.venue_symbol(s): str(s) for s in symbols}  # deduplicated, in order
         wanted = tuple(c for c in (Channel.TRADES, Channel.QUOTES) if c in channels)
         plans = []
@@ -180,10 +180,7 @@ class Coinbase(Venue):
         return plans
 
     def parse(self, frame: bytes, ctx: FrameContext) -> Parsed:
-        try:
-            head = _head.decode(frame)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise decode_error(self.exchange, exc) from None
+        head = decode_frame(_head, frame, self.exchange)
         channel = head.channel
         if channel is None:
             if head.type == "error":

@@ -55,7 +55,7 @@ from .base import (
     Parsed,
     Venue,
     chunks,
-    decode_error,
+    decode_frame,
     raw_decimal,
     rfc3339_ns,
 )
@@ -153,7 +153,7 @@ class Kraken(Venue):
         url: str | None,
         options: dict[str, str],
     ) -> list[ConnectionPlan]:
-        base = (url or self.default_url).rstrip("/")
+        base = self.base_url(url)
         plans = []
         for n, group in enumerate(chunks([str(s) for s in symbols], SYMBOLS_PER_CONNECTION)):
             names = [self.venue_symbol(s) for s in symbols if str(s) in group]
@@ -190,10 +190,7 @@ class Kraken(Venue):
         return plans
 
     def parse(self, frame: bytes, ctx: FrameContext) -> Parsed:
-        try:
-            head = _head.decode(frame)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise decode_error(self.exchange, exc) from None
+        head = decode_frame(_head, frame, self.exchange)
         channel = head.channel
         if channel is not None:
             if channel == "heartbeat":

@@ -34,7 +34,7 @@ from .base import (
     Keepalive,
     Parsed,
     Venue,
-    decode_error,
+    decode_frame,
 )
 
 ARGS_PER_SUBSCRIBE = 100
@@ -109,7 +109,7 @@ class Okx(Venue):
         url: str | None,
         options: dict[str, str],
     ) -> list[ConnectionPlan]:
-        base = (url or self.default_url).rstrip("/")
+        base = self.base_url(url)
         trades_channel = options.get("trades", "trades")
         # trades-all is served only by the business endpoint.
         by_path: dict[str, list[tuple[Channel, dict[str, str]]]] = {}
@@ -158,10 +158,7 @@ class Okx(Venue):
     def parse(self, frame: bytes, ctx: FrameContext) -> Parsed:
         if frame == b"pong":
             return Parsed.of_control("pong")
-        try:
-            head = _head.decode(frame)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise decode_error(self.exchange, exc) from None
+        head = decode_frame(_head, frame, self.exchange)
         if head.event is not None:
             if head.event == "error":
                 return Parsed.of_control("error")

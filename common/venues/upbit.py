@@ -49,6 +49,7 @@ from .base import (
     Venue,
     chunks,
     decode_error,
+    decode_frame,
     epoch_to_ns,
     raw_decimal,
 )
@@ -199,7 +200,7 @@ class Upbit(Venue):
         url: str | None,
         options: dict[str, str],
     ) -> list[ConnectionPlan]:
-        base = (url or self.default_url).rstrip("/")
+        base = self.base_url(url)
         return self.plan_requests(
             f"{base}{self.path}", channels, symbols, options.get("format", "DEFAULT"), context=""
         )
@@ -252,10 +253,7 @@ class Upbit(Venue):
 
     def _parse_list(self, frame: bytes, ctx: FrameContext) -> Parsed:
         """``JSON_LIST`` / ``SIMPLE_LIST``: an array of the objects the other formats send."""
-        try:
-            items = _items.decode(frame)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise decode_error(self.exchange, exc) from None
+        items = decode_frame(_items, frame, self.exchange)
         out = Parsed()
         controls = []
         for item in items:
@@ -269,10 +267,7 @@ class Upbit(Venue):
         return out
 
     def parse_object(self, frame: bytes, ctx: FrameContext) -> Parsed:
-        try:
-            head = _head.decode(frame)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise decode_error(self.exchange, exc) from None
+        head = decode_frame(_head, frame, self.exchange)
         kind = head.type if head.type is not None else head.ty
         if kind is None:
             return self.parse_untyped(head, frame)
