@@ -87,11 +87,6 @@ def decode_fields(fields: dict[bytes, bytes]) -> Envelope:
         raise PoisonFrame(f"bad envelope: {type(exc).__name__}: {exc}") from None
 
 
-def entry_ms(entry_id: str) -> int:
-    """The millisecond part of a stream id (``1700000000000-3`` -> 1700000000000)."""
-    return int(entry_id.split("-", 1)[0])
-
-
 __all__ = [
     "DEAD_PREFIX",
     "RAW_PREFIX",
@@ -99,7 +94,6 @@ __all__ = [
     "StreamId",
     "dead_key",
     "decode_fields",
-    "entry_ms",
     "exchange_of_key",
     "raw_key",
 ]

@@ -77,9 +77,6 @@ class Batch:
         if out.control is not None:
             self.controls[out.control] += 1
 
-    def ids(self) -> int:
-        return sum(len(v) for v in self.acks.values())
-
 
 @dataclass(slots=True)
 class Batcher:

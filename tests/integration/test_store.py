@@ -145,3 +145,16 @@ def test_gaps_command_reports_and_fails_on_a_gap(database_url: str, tmp_path: Pa
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert down.returncode == 3 and "cannot reach a server" in down.stderr
+
+
+def test_retention_drops_whole_daily_partitions(database_url: str) -> None:
+    from consumer.schema import drop_partitions_before
+
+    with psycopg.connect(database_url) as conn:
+        migrate(conn)
+        assert create_partition(conn, "trades", dt.date(2023, 11, 14))
+        today = dt.datetime.now(dt.UTC).date()
+        dropped = drop_partitions_before(conn, today - dt.timedelta(days=1))
+        assert dropped == ["trades_p20231114"]
+        names = {r[0] for r in conn.execute("SELECT relname FROM pg_class").fetchall()}
+        assert "trades_p20231114" not in names and f"trades_p{today:%Y%m%d}" in names

@@ -173,3 +173,17 @@ def test_publisher_buffers_while_redis_is_down_and_counts_drops(
     assert metrics.counters["dropped"] == 100
     assert metrics.counters["unsent_at_stop"] == 200
     assert "buffering frames" in caplog.text and "dropped" in caplog.text
+
+
+def test_replay_of_a_range_stops_at_its_end(redis_client: redis.Redis, database_url: str) -> None:
+    from consumer.replay import replay
+
+    ids = [redis_client.xadd(KEY, frame(i)).decode() for i in range(1, 11)]
+    store = CountingStore(database_url)
+    try:
+        counts = replay(SETTINGS, [KEY], start=ids[2], end=ids[6], client=redis_client, store=store)
+    finally:
+        store.close()
+    assert store.stored == 5  # entries 3..7 inclusive
+    assert counts["rows_new"] == 5
+    assert [g["name"] for g in redis_client.xinfo_groups(KEY)] == []  # temporary group removed
