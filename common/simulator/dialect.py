@@ -52,6 +52,15 @@ class Dialect(abc.ABC):
     def trade_frames(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
         """Frames carrying ``trades`` (all of one symbol, at most ``trades_per_frame``)."""
 
+    def trade_frames_batch(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
+        """Frames carrying any number of ``trades`` of one symbol, ``trades_per_frame`` at most
+        in each. A dialect may override this with a faster path for its firehose."""
+        per = self.trades_per_frame
+        frames: list[Frame] = []
+        for i in range(0, len(trades), per):
+            frames += self.trade_frames(session, trades[i : i + per])
+        return frames
+
     @abc.abstractmethod
     def quote_frames(self, session: SimSession, quote: SimQuote) -> list[Frame]:
         """Frames carrying one best bid/ask update."""

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import http
 import logging
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,34 @@ from .dialect import Dialect, Frame, SimSession
 from .engine import Pacer, make_quote, make_trade
 
 logger = logging.getLogger(__name__)
+
+_TEXT, _BINARY = 0x81, 0x82  # FIN + opcode
+
+
+def raw_frames(frames: Sequence[Frame], binary: bool) -> bytes:
+    """``frames`` as unmasked, unfragmented server WebSocket frames (RFC 6455 section 5.2);
+    ``str`` frames are text unless ``binary``, ``bytes`` frames are binary."""
+    parts: list[bytes] = []
+    append = parts.append
+    pack_short, pack_long = _SHORT.pack, _LONG.pack
+    for frame in frames:
+        if isinstance(frame, str):
+            data = frame.encode()
+            opcode = _BINARY if binary else _TEXT
+        else:
+            data, opcode = frame, _BINARY
+        n = len(data)
+        if n < 126:
+            append(bytes((opcode, n)))
+        elif n < 65536:
+            append(pack_short(opcode, 126, n))
+        else:
+            append(pack_long(opcode, 127, n))
+        append(data)
+    return b"".join(parts)
+
+
+_SHORT, _LONG = struct.Struct("!BBH"), struct.Struct("!BBQ")
 
 TICK_S = 0.002
 
@@ -135,6 +164,10 @@ class Simulator:
             binary = self.dialect.binary
             protocol = ws.protocol
             async with ws.send_context():
+                if not protocol.extensions:
+                    # No extension to apply: the frames are built here and written at once.
+                    ws.transport.write(raw_frames(frames, binary))
+                    return
                 for frame in frames:
                     if isinstance(frame, str):
                         data = frame.encode()
@@ -154,7 +187,6 @@ class Simulator:
     # -- emission ----------------------------------------------------------------------------
     async def tick(self, now: float) -> None:
         unit = self.dialect.ts_unit_ns
-        per_frame = self.dialect.trades_per_frame
         if self.config.max_connection_s:
             for client in list(self.clients):
                 if now - client.opened > self.config.max_connection_s:
@@ -176,9 +208,7 @@ class Simulator:
             for client in list(self.clients):
                 if (Channel.TRADES, symbol) not in client.session.subscriptions:
                     continue
-                frames = []
-                for i in range(0, len(trades), per_frame):
-                    frames += self.dialect.trade_frames(client.session, trades[i : i + per_frame])
+                frames = self.dialect.trade_frames_batch(client.session, trades)
                 await self._safe_send(client, frames)
         for symbol, pacer in self.quote_pacers.items():
             count = pacer.due(now)

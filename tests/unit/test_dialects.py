@@ -81,3 +81,51 @@ def test_plan_subscribes_simulator_and_frames_parse_back(exchange: str) -> None:
                 ] == [
                     (symbol, quote.bid_price, quote.bid_amount, quote.ask_price, quote.ask_amount)
                 ]
+
+
+@pytest.mark.parametrize("exchange", DIALECTS)
+def test_batch_of_trades_parses_back(exchange: str) -> None:
+    """``trade_frames_batch`` (what the server sends each tick) carries every trade once (in
+    the venue's order: Coinbase lists a frame's trades newest first)."""
+    venue = get_venue(exchange)
+    dialect = all_dialects()[exchange]
+    symbol = _symbols(exchange)[0]
+    plan = venue.plan(
+        channels=[Channel.TRADES],
+        symbols=[parse_symbol(symbol)],
+        url="ws://127.0.0.1:1",
+        options={},
+    )[0]
+    session = SimSession(path=plan.url.removeprefix("ws://127.0.0.1:1") or "/")
+    dialect.greeting(session)
+    for message in plan.subscribe:
+        dialect.on_message(session, message)
+    symbol_map = {venue.venue_symbol(parse_symbol(symbol)): symbol}
+    ctx = FrameContext(exchange, plan.context, 1_700_000_000_000_000_000, "1-0", symbol_map)
+    trades = [make_trade(symbol, i, 1_700_000_000_123_000_000) for i in range(1, 8)]
+    frames = dialect.trade_frames_batch(session, trades)
+    got = [
+        t for f in frames for t in venue.parse(f.encode() if isinstance(f, str) else f, ctx).trades
+    ]
+    assert sorted((t.price, t.amount) for t in got) == [(t.price, t.amount) for t in trades]
+    assert len(frames) >= -(-len(trades) // dialect.trades_per_frame)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_raw_frames_are_valid_websocket_frames(binary: bool) -> None:
+    """The simulator's one-write path builds frames a real WebSocket client accepts: every
+    length encoding (7-bit, 16-bit, 64-bit), text and binary."""
+    from websockets.frames import Opcode
+    from websockets.protocol import Protocol, Side, State
+
+    from common.simulator.server import raw_frames
+
+    frames: list[str | bytes] = ["x", "é" * 70, "y" * 125, "z" * 126, "w" * 65_535, "v" * 70_000]
+    frames.append(b"\x00\x01 bytes")
+    client = Protocol(Side.CLIENT, state=State.OPEN, max_size=None)
+    client.receive_data(raw_frames(frames, binary))
+    events = client.events_received()
+    assert [e.data for e in events] == [f.encode() if isinstance(f, str) else f for f in frames]
+    text = Opcode.BINARY if binary else Opcode.TEXT
+    assert [e.opcode for e in events] == [text] * 6 + [Opcode.BINARY]
+    assert all(e.fin for e in events)

@@ -116,10 +116,19 @@ class BinanceDialect(Dialect):
             frames.append(self._wrap(session, f"{venue.lower()}@{kind}", event))
         return frames
 
+    def trade_frames_batch(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
+        if not self.futures and trades:
+            kind = session.subscriptions.get((Channel.TRADES, trades[0].symbol), "trade")
+            if kind == "trade":
+                return self._fast_trades(session, trades)
+        return super().trade_frames_batch(session, trades)
+
     def _fast_trades(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
         """Spot ``trade`` events by string template: the benchmark's firehose path."""
         venue = trades[0].symbol.replace("-", "")
-        wrap = urlsplit(session.path).path.startswith("/stream")
+        wrap = session.state.get("wrap")
+        if wrap is None:
+            wrap = session.state["wrap"] = urlsplit(session.path).path.startswith("/stream")
         head = f'{{"stream":"{venue.lower()}@trade","data":' if wrap else ""
         tail = "}" if wrap else ""
         frames: list[Frame] = []
