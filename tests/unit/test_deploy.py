@@ -35,3 +35,18 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
     assert 'ENTRYPOINT ["tickvault"]' in text
     for path in ("common", "producer", "consumer", "pyproject.toml"):
         assert f"COPY {path}" in text
+
+
+def test_embedded_redis_persists_like_the_deployed_one() -> None:
+    """The embedded server (tests, demo, bench) and deploy/redis.conf rewrite the AOF alike."""
+    from common.servers import AOF_REWRITE
+
+    conf = dict(
+        line.split(None, 1)
+        for line in (DEPLOY / "redis.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    embedded = dict(zip(AOF_REWRITE[::2], AOF_REWRITE[1::2], strict=True))
+    assert embedded == {
+        f"--{k}": conf[k] for k in ("auto-aof-rewrite-min-size", "auto-aof-rewrite-percentage")
+    }
