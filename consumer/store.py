@@ -1,6 +1,11 @@
-"""PostgreSQL writes, one transaction per batch: COPY into session-private staging tables
-(decimals as text, parsed once by the cast), then ``INSERT ... SELECT ... ON CONFLICT DO
-NOTHING`` into the partitioned tables and COMMIT, sent together in one round trip.
+"""PostgreSQL writes, one transaction per batch, two ways:
+
+- a batch of up to ``statement_max_rows`` rows is one ``INSERT ... SELECT ... ON CONFLICT DO
+  NOTHING`` statement per table (one round trip, committed by itself), its rows passed as one
+  text parameter (fields split by tab, rows by newline) that the statement splits;
+- a bigger batch is COPYed into session-private staging tables, then ``INSERT ... SELECT ... ON
+  CONFLICT DO NOTHING`` and COMMIT go in one round trip (COPY is the cheapest per row, but its
+  temporary table makes a commit cost about 0.4 ms more of the server's CPU).
 
 Invariant: a call to :meth:`Store.write` either commits every row it was given (rows already
 stored are skipped by their natural key) or commits nothing. Prices go to ``numeric`` as the
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import psycopg
 
@@ -52,6 +58,61 @@ FROM stage_quotes
 ON CONFLICT DO NOTHING
 """
 
+# One statement, rows in one text parameter: "f1<TAB>f2...<NEWLINE>f1<TAB>...". Venue ids are
+# the only free text; a batch where one holds a tab or newline goes the COPY way (escaped).
+_ROWS = "unnest(string_to_array({}, E'\\n')) AS line, string_to_array(line, E'\\t') AS f"
+
+TRADES_STATEMENT = f"""
+INSERT INTO trades (exchange, symbol, trade_id, price, amount, side, ts, recv_ts)
+SELECT f[1], f[2], f[3], f[4]::numeric, f[5]::numeric, nullif(f[6], ''),
+       {_US.format("f[7]::int8")}, {_US.format("f[8]::int8")}
+FROM {_ROWS.format("%(trades)s")}
+ON CONFLICT DO NOTHING
+"""
+
+QUOTES_STATEMENT = f"""
+INSERT INTO quotes (exchange, symbol, update_id, bid_price, bid_amount, ask_price, ask_amount,
+                    ts, recv_ts)
+SELECT f[1], f[2], f[3], f[4]::numeric, f[5]::numeric, f[6]::numeric, f[7]::numeric,
+       {_US.format("f[8]::int8")}, {_US.format("f[9]::int8")}
+FROM {_ROWS.format("%(quotes)s")}
+ON CONFLICT DO NOTHING
+"""
+
+# Both tables in one statement (so in one transaction): data-modifying CTEs; RETURNING gives
+# the rows each insert actually added.
+BOTH_STATEMENT = (
+    f"WITH t AS ({TRADES_STATEMENT} RETURNING 1), q AS ({QUOTES_STATEMENT} RETURNING 1) "
+    "SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM q)"
+)
+
+
+def trades_statement_text(trades: Sequence[Trade]) -> str | None:
+    """The ``trades`` parameter of the one-statement path; None if a venue id holds a tab or a
+    newline (that batch is COPYed, escaped)."""
+    text = "\n".join(
+        [
+            f"{t.exchange}\t{t.symbol}\t{t.trade_id}\t{t.price}\t{t.amount}\t"
+            f"{t.side or ''}\t{t.ts_ns // 1000}\t{t.recv_ns // 1000}"
+            for t in trades
+        ]
+    )
+    n = len(trades)
+    return text if text.count("\t") == 7 * n and text.count("\n") == n - 1 else None
+
+
+def quotes_statement_text(quotes: Sequence[Quote]) -> str | None:
+    text = "\n".join(
+        [
+            f"{q.exchange}\t{q.symbol}\t{q.update_id}\t{q.bid_price}\t{q.bid_amount}\t"
+            f"{q.ask_price}\t{q.ask_amount}\t{q.ts_ns // 1000}\t{q.recv_ns // 1000}"
+            for q in quotes
+        ]
+    )
+    n = len(quotes)
+    return text if text.count("\t") == 8 * n and text.count("\n") == n - 1 else None
+
+
 # COPY text format: backslash, tab, newline and carriage return must be escaped in data.
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -82,15 +143,29 @@ def quotes_copy_text(quotes: Sequence[Quote]) -> str:
     )
 
 
+# Up to here one statement costs the server less per batch; past it COPY costs less per row
+# (measured on a 2-core box: 24 rows cost the server 15 instead of 36 us each, equal near
+# 1,000, COPY ~10 % cheaper at 5,000).
+STATEMENT_MAX_ROWS = 1_000
+
+
 class Store:
     """One PostgreSQL connection that writes batches. Not thread-safe."""
 
     def __init__(
-        self, url: str, *, synchronous_commit: bool = True, partition_days_ahead: int = 3
+        self,
+        url: str,
+        *,
+        synchronous_commit: bool = True,
+        partition_days_ahead: int = 3,
+        statement_max_rows: int | None = None,
     ) -> None:
         self.url = url
         self.synchronous_commit = synchronous_commit
         self.partition_days_ahead = partition_days_ahead
+        self.statement_max_rows = (
+            STATEMENT_MAX_ROWS if statement_max_rows is None else statement_max_rows
+        )
         self._conn: psycopg.Connection[object] | None = None
 
     def connect(self, *, run_migrations: bool = True) -> None:
@@ -106,7 +181,7 @@ class Store:
                 conn.execute("SET synchronous_commit = off")
             conn.execute(_STAGING.encode())
             conn.commit()
-            conn.autocommit = True  # write() sends its own BEGIN ... COMMIT (fewer round trips)
+            conn.autocommit = True  # one statement commits itself; COPY sends BEGIN ... COMMIT
         except psycopg.OperationalError as exc:
             raise TransientError(f"postgres unreachable: {exc}") from exc
         self._conn = conn
@@ -135,6 +210,39 @@ class Store:
         """
         if not trades and not quotes:
             return 0, 0
+        if len(trades) + len(quotes) <= self.statement_max_rows:
+            params = {
+                "trades": trades_statement_text(trades) if trades else "",
+                "quotes": quotes_statement_text(quotes) if quotes else "",
+            }
+            if params["trades"] is not None and params["quotes"] is not None:
+                return self._write_statement(params, bool(trades), bool(quotes))
+        return self._write_copy(trades, quotes)
+
+    def _write_statement(
+        self, params: dict[str, str | None], trades: bool, quotes: bool
+    ) -> tuple[int, int]:
+        """One statement in autocommit: it commits, or fails and commits nothing."""
+        conn = self.conn
+        try:
+            with conn.cursor() as cur:
+                if trades and quotes:
+                    cur.execute(BOTH_STATEMENT, params)
+                    row = cast("tuple[int, int] | None", cur.fetchone())
+                    assert row is not None
+                    return int(row[0]), int(row[1])
+                cur.execute(TRADES_STATEMENT if trades else QUOTES_STATEMENT, params)
+                return (cur.rowcount, 0) if trades else (0, cur.rowcount)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"postgres write failed: {exc}") from exc
+        except psycopg.Error:
+            if conn.closed or conn.broken:
+                self.close()
+                raise TransientError("postgres connection broken during write") from None
+            raise
+
+    def _write_copy(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
         conn = self.conn
         statements = []
         try:

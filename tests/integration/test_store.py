@@ -12,10 +12,21 @@ import psycopg
 import pytest
 
 from common.records import Quote, Trade
+from consumer import store as store_module
 from consumer.schema import create_partition, ensure_partitions, migrate
 from consumer.store import Store
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, params=["statement", "copy"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every store test runs both ways a batch is written: one statement (small batches) and
+    COPY through the staging tables (big ones)."""
+    if request.param == "copy":
+        monkeypatch.setattr(store_module, "STATEMENT_MAX_ROWS", 0)
+    return str(request.param)
+
 
 TS = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
 
@@ -64,6 +75,36 @@ def test_a_bad_value_raises_a_data_error_and_commits_nothing(database_url: str) 
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM trades").fetchone() == (0,)
     assert store.write([trade(1)], []) == (1, 0)  # the connection is still usable
+    store.close()
+
+
+def test_a_bad_quote_commits_no_trade_of_its_batch(database_url: str) -> None:
+    """Trades and quotes of one batch are one transaction: both tables or neither."""
+    store = Store(database_url)
+    store.connect()
+    bad = Quote("okx", "BTC-USDT", "1", "x", "1", "2", "1", TS, TS)
+    with pytest.raises(psycopg.DataError):
+        store.write([trade(1), trade(2)], [bad])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM trades").fetchone() == (0,)
+    good = Quote("okx", "BTC-USDT", "1", "1", "1", "2", "1", TS, TS)
+    assert store.write([trade(1), trade(2)], [good]) == (2, 1)
+    assert store.write([trade(1), trade(3)], [good]) == (1, 0)
+    store.close()
+
+
+def test_ids_with_tabs_newlines_and_backslashes_are_stored_as_sent(database_url: str) -> None:
+    store = Store(database_url)
+    store.connect()
+    odd = ["a\tb", "tab\there", "new\nline", "back\\slash\\N", "cr\r", "\\N", ""]
+    assert store.write([trade(i, trade_id=t) for i, t in enumerate(odd)], []) == (len(odd), 0)
+    q = Quote("okx", "BTC-USDT", "q\t1\\", "1", "1", "2", "1", TS, TS)
+    assert store.write([], [q]) == (0, 1)
+    with psycopg.connect(database_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT trade_id FROM trades ORDER BY ts")]
+        quote_ids = [r[0] for r in conn.execute("SELECT update_id FROM quotes")]
+    assert ids == odd
+    assert quote_ids == ["q\t1\\"]
     store.close()
 
 
