@@ -140,7 +140,6 @@ def test_two_consumers_share_and_claim_from_a_dead_one(
         c1 = p.start_consumer(
             "c1", batch_ms=60_000, batch_entries=100_000, flush_when_drained=False
         )
-        p.start_consumer("c2", batch_entries=50)
         p.start_producer()
         key = raw_key("binance")
 
@@ -155,6 +154,10 @@ def test_two_consumers_share_and_claim_from_a_dead_one(
             return 0
 
         wait_for(lambda: pending_of_c1() > 100, what="c1 holding entries")
+        # c2 joins the group only now: while both read, a blocked reader takes new entries
+        # first, so a c2 that commits quickly could leave c1 nothing to hold.
+        p.start_consumer("c2", batch_entries=50)
+        p.wait_rows(1)  # c2 is reading and writing
         c1.kill()
         c1.wait(10)
         assert pending_of_c1() > 100
