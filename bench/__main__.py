@@ -26,6 +26,32 @@ from .scenarios import Env, median
 RESULTS = Path(__file__).parent / "results"
 
 
+def calibrate(work: Path) -> dict[str, float]:
+    """Two figures to compare machines by: a fixed pure-Python loop (ms) and the median
+    fdatasync of an 8 KiB append on the disk the servers use (ms). Same code, other box: scale
+    the rates by the first; latency tails follow the second (Redis' AOF and PostgreSQL's WAL
+    share that disk here)."""
+    loops = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        sum(range(10_000_000))
+        loops.append((time.perf_counter() - t0) * 1000)
+    syncs = []
+    path = work / "fsync-probe"
+    sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for _ in range(100):
+            os.write(fd, b"x" * 8192)
+            t0 = time.perf_counter()
+            sync(fd)
+            syncs.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {"python_loop_ms": median(loops), "fdatasync_ms": median(syncs)}
+
+
 def _median_of(runs: int, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
     results = [fn() for _ in range(runs)]
     return {k: median([r[k] for r in results]) for k in results[0]}
@@ -36,7 +62,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
     parser.add_argument(
-        "--rates", default="20000,40000,80000,100000,120000", help="end-to-end rates to try"
+        "--rates", default="20000,30000,40000,60000,80000", help="end-to-end rates to try"
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="sustained run length")
     args = parser.parse_args()
@@ -66,7 +92,9 @@ def main() -> int:
             ),
             "runs": args.runs,
         }
+        out["calibration"] = calibrate(work)
         print(f"bench in {work} ({out['machine']}); {args.runs} runs per figure", flush=True)
+        print("this machine:", out["calibration"], flush=True)
 
         out["producer"] = _median_of(args.runs, lambda: scenarios.producer_alone(env, n_producer))
         print("producer alone:", out["producer"], flush=True)
@@ -158,6 +186,11 @@ def print_table(out: dict[str, Any]) -> None:
          f"{out['unbatched_xadd_per_s']:,.0f} vs {out['publisher_xadd_per_s']:,.0f} frames/s",
          f"x{out['publisher_xadd_per_s'] / out['unbatched_xadd_per_s']:.1f}"),
     ]  # fmt: skip
+    cal = out.get("calibration")
+    if cal:
+        rows.append(("machine: sum(range(10**7)) / fdatasync 8 KiB",
+                     f"{cal['python_loop_ms']:.0f} ms / {cal['fdatasync_ms']:.2f} ms",
+                     "for comparing boxes"))  # fmt: skip
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     print(f"\n{'figure':<{width}}  {'median':<{vwidth}}  target / ratio")
