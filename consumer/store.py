@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import cast
 
 import psycopg
+from psycopg import pq
 
 from common.errors import TransientError
 from common.records import Quote, Trade
@@ -87,30 +88,35 @@ BOTH_STATEMENT = (
 )
 
 
+def _lines(lines: list[str], fields: int) -> str | None:
+    """``lines`` as one parameter; None if a value holds a tab or a newline (that batch is
+    COPYed, escaped, instead)."""
+    text = "\n".join(lines)
+    n = len(lines)
+    return text if text.count("\t") == (fields - 1) * n and text.count("\n") == n - 1 else None
+
+
 def trades_statement_text(trades: Sequence[Trade]) -> str | None:
-    """The ``trades`` parameter of the one-statement path; None if a venue id holds a tab or a
-    newline (that batch is COPYed, escaped)."""
-    text = "\n".join(
+    """The ``trades`` parameter of the one-statement path (see :func:`_lines`)."""
+    return _lines(
         [
             f"{t.exchange}\t{t.symbol}\t{t.trade_id}\t{t.price}\t{t.amount}\t"
             f"{t.side or ''}\t{t.ts_ns // 1000}\t{t.recv_ns // 1000}"
             for t in trades
-        ]
+        ],
+        8,
     )
-    n = len(trades)
-    return text if text.count("\t") == 7 * n and text.count("\n") == n - 1 else None
 
 
 def quotes_statement_text(quotes: Sequence[Quote]) -> str | None:
-    text = "\n".join(
+    return _lines(
         [
             f"{q.exchange}\t{q.symbol}\t{q.update_id}\t{q.bid_price}\t{q.bid_amount}\t"
             f"{q.ask_price}\t{q.ask_amount}\t{q.ts_ns // 1000}\t{q.recv_ns // 1000}"
             for q in quotes
-        ]
+        ],
+        9,
     )
-    n = len(quotes)
-    return text if text.count("\t") == 8 * n and text.count("\n") == n - 1 else None
 
 
 # COPY text format: backslash, tab, newline and carriage return must be escaped in data.
@@ -210,72 +216,67 @@ class Store:
         """
         if not trades and not quotes:
             return 0, 0
-        if len(trades) + len(quotes) <= self.statement_max_rows:
-            params = {
-                "trades": trades_statement_text(trades) if trades else "",
-                "quotes": quotes_statement_text(quotes) if quotes else "",
-            }
-            if params["trades"] is not None and params["quotes"] is not None:
-                return self._write_statement(params, bool(trades), bool(quotes))
-        return self._write_copy(trades, quotes)
+        conn = self.conn
+        try:
+            if len(trades) + len(quotes) <= self.statement_max_rows:
+                params = {
+                    "trades": trades_statement_text(trades) if trades else "",
+                    "quotes": quotes_statement_text(quotes) if quotes else "",
+                }
+                if params["trades"] is not None and params["quotes"] is not None:
+                    return self._write_statement(conn, params, bool(trades), bool(quotes))
+            return self._write_copy(conn, trades, quotes)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"postgres write failed: {exc}") from exc
+        except psycopg.Error:
+            if conn.closed or conn.broken:
+                self.close()
+                raise TransientError("postgres connection broken during write") from None
+            if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                self._rollback()  # the COPY way's transaction is aborted
+            raise
 
+    @staticmethod
     def _write_statement(
-        self, params: dict[str, str | None], trades: bool, quotes: bool
+        conn: psycopg.Connection[object], params: dict[str, str | None], trades: bool, quotes: bool
     ) -> tuple[int, int]:
         """One statement in autocommit: it commits, or fails and commits nothing."""
-        conn = self.conn
-        try:
-            with conn.cursor() as cur:
-                if trades and quotes:
-                    cur.execute(BOTH_STATEMENT, params)
-                    row = cast("tuple[int, int] | None", cur.fetchone())
-                    assert row is not None
-                    return int(row[0]), int(row[1])
-                cur.execute(TRADES_STATEMENT if trades else QUOTES_STATEMENT, params)
-                return (cur.rowcount, 0) if trades else (0, cur.rowcount)
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise TransientError(f"postgres write failed: {exc}") from exc
-        except psycopg.Error:
-            if conn.closed or conn.broken:
-                self.close()
-                raise TransientError("postgres connection broken during write") from None
-            raise
+        with conn.cursor() as cur:
+            if trades and quotes:
+                cur.execute(BOTH_STATEMENT, params)
+                row = cast("tuple[int, int] | None", cur.fetchone())
+                assert row is not None
+                return int(row[0]), int(row[1])
+            cur.execute(TRADES_STATEMENT if trades else QUOTES_STATEMENT, params)
+            return (cur.rowcount, 0) if trades else (0, cur.rowcount)
 
-    def _write_copy(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
-        conn = self.conn
+    @staticmethod
+    def _write_copy(
+        conn: psycopg.Connection[object], trades: Sequence[Trade], quotes: Sequence[Quote]
+    ) -> tuple[int, int]:
         statements = []
-        try:
-            with psycopg.ClientCursor(conn) as cur:
-                # Three round trips: BEGIN, the COPY(s) into this session's staging tables,
-                # then the inserts and the COMMIT as one simple-query string. The staging
-                # tables empty themselves at commit (ON COMMIT DELETE ROWS).
-                cur.execute("BEGIN")
-                if trades:
-                    with cur.copy("COPY stage_trades FROM STDIN") as copy:
-                        copy.write(trades_copy_text(trades))
-                    statements.append(INSERT_TRADES)
-                if quotes:
-                    with cur.copy("COPY stage_quotes FROM STDIN") as copy:
-                        copy.write(quotes_copy_text(quotes))
-                    statements.append(INSERT_QUOTES)
-                statements.append("COMMIT")
-                cur.execute(";".join(statements).encode())
-                counts = [cur.rowcount]
-                while cur.nextset():
-                    counts.append(cur.rowcount)
-            new_trades = counts[0] if trades else 0
-            new_quotes = counts[1 if trades else 0] if quotes else 0
-            return new_trades, new_quotes
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise TransientError(f"postgres write failed: {exc}") from exc
-        except psycopg.Error:
-            if conn.closed or conn.broken:
-                self.close()
-                raise TransientError("postgres connection broken during write") from None
-            self._rollback()
-            raise
+        with psycopg.ClientCursor(conn) as cur:
+            # Three round trips: BEGIN, the COPY(s) into this session's staging tables, then
+            # the inserts and the COMMIT as one simple-query string. The staging tables empty
+            # themselves at commit (ON COMMIT DELETE ROWS).
+            cur.execute("BEGIN")
+            if trades:
+                with cur.copy("COPY stage_trades FROM STDIN") as copy:
+                    copy.write(trades_copy_text(trades))
+                statements.append(INSERT_TRADES)
+            if quotes:
+                with cur.copy("COPY stage_quotes FROM STDIN") as copy:
+                    copy.write(quotes_copy_text(quotes))
+                statements.append(INSERT_QUOTES)
+            statements.append("COMMIT")
+            cur.execute(";".join(statements).encode())
+            counts = [cur.rowcount]
+            while cur.nextset():
+                counts.append(cur.rowcount)
+        new_trades = counts[0] if trades else 0
+        new_quotes = counts[1 if trades else 0] if quotes else 0
+        return new_trades, new_quotes
 
     def _rollback(self) -> None:
         """After a failed write: end the aborted transaction (the staging rows go with it)."""
