@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -41,6 +42,21 @@ class _Generation:
     started: float = field(default_factory=time.monotonic)
     frames: int = 0
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def watch_silence(frames: Callable[[], int], silence_s: float) -> None:
+    """Return once ``frames()`` has not moved for ``silence_s`` (looked at every quarter of
+    it, so within 1.25x). The receive loop only counts frames: a timeout around each receive
+    would cost it more than the rest of a frame's handling (a timer per frame)."""
+    loop = asyncio.get_running_loop()
+    seen, since = frames(), loop.time()
+    while True:
+        await asyncio.sleep(silence_s / 4)
+        now, count = loop.time(), frames()
+        if count != seen:
+            seen, since = count, now
+        elif now - since >= silence_s:
+            return
 
 
 class FeedSession:
@@ -155,8 +171,18 @@ class FeedSession:
                     if ka.app_ping:
                         pinger = tg.create_task(self._ping(ws, ka.app_ping, ka.app_ping_s))
                     closer = tg.create_task(gen.closing.wait())
-                    await asyncio.wait({receiver, closer}, return_when=asyncio.FIRST_COMPLETED)
-                    for t in (receiver, closer, pinger):
+                    watched = {receiver, closer}
+                    watchdog = None
+                    if ka.silence_s is not None:
+                        watchdog = tg.create_task(watch_silence(lambda: gen.frames, ka.silence_s))
+                        watched.add(watchdog)
+                    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                    if watchdog is not None and watchdog.done():
+                        self.metrics.inc("silence_timeouts")
+                        logger.warning(
+                            "%s: no frame for %.0f s, reconnecting", self.label, ka.silence_s
+                        )
+                    for t in (receiver, closer, pinger, watchdog):
                         if t is not None:
                             t.cancel()
                     tg.create_task(ws.close())
@@ -182,7 +208,6 @@ class FeedSession:
             await ws.send(message)
 
     async def _receive(self, ws: ClientConnection, gen: _Generation) -> None:
-        silence = self.plan.keepalive.silence_s
         publisher, reply = self.publisher, self.venue.reply
         put = publisher.put
         pack = XaddPacker(
@@ -190,16 +215,7 @@ class FeedSession:
         ).pack
         seq = 0
         while True:
-            if silence is None:
-                message = await ws.recv()
-            else:
-                try:
-                    async with asyncio.timeout(silence):
-                        message = await ws.recv()
-                except TimeoutError:
-                    self.metrics.inc("silence_timeouts")
-                    logger.warning("%s: no frame for %.0f s, reconnecting", self.label, silence)
-                    return
+            message = await ws.recv()
             recv_ns = time.time_ns()
             seq += 1
             if isinstance(message, bytes):

@@ -1,0 +1,81 @@
+"""The silence watchdog: a connection that delivers nothing for ``silence_s`` is replaced, one
+that keeps delivering is left alone (a real WebSocket server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from common.metrics import Metrics
+from common.venues import Channel, ConnectionPlan, Keepalive, get_venue
+from producer.publisher import Publisher
+from producer.session import FeedSession, watch_silence
+from producer.wire import RedisWire
+
+
+def test_watch_silence_returns_after_silence_and_not_while_frames_move() -> None:
+    async def scenario() -> tuple[float, float]:
+        count = itertools.count()
+        frames = 0
+
+        def moving() -> int:
+            return next(count)
+
+        t0 = time.monotonic()
+        task = asyncio.ensure_future(watch_silence(moving, 0.2))
+        await asyncio.sleep(0.6)  # frames keep coming: no verdict
+        assert not task.done()
+        task.cancel()
+
+        t1 = time.monotonic()
+        await watch_silence(lambda: frames, 0.2)
+        return t1 - t0, time.monotonic() - t1
+
+    moving_for, silent_for = asyncio.run(scenario())
+    assert moving_for >= 0.6
+    assert 0.2 <= silent_for <= 0.2 * 1.25 + 0.15
+
+
+def test_a_silent_connection_is_replaced() -> None:
+    async def scenario() -> tuple[Metrics, int]:
+        accepted = 0
+
+        async def silent(ws: ServerConnection) -> None:
+            nonlocal accepted
+            accepted += 1
+            await ws.wait_closed()  # accepts the subscription, never sends a frame
+
+        async with serve(silent, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            plan = ConnectionPlan(
+                url=f"ws://127.0.0.1:{port}/ws",
+                subscribe=('{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}',),
+                symbols=("BTC-USDT",),
+                channels=(Channel.TRADES,),
+                keepalive=Keepalive(protocol_ping_s=None, silence_s=0.2),
+            )
+            metrics = Metrics("producer")
+            publisher = Publisher(
+                RedisWire("redis://127.0.0.1:1/0"),  # never used: no frame arrives
+                buffer_frames=10,
+                pipeline_max=10,
+                metrics=metrics,
+            )
+            session = FeedSession(
+                get_venue("binance"), plan, publisher, metrics,
+                backoff_initial_s=0.01, backoff_max_s=0.02,
+            )  # fmt: skip
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(session.run(stop))
+            await asyncio.sleep(1.2)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        return metrics, accepted
+
+    metrics, accepted = asyncio.run(scenario())
+    assert metrics.counters["silence_timeouts"] >= 2
+    assert metrics.counters["reconnects"] >= 2
+    assert accepted >= 3
