@@ -439,6 +439,10 @@ class Worker:
         pipe.execute()
 
     def _ack(self, batch: Batch) -> None:
+        if len(batch.acks) == 1:  # the common case: one stream, one command
+            [(key, ids)] = batch.acks.items()
+            self.client.xack(key, self.options.group, *ids)
+            return
         pipe = self.client.pipeline(transaction=False)
         for key, ids in batch.acks.items():
             pipe.xack(key, self.options.group, *ids)

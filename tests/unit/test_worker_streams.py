@@ -136,3 +136,34 @@ def test_a_stop_while_postgres_is_unreachable_at_start_returns(r: fakeredis.Fake
 
     w.run(Stopped())  # returns instead of retrying forever
     assert w.metrics.counters["retries:postgres-connect"] >= 1
+
+
+def test_one_worker_reads_two_exchanges_and_acks_both(r: fakeredis.FakeRedis) -> None:
+    """A batch holding entries of two streams acks each stream's ids on that stream."""
+    other = raw_key("okx")
+    okx_trade = (
+        b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT",'
+        b'"tradeId":"7","px":"42.5","sz":"0.1","side":"buy","ts":"1700000000000"}]}'
+    )
+    settings = settings_from_mapping(
+        {
+            "consumer": {"batch_ms": 5, "block_ms": 10, "claim_every_s": 3600},
+            "feeds": [
+                {"exchange": "binance", "symbols": ["BTC-USDT"]},
+                {"exchange": "okx", "symbols": ["BTC-USDT"]},
+            ],
+        },
+        {},
+    )
+    for i in range(1, 4):
+        r.xadd(KEY, frame(i))
+    r.xadd(other, Envelope(okx_trade, False, "okx", "", "c", 1, 1_700_000_000_000_000_000).fields())
+    store = MemoryStore(r)
+    w = Worker.from_settings(settings, name="w1", streams=[KEY, other], redis_client=r, store=store)
+    w.sleep = lambda s: None
+    w.run(StopAfter(store, 4))
+    assert {(t.exchange, t.trade_id) for t in store.rows.values()} == {
+        ("binance", "1"), ("binance", "2"), ("binance", "3"), ("okx", "7"),
+    }  # fmt: skip
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert r.xpending(other, "tickvault")["pending"] == 0
