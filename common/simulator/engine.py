@@ -33,28 +33,34 @@ def _cents(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
+# Prices, amounts and sides repeat with the id (tables: the simulator is a firehose).
+_PRICES = [_cents(10_000 + i) for i in range(5_000)]
+_AMOUNTS = [f"0.{i + 1:05d}" for i in range(997)]
+_SIDES = ["sell", "buy", "buy"]
+
+
 def trade_price(trade_id: int) -> str:
     """Price of trade ``trade_id``: 100.00 .. 149.99, exact."""
-    return _cents(10_000 + trade_id % 5_000)
+    return _PRICES[trade_id % 5_000]
 
 
 def trade_amount(trade_id: int) -> str:
     """Amount of trade ``trade_id``: 0.00001 .. 0.00997 (five decimals, never zero)."""
-    return f"0.{trade_id % 997 + 1:05d}"
+    return _AMOUNTS[trade_id % 997]
 
 
 def trade_side(trade_id: int) -> str:
-    return "sell" if trade_id % 3 == 0 else "buy"
+    return _SIDES[trade_id % 3]
 
 
 def make_trade(symbol: str, trade_id: int, ts_ns: int) -> SimTrade:
     return SimTrade(
-        symbol=symbol,
-        trade_id=trade_id,
-        price=trade_price(trade_id),
-        amount=trade_amount(trade_id),
-        side=trade_side(trade_id),
-        ts_ns=ts_ns,
+        symbol,
+        trade_id,
+        _PRICES[trade_id % 5_000],
+        _AMOUNTS[trade_id % 997],
+        _SIDES[trade_id % 3],
+        ts_ns,
     )
 
 
