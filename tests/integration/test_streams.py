@@ -8,6 +8,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 
@@ -187,3 +188,51 @@ def test_replay_of_a_range_stops_at_its_end(redis_client: redis.Redis, database_
     assert store.stored == 5  # entries 3..7 inclusive
     assert counts["rows_new"] == 5
     assert [g["name"] for g in redis_client.xinfo_groups(KEY)] == []  # temporary group removed
+
+
+def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_stored(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    """A trade id with a NUL character passes validation but no PostgreSQL text column takes
+    it: the batch is rejected, its entries are written one by one, the bad frame goes to the
+    dead-letter stream with PostgreSQL's reason, and every entry is acked."""
+    okx_key = raw_key("okx")
+    settings = settings_from_mapping(
+        {
+            "consumer": {"batch_ms": 200, "block_ms": 50, "claim_every_s": 3600},
+            "feeds": [{"exchange": "okx", "symbols": ["BTC-USDT"]}],
+        },
+        {},
+    )
+    ts_ms = 1_700_000_000_000
+    ids = ["1", "2\\u0000", "3"]
+    for n, trade_id in enumerate(ids):
+        body = (
+            '{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT",'
+            f'"tradeId":"{trade_id}","px":"42.5","sz":"0.1","side":"buy","ts":"{ts_ms}"}}]}}'
+        ).encode()
+        redis_client.xadd(okx_key, Envelope(body, False, "okx", "", "c", n, ts_ms * 10**6).fields())
+    store = Store(database_url)
+    worker = Worker.from_settings(
+        settings, name="w1", streams=[okx_key], redis_client=redis_client, store=store
+    )
+    worker.sleep = lambda s: None
+    done = threading.Event()
+
+    def stored() -> bool:
+        if worker.metrics.counters["acked"] >= 3:
+            done.set()
+        return done.is_set()
+
+    try:
+        worker.run(type("Stop", (), {"is_set": staticmethod(stored)})())
+    finally:
+        store.close()
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT trade_id FROM trades ORDER BY trade_id").fetchall()
+    assert rows == [("1",), ("3",)]
+    [(_, dead)] = redis_client.xrange("tickvault:dead:{okx}")
+    assert dead[b"reason"].startswith(b"postgres rejected:")
+    assert b"NUL" in dead[b"reason"] or b"0x00" in dead[b"reason"]
+    assert b'"2\\u0000"' in dead[b"f"]
+    assert redis_client.xpending(okx_key, "tickvault")["pending"] == 0
