@@ -61,6 +61,7 @@ class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     backoff_max_s: float = 30.0
     rollover_overlap_s: float = 10.0  # make-before-break: both connections live this long
     rollover_after_s: float = 0.0  # roll connections over after this long (0: venue's limit)
+    fast_frames: bool = True  # cut plain data frames out of the socket (see producer.frames)
 
 
 class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -54,6 +54,7 @@ def build_sessions(settings: Settings, publisher: Publisher, metrics: Metrics) -
                     backoff_max_s=p.backoff_max_s,
                     start_delay_s=n * CONNECT_SPACING_S,
                     maxlen=settings.redis.maxlen,
+                    fast_frames=p.fast_frames,
                 )
             )
     return sessions

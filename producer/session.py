@@ -26,6 +26,7 @@ from common.errors import backoff
 from common.metrics import Metrics
 from common.venues import ConnectionPlan, Venue
 
+from .frames import FastConnection
 from .publisher import Publisher
 from .wire import XaddPacker
 
@@ -73,6 +74,7 @@ class FeedSession:
         backoff_max_s: float = 30.0,
         start_delay_s: float = 0.0,
         maxlen: int = 5_000_000,
+        fast_frames: bool = True,
     ) -> None:
         self.maxlen = maxlen
         self.venue = venue
@@ -85,6 +87,7 @@ class FeedSession:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.start_delay_s = start_delay_s
+        self.fast_frames = fast_frames  # plain data frames bypass websockets' parser
         self.label = plan.name or venue.exchange
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -161,6 +164,7 @@ class FeedSession:
                 close_timeout=2,
                 max_size=None,
                 max_queue=4096,
+                create_connection=FastConnection if self.fast_frames else None,
             ) as ws:
                 self.metrics.inc("connections")
                 logger.info("%s: connected to %s as %s", self.label, plan.url, gen.conn_id)
@@ -208,25 +212,61 @@ class FeedSession:
             await ws.send(message)
 
     async def _receive(self, ws: ClientConnection, gen: _Generation) -> None:
+        """Hand every frame to the publisher, in order, numbered within the connection.
+
+        On a :class:`~producer.frames.FastConnection` most frames arrive through ``deliver``
+        straight from the socket; ``recv()`` returns the rest (see ``producer.frames``)."""
         publisher, reply = self.publisher, self.venue.reply
         put = publisher.put
         pack = XaddPacker(
             self.key, self.maxlen, self.venue.exchange, self.plan.context, gen.conn_id
         ).pack
-        seq = 0
-        while True:
-            message = await ws.recv()
+        answers: asyncio.Queue[str] = asyncio.Queue()
+        tasks: set[asyncio.Future[None]] = set()
+        paused = False
+
+        async def resume_when_room() -> None:
+            nonlocal paused
+            await publisher.room()
+            paused = False
+            ws.transport.resume_reading()
+
+        def deliver(message: bytes, binary: bool) -> None:
+            nonlocal paused
             recv_ns = time.time_ns()
-            seq += 1
-            if isinstance(message, bytes):
-                put(pack(message, True, seq, recv_ns))
-            else:
-                put(pack(message.encode(), False, seq, recv_ns))
+            seq = gen.frames + 1
             gen.frames = seq
+            put(pack(message, binary, seq, recv_ns))
             if seq == 1:
                 gen.ready.set()
             answer = reply(message)
             if answer is not None:
-                await ws.send(answer)
-            if publisher.full:
-                await publisher.room()  # backpressure: stop reading until Redis catches up
+                answers.put_nowait(answer)
+            if publisher.full and not paused and isinstance(ws, FastConnection):
+                paused = True  # backpressure: stop reading until Redis catches up
+                ws.transport.pause_reading()
+                tasks.add(asyncio.ensure_future(resume_when_room()))
+
+        if isinstance(ws, FastConnection):
+            ws.on_message = deliver
+        try:
+            tasks.add(asyncio.ensure_future(self._answer(ws, answers)))
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    deliver(message, True)
+                else:
+                    deliver(message.encode(), False)
+                if publisher.full:
+                    await publisher.room()  # backpressure: stop reading until Redis catches up
+        finally:
+            if isinstance(ws, FastConnection):
+                ws.on_message = None
+            for task in tasks:
+                task.cancel()
+
+    @staticmethod
+    async def _answer(ws: ClientConnection, answers: asyncio.Queue[str]) -> None:
+        """Send the venue's answers (application pings) in the order they were asked for."""
+        while True:
+            await ws.send(await answers.get())

@@ -139,7 +139,7 @@ class Venue(abc.ABC):
     def parse(self, frame: bytes, ctx: FrameContext) -> Parsed:
         """Normalise one raw frame. Raises PoisonFrame when the frame is malformed."""
 
-    def reply(self, frame: str | bytes) -> str | None:
+    def reply(self, frame: bytes) -> str | None:
         """An answer the producer must send to this frame (a server application ping), if any.
 
         Called by the producer on every frame, so it must be a cheap check, not a parse.

@@ -27,6 +27,9 @@ def test_defaults_and_env_overrides() -> None:
     assert s.exchanges == ("binance",)
     assert s.subscribed() == {"binance": frozenset({"BTC-USDT"})}
     assert s.symbol_maps() == {("binance", ""): {"BTCUSDT": "BTC-USDT"}}
+    assert s.producer.fast_frames is True
+    off = settings_from_mapping({"feeds": [FEED], "producer": {"fast_frames": False}}, {})
+    assert off.producer.fast_frames is False
     with pytest.raises(AttributeError):
         s.redis.url = "x"  # type: ignore[misc]
 
@@ -59,6 +62,7 @@ def test_load_from_file_and_env_variable(tmp_path: Path) -> None:
         ({"feeds": [{**FEED, "url": "http://x"}]}, "feeds[0].url", ""),
         ({"consumer": {"batch_entries": 0}}, "consumer.batch_entries", ""),
         ({"consumer": {"batch_ms": "soon"}}, "consumer.batch_ms", "README"),
+        ({"producer": {"fast_frames": "maybe"}}, "producer.fast_frames", "README"),
         ({"database": {"url": "mysql://x"}}, "database.url", ""),
         (
             {
