@@ -144,3 +144,71 @@ def test_a_compressed_connection_stays_on_websockets() -> None:
     got, via_recv = asyncio.run(scenario())
     assert got == []
     assert via_recv == [f"c{i}" * 20 for i in range(20)]
+
+
+def test_a_full_publisher_stops_the_fast_path_reading_the_socket() -> None:
+    """Redis slower than the feed: once ``high_water`` frames wait, the session stops reading
+    (TCP backpressure), so a burst never piles up in the producer; it reads on when there is
+    room."""
+    from common.metrics import Metrics
+    from common.simulator.dialects import all_dialects
+    from common.simulator.server import Simulator, SimulatorConfig
+    from common.symbols import parse_symbol
+    from common.venues import Channel, get_venue
+    from producer.publisher import Publisher
+    from producer.session import FeedSession
+    from producer.wire import RedisWire
+
+    class StuckWire(RedisWire):
+        """A Redis that takes commands and answers only when released."""
+
+        def __init__(self) -> None:
+            super().__init__("redis://127.0.0.1:1/0")
+            self.release = asyncio.Event()
+            self.sent = 0
+
+        async def execute(self, payload: bytes, count: int) -> None:
+            await self.release.wait()
+            self.sent += count
+
+    async def scenario() -> tuple[int, int, int]:
+        sim = Simulator(all_dialects()["binance"], SimulatorConfig(rate=1e7, trades=30_000))
+        port = await sim.start()
+        stop_sim = asyncio.Event()
+        runner = asyncio.ensure_future(sim.run(stop_sim))
+        venue = get_venue("binance")
+        [plan] = venue.plan(
+            channels=[Channel.TRADES], symbols=[parse_symbol("BTC-USDT")],
+            url=f"ws://127.0.0.1:{port}", options={},
+        )  # fmt: skip
+        metrics = Metrics("producer")
+        wire = StuckWire()
+        publisher = Publisher(
+            wire, buffer_frames=100_000, pipeline_max=500, metrics=metrics, high_water=1_000
+        )
+        session = FeedSession(venue, plan, publisher, metrics)
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.ensure_future(session.run(stop)),
+            asyncio.ensure_future(publisher.run(stop)),
+        ]
+        for _ in range(400):
+            if sim.sent_trades >= 30_000:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the whole burst has been sent: the producer must not take it
+        held = publisher.buffered
+        wire.release.set()  # Redis answers again
+        for _ in range(200):
+            if wire.sent >= 30_001:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        stop_sim.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, runner), 20)
+        await sim.close()
+        return held, wire.sent, metrics.counters["dropped"]
+
+    held, sent, dropped = asyncio.run(scenario())
+    assert 1_000 <= held < 10_000  # stopped near high_water, not at the 30,000 sent
+    assert sent == 30_001 and dropped == 0  # every trade (and the subscribe reply), in the end
