@@ -245,7 +245,9 @@ class FeedSession:
             if publisher.full and not paused and isinstance(ws, FastConnection):
                 paused = True  # backpressure: stop reading until Redis catches up
                 ws.transport.pause_reading()
-                tasks.add(asyncio.ensure_future(resume_when_room()))
+                resume = asyncio.ensure_future(resume_when_room())
+                tasks.add(resume)
+                resume.add_done_callback(tasks.discard)
 
         if isinstance(ws, FastConnection):
             ws.on_message = deliver
