@@ -42,43 +42,43 @@ CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
 
 _US = "'epoch'::timestamptz + {} * interval '1 microsecond'"
 
-INSERT_TRADES = f"""
+# The inserts read their rows from a source with the staging tables' columns (text decimals,
+# integer microseconds): the staging table itself (COPY way), or a text parameter split in SQL.
+_INSERT_TRADES = f"""
 INSERT INTO trades (exchange, symbol, trade_id, price, amount, side, ts, recv_ts)
 SELECT exchange, symbol, trade_id, price::numeric, amount::numeric, side, {_US.format("ts_us")},
        {_US.format("recv_us")}
-FROM stage_trades
+FROM {{}}
 ON CONFLICT DO NOTHING
 """
 
-INSERT_QUOTES = f"""
+_INSERT_QUOTES = f"""
 INSERT INTO quotes (exchange, symbol, update_id, bid_price, bid_amount, ask_price, ask_amount,
                     ts, recv_ts)
 SELECT exchange, symbol, update_id, bid_price::numeric, bid_amount::numeric,
        ask_price::numeric, ask_amount::numeric, {_US.format("ts_us")}, {_US.format("recv_us")}
-FROM stage_quotes
+FROM {{}}
 ON CONFLICT DO NOTHING
 """
+
+INSERT_TRADES = _INSERT_TRADES.format("stage_trades")
+INSERT_QUOTES = _INSERT_QUOTES.format("stage_quotes")
 
 # One statement, rows in one text parameter: "f1<TAB>f2...<NEWLINE>f1<TAB>...". Venue ids are
 # the only free text; a batch where one holds a tab or newline goes the COPY way (escaped).
 _ROWS = "unnest(string_to_array({}, E'\\n')) AS line, string_to_array(line, E'\\t') AS f"
 
-TRADES_STATEMENT = f"""
-INSERT INTO trades (exchange, symbol, trade_id, price, amount, side, ts, recv_ts)
-SELECT f[1], f[2], f[3], f[4]::numeric, f[5]::numeric, nullif(f[6], ''),
-       {_US.format("f[7]::int8")}, {_US.format("f[8]::int8")}
-FROM {_ROWS.format("%(trades)s")}
-ON CONFLICT DO NOTHING
-"""
+TRADES_STATEMENT = _INSERT_TRADES.format(
+    "(SELECT f[1] AS exchange, f[2] AS symbol, f[3] AS trade_id, f[4] AS price, f[5] AS amount,"
+    " nullif(f[6], '') AS side, f[7]::int8 AS ts_us, f[8]::int8 AS recv_us"
+    f" FROM {_ROWS.format('%(trades)s')}) AS rows"
+)
 
-QUOTES_STATEMENT = f"""
-INSERT INTO quotes (exchange, symbol, update_id, bid_price, bid_amount, ask_price, ask_amount,
-                    ts, recv_ts)
-SELECT f[1], f[2], f[3], f[4]::numeric, f[5]::numeric, f[6]::numeric, f[7]::numeric,
-       {_US.format("f[8]::int8")}, {_US.format("f[9]::int8")}
-FROM {_ROWS.format("%(quotes)s")}
-ON CONFLICT DO NOTHING
-"""
+QUOTES_STATEMENT = _INSERT_QUOTES.format(
+    "(SELECT f[1] AS exchange, f[2] AS symbol, f[3] AS update_id, f[4] AS bid_price,"
+    " f[5] AS bid_amount, f[6] AS ask_price, f[7] AS ask_amount, f[8]::int8 AS ts_us,"
+    f" f[9]::int8 AS recv_us FROM {_ROWS.format('%(quotes)s')}) AS rows"
+)
 
 # Both tables in one statement (so in one transaction): data-modifying CTEs; RETURNING gives
 # the rows each insert actually added.
