@@ -117,11 +117,7 @@ class BinanceDialect(Dialect):
         return frames
 
     def trade_frames_batch(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
-        if not self.futures and trades:
-            kind = session.subscriptions.get((Channel.TRADES, trades[0].symbol), "trade")
-            if kind == "trade":
-                return self._fast_trades(session, trades)
-        return super().trade_frames_batch(session, trades)
+        return self.trade_frames(session, trades)  # one frame per trade, any number at once
 
     def _fast_trades(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
         """Spot ``trade`` events by string template: the benchmark's firehose path."""
