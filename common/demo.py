@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import redis
 
-from .envelope import raw_key
+from .envelope import frames_in_entry, raw_key
 from .servers import PostgresServer, RedisServer, free_port
 
 EXCHANGES = ("binance", "okx")
@@ -87,12 +87,37 @@ def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> int
         return proc.wait(5)
 
 
-def _counts(r: redis.Redis, db: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
-    frames = lag = 0
+class _FrameCount:
+    """Frames appended to the raw streams so far, counted incrementally (an entry holds one
+    frame or a run of them)."""
+
+    def __init__(self) -> None:
+        self.after: dict[str, str] = {}
+        self.total = 0
+
+    def __call__(self, r: redis.Redis) -> int:
+        for ex in EXCHANGES:
+            key = raw_key(ex)
+            while True:
+                entries: list[tuple[bytes, dict[bytes, bytes]]] = r.xrange(  # type: ignore[assignment]
+                    key, min=self.after.get(key, "-"), count=10_000
+                )
+                self.total += sum(frames_in_entry(fields) for _, fields in entries)
+                if entries:
+                    self.after[key] = "(" + entries[-1][0].decode()
+                if len(entries) < 10_000:
+                    break
+        return self.total
+
+
+def _counts(
+    r: redis.Redis, db: psycopg.Connection[Any], seen: _FrameCount
+) -> tuple[int, int, int, int]:
+    frames = seen(r)
+    lag = 0
     for ex in EXCHANGES:
         key = raw_key(ex)
         if r.exists(key):
-            frames += int(r.xlen(key))
             for group in r.xinfo_groups(key):
                 if group["name"] in (b"tickvault", "tickvault"):
                     lag += int(group.get("lag") or 0) + int(group.get("pending") or 0)
@@ -154,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config {config}; process logs in {logs}")
         print("Ctrl-C stops cleanly." if args.forever else f"running {args.seconds:g} s ...")
         r = redis.Redis.from_url(redis_url)
+        seen = _FrameCount()
         with _wait_db(database_url) as db:
             print(_ROW.format("time", "frames in", "trades", "quotes", "lag", "rows/s"))
             started = last_t = time.monotonic()
@@ -166,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     if proc.poll() is not None:
                         print(f"{name} exited with {proc.returncode}; see {logs / name}.log")
                         stop.set()
-                frames, trades, quotes, lag = _counts(r, db)
+                frames, trades, quotes, lag = _counts(r, db, seen)
                 now = time.monotonic()
                 rate = (trades + quotes - last_rows) / max(1e-9, now - last_t)
                 last_rows, last_t = trades + quotes, now
@@ -177,11 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             print("stopping the producer, letting the consumer drain ...", flush=True)
             _terminate(procs.pop("producer"))
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and _counts(r, db)[3] > 0:
+            while time.monotonic() < deadline and _counts(r, db, seen)[3] > 0:
                 time.sleep(0.2)
             _terminate(procs.pop("consumer"))
             _terminate(procs.pop("simulator"))
-            _summary(r, db, demo_started)
+            _summary(r, db, demo_started, seen)
         return 0
     finally:
         for proc in procs.values():
@@ -216,8 +242,8 @@ def _wait_db(url: str) -> Any:
         conn.close()
 
 
-def _summary(r: redis.Redis, db: psycopg.Connection[Any], since: float) -> None:
-    frames, trades, quotes, lag = _counts(r, db)
+def _summary(r: redis.Redis, db: psycopg.Connection[Any], since: float, seen: _FrameCount) -> None:
+    frames, trades, quotes, lag = _counts(r, db, seen)
     dead = sum(int(r.xlen(f"tickvault:dead:{{{ex}}}")) for ex in EXCHANGES)
     print(
         f"\nsummary: {frames} frames in the stream, {trades} trades and {quotes} quotes stored, "

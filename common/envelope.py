@@ -1,14 +1,25 @@
-"""The stream entry: one raw frame, exactly as received, plus where and when it came from.
+"""The stream entry: raw frames, exactly as received, plus where and when they came from.
 
-Fields (short names keep Redis memory per entry small)::
+An entry holds one frame, or, when frames arrive faster than Redis round trips, a *run*: frames
+that came back to back on one connection (same kind, consecutive numbers). Redis' cost is mostly
+per entry (an XADD, the XREADGROUP delivery it writes to the AOF, an XACK): measured here, a
+frame alone costs it ~6.3 us, in runs of 10 ~1.0 us. A slow feed still gives one frame per entry.
 
-    f  the frame's bytes, unchanged (text frames UTF-8 encoded)
-    k  b"t" for a text frame, b"b" for a binary frame
+Fields, in this order (short names keep Redis memory per entry small)::
+
+    f  the frame's bytes, unchanged (text frames UTF-8 encoded); a run: its frames back to back
+    k  b"t" for text frames, b"b" for binary frames
     e  exchange id
     x  connection context chosen by the venue's plan (e.g. Bybit "linear"); may be empty
     c  connection id (unique per connection, e.g. "binance-1-1732400000")
-    n  frame number within the connection, from 1 (a gap inside one connection is our loss)
-    t  receive time, integer nanoseconds since the epoch (wall clock)
+    n  frame number within the connection, from 1 (a gap inside one connection is our loss);
+       a run: its first frame's number (the others follow one by one)
+    t  receive time, integer nanoseconds since the epoch (wall clock); a run: one per frame,
+       comma-separated
+    l  only in a run: each frame's length in bytes, comma-separated
+
+A frame inside a run is named ``<entry id>/<index>`` (index from 0) wherever one id is needed:
+a dead letter's ``origin``, the base of derived row ids.
 
 Keys: ``tickvault:raw:{<exchange>}`` and ``tickvault:dead:{<exchange>}``. The hash tag keeps each
 exchange's keys in one Redis Cluster slot.
@@ -23,6 +34,8 @@ import msgspec
 from .errors import PoisonFrame
 
 StreamId = NewType("StreamId", str)
+
+RUN_MAX = 32  # frames in one entry at most: bounds what a consumer's read of N entries holds
 
 RAW_PREFIX = "tickvault:raw:"
 DEAD_PREFIX = "tickvault:dead:"
@@ -67,8 +80,70 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
         }
 
 
+def frame_id(entry_id: str, index: int) -> str:
+    """The id of frame ``index`` of a run entry."""
+    return f"{entry_id}/{index}"
+
+
+def split_run(blob: bytes, lengths: bytes, times: bytes) -> list[tuple[bytes, int]]:
+    """A run's (frame, receive ns) pairs from its ``f``, ``l`` and ``t`` fields.
+
+    Raises:
+        PoisonFrame: the lengths and times do not describe the frames.
+    """
+    try:
+        sizes = [int(x) for x in lengths.split(b",")]
+        stamps = [int(x) for x in times.split(b",")]
+    except ValueError as exc:
+        raise PoisonFrame(f"bad envelope: run lengths or times: {exc}") from None
+    if len(sizes) != len(stamps) or sum(sizes) != len(blob) or min(sizes) < 0:
+        raise PoisonFrame(
+            f"bad envelope: run of {len(sizes)} lengths summing to {sum(sizes)} and "
+            f"{len(stamps)} times for {len(blob)} bytes"
+        )
+    out = []
+    at = 0
+    for size, stamp in zip(sizes, stamps, strict=True):
+        out.append((blob[at : at + size], stamp))
+        at += size
+    return out
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> list[Envelope]:
+    """Every frame of a stream entry (one, or a run's), as envelopes.
+
+    Raises:
+        PoisonFrame: a field is missing or malformed (somebody else wrote to our stream).
+    """
+    if b"l" not in fields:
+        return [decode_fields(fields)]
+    first = decode_fields({**fields, b"t": b"0"})
+    pairs = split_run(first.frame, fields[b"l"], fields.get(b"t", b""))
+    return [
+        msgspec.structs.replace(first, frame=frame, seq=first.seq + i, recv_ns=recv_ns)
+        for i, (frame, recv_ns) in enumerate(pairs)
+    ]
+
+
+def frames_in_entry(fields: dict[bytes, bytes]) -> int:
+    """How many frames an entry holds (without decoding them)."""
+    lengths = fields.get(b"l")
+    return 1 if lengths is None else lengths.count(b",") + 1
+
+
+def run_frame_fields(fields: dict[bytes, bytes], index: int) -> dict[bytes, bytes]:
+    """The single-frame field map of frame ``index`` of an entry (the entry itself if it holds
+    one frame): what a dead letter of that frame carries."""
+    if b"l" not in fields:
+        return dict(fields)
+    try:
+        return decode_entry(fields)[index].fields()
+    except (PoisonFrame, IndexError):
+        return dict(fields)
+
+
 def decode_fields(fields: dict[bytes, bytes]) -> Envelope:
-    """Rebuild an envelope from an XREADGROUP entry's field map.
+    """Rebuild an envelope from a single-frame entry's field map (a run: see ``decode_entry``).
 
     Raises:
         PoisonFrame: a field is missing or malformed (somebody else wrote to our stream).
@@ -90,10 +165,16 @@ def decode_fields(fields: dict[bytes, bytes]) -> Envelope:
 __all__ = [
     "DEAD_PREFIX",
     "RAW_PREFIX",
+    "RUN_MAX",
     "Envelope",
     "StreamId",
     "dead_key",
+    "decode_entry",
     "decode_fields",
     "exchange_of_key",
+    "frame_id",
+    "frames_in_entry",
     "raw_key",
+    "run_frame_fields",
+    "split_run",
 ]

@@ -1,8 +1,9 @@
 """The batch being built (pure: time is passed in).
 
-A batch is flushed when it holds ``max_entries`` stream entries, when its first entry is
-``max_delay_s`` old, or, with ``flush_when_drained``, as soon as a read finds the stream empty:
-small batches and low latency when the consumer keeps up, big batches under backlog.
+A batch is flushed when it holds ``max_entries`` frames (a stream entry holds one, or a run of
+several), when its first entry is ``max_delay_s`` old, or, with ``flush_when_drained``, as soon
+as a read finds the stream empty: small batches and low latency when the consumer keeps up, big
+batches under backlog.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from common.envelope import frame_id, run_frame_fields
 from common.records import Quote, Trade
 
 from .process import Fields, Outcome
@@ -35,10 +37,10 @@ class DeadLetter:
 
 
 class Span(NamedTuple):
-    """Where one entry's rows sit in the batch's flat lists (to find a row PostgreSQL rejects)."""
+    """Where one frame's rows sit in the batch's flat lists (to find a row PostgreSQL rejects)."""
 
     key: str
-    entry_id: str
+    entry_id: str  # the entry's id, or ``<entry id>/<index>`` for a frame of a run
     trades: tuple[int, int]
     quotes: tuple[int, int]
 
@@ -51,7 +53,8 @@ class Batch:
     spans: list[Span] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     controls: Counter[str] = field(default_factory=Counter)
-    entries: int = 0
+    entries: int = 0  # stream entries (acks)
+    frames: int = 0  # frames in them
     started: float | None = None  # monotonic time of the first entry
     oldest_recv_ns: int = 0
 
@@ -63,6 +66,19 @@ class Batch:
         if ids is None:
             ids = self.acks[key] = []
         ids.append(entry_id)
+        if out.frames is None:
+            self._add_frame(key, entry_id, fields, out)
+            return
+        for i, frame_out in enumerate(out.frames):
+            one = frame_id(entry_id, i)
+            if frame_out.dead is not None:
+                # the dead letter carries this frame alone, as a single-frame entry would
+                self._add_frame(key, one, run_frame_fields(as_dict(fields), i), frame_out)
+            else:
+                self._add_frame(key, one, None, frame_out)
+
+    def _add_frame(self, key: str, entry_id: str, fields: Fields | None, out: Outcome) -> None:
+        self.frames += 1
         recv_ns = out.recv_ns
         if recv_ns and (not self.oldest_recv_ns or recv_ns < self.oldest_recv_ns):
             self.oldest_recv_ns = recv_ns
@@ -90,13 +106,14 @@ class Batcher:
 
     @property
     def room(self) -> int:
-        return max(0, self.max_entries - self.batch.entries)
+        """Frames the batch can still take."""
+        return max(0, self.max_entries - self.batch.frames)
 
     def due(self, now: float, *, drained: bool = False) -> bool:
         b = self.batch
         if b.entries == 0:
             return False
-        if b.entries >= self.max_entries:
+        if b.frames >= self.max_entries:
             return True
         if drained and self.flush_when_drained:
             return True

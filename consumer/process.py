@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from common.envelope import decode_fields
+from common.envelope import decode_entry, frame_id, split_run
 from common.errors import PoisonFrame
 from common.records import Quote, Trade
 from common.venues import FrameContext, Venue, all_venues
@@ -24,6 +24,7 @@ class Outcome(msgspec.Struct, gc=False):
     control: str | None = None  # e.g. "ack", "heartbeat", "unknown:kline"
     dead: str | None = None  # reason, when the frame goes to the dead-letter stream
     recv_ns: int = 0
+    frames: list[Outcome] | None = None  # a run entry: one outcome per frame, in order
 
 
 Fields = Mapping[bytes, bytes] | Sequence[bytes]  # a field map, or XREADGROUP's flat list
@@ -60,32 +61,55 @@ class Processor:
         return route
 
     def process(self, entry_id: str, fields: Fields | None) -> Outcome:
+        """The outcome of a stream entry; for a run, ``frames`` holds each frame's."""
         if not fields:
             return Outcome(dead="entry has no fields")
         try:
-            # Fast path: the producer's own field order f k e x c n t, as a flat list.
+            # Fast path: the producer's own field order f k e x c n t [l], as a flat list.
             if (
-                isinstance(fields, list) and len(fields) == 14 and fields[0] == b"f"
-                and fields[4] == b"e" and fields[6] == b"x" and fields[12] == b"t"
+                isinstance(fields, list)
+                and (len(fields) == 14 or (len(fields) == 16 and fields[14] == b"l"))
+                and fields[0] == b"f" and fields[4] == b"e" and fields[6] == b"x"
+                and fields[12] == b"t"
             ):  # fmt: skip
-                frame, exchange_b, context_b = fields[1], fields[5], fields[7]
-                recv_ns = int(fields[13])
+                route = self._route(fields[5], fields[7])
+                if len(fields) == 14:
+                    return self._frame(entry_id, fields[1], route, int(fields[13]))
+                pairs = split_run(fields[1], fields[15], fields[13])
             else:
                 mapping = (
                     dict(fields) if isinstance(fields, Mapping)
                     else dict(zip(fields[::2], fields[1::2], strict=False))
                 )  # fmt: skip
-                env = decode_fields(mapping)
-                frame, recv_ns = env.frame, env.recv_ns
-                exchange_b, context_b = env.exchange.encode(), env.context.encode()
-            exchange, context, venue, symbols = self._route(exchange_b, context_b)
-            if venue is None:
-                return Outcome(dead=f"unknown exchange {exchange!r}", recv_ns=recv_ns)
-            parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, entry_id, symbols))
+                envs = decode_entry(mapping)
+                route = self._route(envs[0].exchange.encode(), envs[0].context.encode())
+                if b"l" not in mapping:
+                    return self._frame(entry_id, envs[0].frame, route, envs[0].recv_ns)
+                pairs = [(e.frame, e.recv_ns) for e in envs]
         except PoisonFrame as exc:
             return Outcome(dead=exc.reason)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Outcome(dead=f"bad envelope: {type(exc).__name__}: {exc}")
+        frame = self._frame
+        outs = [frame(frame_id(entry_id, i), f, route, ns) for i, (f, ns) in enumerate(pairs)]
+        return Outcome(_NONE, _NONE, None, None, pairs[0][1], outs)
+
+    def _frame(
+        self,
+        frame_id: str,
+        frame: bytes,
+        route: tuple[str, str, Venue | None, Mapping[str, str]],
+        recv_ns: int,
+    ) -> Outcome:
+        exchange, context, venue, symbols = route
+        if venue is None:
+            return Outcome(dead=f"unknown exchange {exchange!r}", recv_ns=recv_ns)
+        try:
+            parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, frame_id, symbols))
+        except PoisonFrame as exc:
+            return Outcome(dead=exc.reason, recv_ns=recv_ns)
         except Exception as exc:  # a parser bug must not kill the worker: keep the frame
-            return Outcome(dead=f"parser error {type(exc).__name__}: {exc}")
+            return Outcome(dead=f"parser error {type(exc).__name__}: {exc}", recv_ns=recv_ns)
         trades, quotes = parsed.trades, parsed.quotes
         if parsed.control is not None and not trades and not quotes:
             return Outcome(_NONE, _NONE, parsed.control, None, recv_ns)

@@ -32,7 +32,7 @@ import psycopg
 import redis
 
 from common.config import Settings
-from common.envelope import dead_key
+from common.envelope import RUN_MAX, dead_key, run_frame_fields
 from common.errors import TransientError, backoff, is_transient
 from common.metrics import Metrics
 
@@ -43,6 +43,7 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 DEAD_MAXLEN = 1_000_000
+READ_MAX = 1_000  # entries per XREADGROUP at most (runs of up to RUN_MAX frames each)
 STATUS_EVERY_S = 10.0
 PARTITIONS_EVERY_S = 3600.0
 
@@ -238,9 +239,15 @@ class Worker:
                 self.flush(stop)
 
     _last_count: int = 0
+    # Frames per entry in the last read (rounded up); until a read tells, assume full runs.
+    _run_hint: int = RUN_MAX
+
+    def _count(self) -> int:
+        """Entries to ask for: the batch's room is in frames, and an entry may hold a run."""
+        return max(1, min(self._batcher.room // self._run_hint, READ_MAX))
 
     def _read(self, live: dict[str, str], block_ms: int) -> list[Any]:
-        count = max(1, self._batcher.room)
+        count = self._count()
         self._last_count = count
         reply = self.client.xreadgroup(
             self.options.group,
@@ -254,6 +261,7 @@ class Worker:
     def _handle_read(self, reply: Any, cursor: dict[str, str]) -> int:
         now = time.monotonic()
         total = 0
+        frames_before = self._batcher.batch.frames
         seen_keys = set()
         add, process = self._batcher.add, self.processor.process
         until = self.options.until
@@ -284,6 +292,8 @@ class Worker:
             if value != ">" and key not in seen_keys:
                 cursor[key] = ">"  # no pending entries at all on this stream
         self.metrics.inc("entries", total)
+        if total:
+            self._run_hint = max(1, -(-(self._batcher.batch.frames - frames_before) // total))
         return total
 
     def _claim(self, now: float) -> None:
@@ -293,7 +303,7 @@ class Worker:
             while self._batcher.room > 0:
                 reply = self.client.xautoclaim(
                     key, o.group, o.name, o.claim_idle_ms, start_id=start,
-                    count=self._batcher.room,
+                    count=self._count(),
                 )  # fmt: skip
                 start = _s(reply[0])
                 claimed = reply[1]
@@ -397,11 +407,12 @@ class Worker:
         m.inc("quotes", len(batch.quotes))
         m.inc("dead", len(batch.dead))
         m.inc("acked", batch.entries)
+        m.inc("frames", batch.frames)
         m.inc("batches")
         for kind, n in batch.controls.items():
             m.inc(f"control:{kind}", n)
         if batch.oldest_recv_ns:
-            m.latency.observe((time.time_ns() - batch.oldest_recv_ns) / 1e9, batch.entries)
+            m.latency.observe((time.time_ns() - batch.oldest_recv_ns) / 1e9, batch.frames)
 
     def _write(self, batch: Batch, stop: StopFlag | None) -> None:
         try:
@@ -422,9 +433,13 @@ class Worker:
                     fields = self._fetch(span.key, span.entry_id)
                     batch.dead.append(DeadLetter(span.key, span.entry_id, fields, reason))
 
-    def _fetch(self, key: str, entry_id: str) -> dict[bytes, bytes]:
+    def _fetch(self, key: str, frame: str) -> dict[bytes, bytes]:
+        """The fields of entry ``frame``, or of frame ``<entry id>/<index>`` of a run."""
+        entry_id, _, index = frame.partition("/")
         rows = self._retry("fetch", lambda: self.client.xrange(key, entry_id, entry_id))
-        return dict(rows[0][1]) if rows else {}
+        if not rows:
+            return {}
+        return run_frame_fields(dict(rows[0][1]), int(index or 0))
 
     def _dead_letter(self, dead: list[DeadLetter]) -> None:
         pipe = self.client.pipeline(transaction=False)

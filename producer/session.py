@@ -1,7 +1,7 @@
 """One planned connection kept alive: connect, subscribe, keepalive, receive, reconnect, roll over.
 
-Every frame received is handed to the publisher unchanged, packed as an XADD with its receive
-time and its number within the connection (``common.envelope`` lists the fields).
+Every frame received is handed to the publisher unchanged, with its receive time and its number
+within the connection (``common.envelope`` lists the stream entry's fields).
 Disconnects are retried with capped, jittered backoff that resets after a
 connection that delivered data. A venue that closes connections on schedule is rolled over
 make-before-break: a new connection is opened and subscribed, both run for ``overlap_s`` (the
@@ -218,9 +218,9 @@ class FeedSession:
         straight from the socket; ``recv()`` returns the rest (see ``producer.frames``)."""
         publisher, reply = self.publisher, self.venue.reply
         put = publisher.put
-        pack = XaddPacker(
+        packer = XaddPacker(
             self.key, self.maxlen, self.venue.exchange, self.plan.context, gen.conn_id
-        ).pack
+        )
         answers: asyncio.Queue[str] = asyncio.Queue()
         tasks: set[asyncio.Future[None]] = set()
         paused = False
@@ -236,7 +236,7 @@ class FeedSession:
             recv_ns = time.time_ns()
             seq = gen.frames + 1
             gen.frames = seq
-            put(pack(message, binary, seq, recv_ns))
+            put(packer, message, binary, seq, recv_ns)
             if seq == 1:
                 gen.ready.set()
             answer = reply(message)

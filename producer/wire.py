@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 
+from common.envelope import RUN_MAX
 from common.errors import TransientError
 
 
@@ -28,16 +30,19 @@ def command(*parts: bytes) -> bytes:
 
 
 class XaddPacker:
-    """Packs ``XADD key MAXLEN ~ N * f <frame> k t|b e <ex> x <ctx> c <conn> n <seq> t <ns>``.
+    """Packs ``XADD key MAXLEN ~ N * f <frame> k t|b e <ex> x <ctx> c <conn> n <seq> t <ns>``,
+    or for a run of frames the same with ``l <len,len,...>`` appended (see ``common.envelope``).
 
-    The field order is the consumer's fast path (see ``common.envelope``).
+    The field order is the consumer's fast path.
     """
 
     def __init__(self, key: str, maxlen: int, exchange: str, context: str, conn_id: str) -> None:
-        self.prefix = b"*20\r\n" + b"".join(
+        head = b"".join(
             _bulk(part)
             for part in (b"XADD", key.encode(), b"MAXLEN", b"~", str(maxlen).encode(), b"*", b"f")
         )
+        self.prefix = b"*20\r\n" + head
+        self.run_prefix = b"*22\r\n" + head
         middle = b"".join(
             _bulk(part)
             for part in (b"e", exchange.encode(), b"x", context.encode(), b"c", conn_id.encode())
@@ -60,6 +65,59 @@ class XaddPacker:
             len(r),
             r,
         )
+
+    def pack_run(
+        self, frames: list[bytes], binary: bool, first_seq: int, times: list[int]
+    ) -> bytes:
+        """One XADD holding ``frames`` (numbered from ``first_seq``, received at ``times``)."""
+        if len(frames) == 1:
+            return self.pack(frames[0], binary, first_seq, times[0])
+        blob = b"".join(frames)
+        s = b"%d" % first_seq
+        t = b",".join([b"%d" % ns for ns in times])
+        lengths = b",".join([b"%d" % len(f) for f in frames])
+        return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$1\r\nl\r\n$%d\r\n%s\r\n" % (
+            self.run_prefix,
+            len(blob),
+            blob,
+            self.binary_middle if binary else self.text_middle,
+            len(s),
+            s,
+            self.t,
+            len(t),
+            t,
+            len(lengths),
+            lengths,
+        )
+
+
+# A frame waiting for Redis: (its connection's packer, bytes, binary?, number, receive ns)
+Pending = tuple[XaddPacker, bytes, bool, int, int]
+
+
+def pack_runs(pending: Iterable[Pending], run_max: int = RUN_MAX) -> tuple[bytes, int]:
+    """XADD commands for ``pending`` frames, in order: each run of back-to-back frames of one
+    connection (same kind, consecutive numbers, at most ``run_max``) becomes one entry.
+
+    Returns (the commands' bytes, how many commands)."""
+    out: list[bytes] = []
+    packer: XaddPacker | None = None
+    binary = False
+    frames: list[bytes] = []
+    times: list[int] = []
+    first = last = 0
+    for p, frame, b, seq, ns in pending:
+        if p is packer and b is binary and seq == last + 1 and len(frames) < run_max:
+            frames.append(frame)
+            times.append(ns)
+            last = seq
+            continue
+        if packer is not None:
+            out.append(packer.pack_run(frames, binary, first, times))
+        packer, binary, frames, times, first, last = p, b, [frame], [ns], seq, seq
+    if packer is not None:
+        out.append(packer.pack_run(frames, binary, first, times))
+    return b"".join(out), len(out)
 
 
 class RedisWire:

@@ -8,12 +8,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 import psycopg
 import pytest
 import redis
 
 from common.config import settings_from_mapping
-from common.envelope import Envelope, decode_fields, raw_key
+from common.envelope import RUN_MAX, Envelope, decode_entry, raw_key
 from common.errors import TransientError
 from common.metrics import Metrics
 from common.records import Quote, Trade
@@ -21,7 +22,7 @@ from common.servers import free_port
 from consumer.store import Store
 from consumer.worker import Worker
 from producer.publisher import Publisher
-from producer.wire import RedisWire, XaddPacker
+from producer.wire import RedisWire, XaddPacker, pack_runs
 
 pytestmark = pytest.mark.integration
 
@@ -127,10 +128,7 @@ def test_pending_entries_of_a_dead_consumer_are_claimed_and_deleted_ones_acked(
     assert "no longer exist" in caplog.text
 
 
-def packed(i: int) -> bytes:
-    fields = frame(i)
-    packer = XaddPacker(KEY, 1_000_000, "binance", "", "c")
-    return packer.pack(fields[b"f"], False, i, int(fields[b"t"]))
+PACKER = XaddPacker(KEY, 1_000_000, "binance", "", "c")
 
 
 async def _publish(url: str, n: int, buffer_frames: int = 100_000) -> tuple[Publisher, Metrics]:
@@ -142,7 +140,8 @@ async def _publish(url: str, n: int, buffer_frames: int = 100_000) -> tuple[Publ
     stop = asyncio.Event()
     task = asyncio.create_task(pub.run(stop, drain_budget_s=1.0))
     for i in range(n):
-        pub.put(packed(i))
+        fields = frame(i)
+        pub.put(PACKER, fields[b"f"], False, i, int(fields[b"t"]))
         if i % 1000 == 0:
             await asyncio.sleep(0)
     stop.set()
@@ -153,15 +152,23 @@ async def _publish(url: str, n: int, buffer_frames: int = 100_000) -> tuple[Publ
 def test_publisher_pipelines_and_keeps_order(redis_client: redis.Redis, redis_url: str) -> None:
     _, metrics = asyncio.run(_publish(redis_url, 5000))
     entries = redis_client.xrange(KEY)
-    assert [int(fields[b"n"]) for _, fields in entries] == list(range(5000))
-    # exactly the envelope the consumer reads, field order included (its fast path)
-    redis_client.set_response_callback("XRANGE", lambda r, **_: r)
-    raw = redis_client.xrange(KEY, count=1)[0][1]
-    assert list(raw)[::2] == [b"f", b"k", b"e", b"x", b"c", b"n", b"t"]
-    assert decode_fields(dict(entries[7][1])) == Envelope(
+    frames = [env for _, fields in entries for env in decode_entry(dict(fields))]
+    assert [env.seq for env in frames] == list(range(5000))
+    assert frames[7] == Envelope(
         frame(7)[b"f"], False, "binance", "", "c", 7, 1_700_000_000_000_000_000
     )
+    # frames queued together share entries (runs), at most RUN_MAX each
+    assert len(entries) < 5000 / 10
+    assert max(len(decode_entry(dict(fields))) for _, fields in entries) == RUN_MAX
+    # exactly the envelope the consumer reads, field order included (its fast path)
+    redis_client.set_response_callback("XRANGE", lambda r, **_: r)
+    names = {tuple(raw[::2]) for _, raw in redis_client.xrange(KEY)}
+    assert names == {
+        (b"f", b"k", b"e", b"x", b"c", b"n", b"t", b"l"),
+        (b"f", b"k", b"e", b"x", b"c", b"n", b"t"),
+    }
     assert metrics.counters["published"] == 5000
+    assert metrics.counters["entries"] == len(entries)
     assert metrics.counters["round_trips"] <= 5000 / 100  # batched, not one XADD per trip
 
 
@@ -190,12 +197,14 @@ def test_replay_of_a_range_stops_at_its_end(redis_client: redis.Redis, database_
     assert [g["name"] for g in redis_client.xinfo_groups(KEY)] == []  # temporary group removed
 
 
+@pytest.mark.parametrize("as_run", [False, True], ids=["entry-per-frame", "one-run"])
 def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_stored(
-    redis_client: redis.Redis, database_url: str
+    redis_client: redis.Redis, database_url: str, as_run: bool
 ) -> None:
     """A trade id with a NUL character passes validation but no PostgreSQL text column takes
-    it: the batch is rejected, its entries are written one by one, the bad frame goes to the
-    dead-letter stream with PostgreSQL's reason, and every entry is acked."""
+    it: the batch is rejected, its frames are written one by one, the bad frame goes to the
+    dead-letter stream alone with PostgreSQL's reason, and every entry is acked. The same when
+    the three frames share one entry (a run)."""
     okx_key = raw_key("okx")
     settings = settings_from_mapping(
         {
@@ -206,12 +215,25 @@ def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_store
     )
     ts_ms = 1_700_000_000_000
     ids = ["1", "2\\u0000", "3"]
-    for n, trade_id in enumerate(ids):
-        body = (
+    bodies = [
+        (
             '{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT",'
             f'"tradeId":"{trade_id}","px":"42.5","sz":"0.1","side":"buy","ts":"{ts_ms}"}}]}}'
         ).encode()
-        redis_client.xadd(okx_key, Envelope(body, False, "okx", "", "c", n, ts_ms * 10**6).fields())
+        for trade_id in ids
+    ]
+    if as_run:
+        packer = XaddPacker(okx_key, 1_000_000, "okx", "", "c")
+        payload, _ = pack_runs(
+            (packer, body, False, n, ts_ms * 10**6) for n, body in enumerate(bodies)
+        )
+        reader = hiredis.Reader()
+        reader.feed(payload)
+        redis_client.execute_command(*reader.gets())
+    else:
+        for n, body in enumerate(bodies):
+            env = Envelope(body, False, "okx", "", "c", n, ts_ms * 10**6)
+            redis_client.xadd(okx_key, env.fields())  # type: ignore[arg-type]
     store = Store(database_url)
     worker = Worker.from_settings(
         settings, name="w1", streams=[okx_key], redis_client=redis_client, store=store
@@ -220,7 +242,7 @@ def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_store
     done = threading.Event()
 
     def stored() -> bool:
-        if worker.metrics.counters["acked"] >= 3:
+        if worker.metrics.counters["frames"] >= 3:
             done.set()
         return done.is_set()
 
@@ -234,5 +256,8 @@ def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_store
     [(_, dead)] = redis_client.xrange("tickvault:dead:{okx}")
     assert dead[b"reason"].startswith(b"postgres rejected:")
     assert b"NUL" in dead[b"reason"] or b"0x00" in dead[b"reason"]
-    assert b'"2\\u0000"' in dead[b"f"]
+    assert dead[b"f"] == bodies[1] and dead[b"n"] == b"1" and b"l" not in dead
+    [(first_id, _)] = redis_client.xrange(okx_key, count=1)
+    second_id = redis_client.xrange(okx_key)[1 if not as_run else 0][0].decode()
+    assert dead[b"origin"].decode() == (f"{first_id.decode()}/1" if as_run else second_id)
     assert redis_client.xpending(okx_key, "tickvault")["pending"] == 0

@@ -200,14 +200,14 @@ def test_a_full_publisher_stops_the_fast_path_reading_the_socket() -> None:
         held = publisher.buffered
         wire.release.set()  # Redis answers again
         for _ in range(200):
-            if wire.sent >= 30_001:
+            if metrics.counters["published"] >= 30_001:
                 break
             await asyncio.sleep(0.05)
         stop.set()
         stop_sim.set()
         await asyncio.wait_for(asyncio.gather(*tasks, runner), 20)
         await sim.close()
-        return held, wire.sent, metrics.counters["dropped"]
+        return held, metrics.counters["published"], metrics.counters["dropped"]
 
     held, sent, dropped = asyncio.run(scenario())
     assert 1_000 <= held < 10_000  # stopped near high_water, not at the 30,000 sent

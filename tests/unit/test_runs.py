@@ -1,0 +1,127 @@
+"""Stream entries holding a run of frames: decoded, processed, batched and dead-lettered frame by
+frame, acked once."""
+
+from __future__ import annotations
+
+import fakeredis
+import hiredis
+import pytest
+
+from common.envelope import (
+    Envelope,
+    dead_key,
+    decode_entry,
+    run_frame_fields,
+    split_run,
+)
+from common.errors import PoisonFrame
+from consumer.batching import Batch
+from consumer.process import Processor
+from producer.wire import XaddPacker, pack_runs
+
+from .test_worker_streams import KEY, SETTINGS, MemoryStore, StopAfter, worker
+
+NOW = 1_700_000_000_000_000_000
+P = Processor(
+    subscribed={"binance": frozenset({"BTC-USDT"})},
+    symbol_maps={("binance", ""): {"BTCUSDT": "BTC-USDT"}},
+    max_future_skew_ns=5 * 10**9,
+)
+
+
+def body(i: int) -> bytes:
+    return (
+        f'{{"e":"trade","E":1699999999999,"s":"BTCUSDT","t":{i},"p":"10.{i}","q":"2",'
+        f'"T":1699999999999,"m":true,"M":true}}'
+    ).encode()
+
+
+def run_fields(frames: list[bytes], first_seq: int = 1) -> list[bytes]:
+    """The flat field list XREADGROUP returns for one run entry, as the producer packs it."""
+    packer = XaddPacker(KEY, 100, "binance", "", "c1")
+    pending = [(packer, f, False, first_seq + i, NOW + i) for i, f in enumerate(frames)]
+    payload, count = pack_runs(pending)
+    assert count == 1
+    reader = hiredis.Reader()
+    reader.feed(payload)
+    command = reader.gets()
+    assert isinstance(command, list)
+    return command[6:]
+
+
+def test_split_run_refuses_lengths_that_do_not_add_up() -> None:
+    assert split_run(b"abcd", b"1,3", b"5,6") == [(b"a", 5), (b"bcd", 6)]
+    for lengths, times in [(b"1,2", b"5,6"), (b"4", b"5,6"), (b"x", b"5"), (b"", b"")]:
+        with pytest.raises(PoisonFrame, match="bad envelope"):
+            split_run(b"abcd", lengths, times)
+
+
+def test_a_run_decodes_to_one_envelope_per_frame() -> None:
+    flat = run_fields([b"one", b"", b"three"], first_seq=41)
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    assert decode_entry(fields) == [
+        Envelope(b"one", False, "binance", "", "c1", 41, NOW),
+        Envelope(b"", False, "binance", "", "c1", 42, NOW + 1),
+        Envelope(b"three", False, "binance", "", "c1", 43, NOW + 2),
+    ]
+    assert run_frame_fields(fields, 2) == decode_entry(fields)[2].fields()
+    single = decode_entry(fields)[0].fields()
+    assert run_frame_fields(single, 0) == single
+
+
+@pytest.mark.parametrize("shape", ["flat list", "map"])
+def test_each_frame_of_a_run_has_its_own_outcome(shape: str) -> None:
+    flat = run_fields([body(1), b"[oops", body(3)])
+    fields = flat if shape == "flat list" else dict(zip(flat[::2], flat[1::2], strict=True))
+    out = P.process("9-0", fields)
+    assert out.frames is not None and out.dead is None and out.recv_ns == NOW
+    first, bad, third = out.frames
+    assert [t.trade_id for t in first.trades] == ["1"] and first.recv_ns == NOW
+    assert bad.dead is not None and "undecodable" in bad.dead and not bad.trades
+    assert [t.trade_id for t in third.trades] == ["3"] and third.trades[0].recv_ns == NOW + 2
+
+
+def test_a_run_whose_lengths_lie_is_one_dead_letter() -> None:
+    flat = run_fields([body(1), body(2)])
+    flat[15] = b"3,4"
+    out = P.process("9-0", flat)
+    assert out.frames is None and out.dead is not None and "bad envelope" in out.dead
+    batch = Batch()
+    batch.add(KEY, "9-0", flat, out, 0.0)
+    [dead] = batch.dead
+    assert (dead.entry_id, dead.fields[b"l"]) == ("9-0", b"3,4")  # the entry, as it was
+
+
+def test_a_batch_acks_a_run_once_and_dead_letters_its_bad_frame_alone() -> None:
+    flat = run_fields([body(1), b"[oops", body(3)], first_seq=5)
+    batch = Batch()
+    batch.add(KEY, "9-0", flat, P.process("9-0", flat), 0.0)
+    assert batch.acks == {KEY: ["9-0"]} and (batch.entries, batch.frames) == (1, 3)
+    assert [t.trade_id for t in batch.trades] == ["1", "3"]
+    assert [(s.entry_id, s.trades) for s in batch.spans] == [("9-0/0", (0, 1)), ("9-0/2", (1, 2))]
+    [dead] = batch.dead
+    assert dead.entry_id == "9-0/1"
+    assert dead.fields == Envelope(b"[oops", False, "binance", "", "c1", 6, NOW + 1).fields()
+
+
+def test_the_worker_stores_runs_acks_their_entries_and_dead_letters_frames() -> None:
+    r = fakeredis.FakeRedis()
+    ids = []
+    for start in (1, 33, 65):
+        frames = [body(i) for i in range(start, start + 32)]
+        if start == 33:
+            frames[4] = b"[oops"  # frame 37
+        flat = run_fields(frames, first_seq=start)
+        ids.append(r.xadd(KEY, dict(zip(flat[::2], flat[1::2], strict=True))).decode())
+    store = MemoryStore(r)
+    w = worker(r, store)
+    w.run(StopAfter(store, 95))
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == [
+        i for i in range(1, 97) if i != 37
+    ]
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert (w.metrics.counters["acked"], w.metrics.counters["frames"]) == (3, 96)
+    [(_, dead)] = r.xrange(dead_key("binance"))
+    assert dead[b"origin"] == f"{ids[1]}/4".encode() and dead[b"f"] == b"[oops"
+    assert dead[b"n"] == b"37" and b"l" not in dead
+    assert SETTINGS.consumer.batch_entries >= 96
