@@ -85,12 +85,12 @@ async def _batched(url: str, frames: list[dict[bytes, bytes]]) -> float:
         RedisWire(url), buffer_frames=len(frames) + 1, pipeline_max=2000,
         metrics=Metrics("bench"), high_water=len(frames) + 1,
     )  # fmt: skip
-    pack = XaddPacker(KEY, 20_000_000, "binance", "", "b").pack
+    packer = XaddPacker(KEY, 20_000_000, "binance", "", "b")
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(pub.run(stop))
     for i, fields in enumerate(frames):
-        pub.put(pack(fields[b"f"], False, i, time.time_ns()))
+        pub.put(packer, fields[b"f"], False, i, time.time_ns())
         if i % 500 == 0:
             await asyncio.sleep(0)  # frames arrive over time, as from a socket
     stop.set()
