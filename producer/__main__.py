@@ -77,6 +77,7 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         pipeline_max=p.pipeline_max,
         metrics=metrics,
         backoff_max_s=p.backoff_max_s,
+        max_frames=settings.redis.maxlen,
     )
     sessions = build_sessions(settings, publisher, metrics)
     logger.info("producer: %d connections for %s", len(sessions), ", ".join(settings.exchanges))

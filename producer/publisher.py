@@ -7,6 +7,8 @@ during a round trip ride the next one, and back-to-back frames of one connection
 entry (a run, see ``common.envelope``). So XADDs batch themselves under load, and Redis' cost per
 frame falls, without adding latency when the feed is slow.
 
+Each stream keeps about ``max_frames`` frames (``redis.maxlen``): see ``producer.retention``.
+
 Memory is bounded two ways. While Redis is up but slower than the feeds, sessions wait once the
 buffer holds ``high_water`` frames (they stop reading their sockets: TCP backpressure), so a burst
 never piles up here. While Redis is unreachable the buffer keeps up to ``buffer_frames`` frames,
@@ -26,7 +28,8 @@ from collections import deque
 from common.errors import backoff, is_transient
 from common.metrics import Metrics
 
-from .wire import Pending, RedisWire, XaddPacker, pack_runs
+from .retention import FrameWindow
+from .wire import Pending, RedisWire, XaddPacker, command, pack_runs
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ class Publisher:
         metrics: Metrics,
         backoff_max_s: float = 30.0,
         high_water: int = 20_000,
+        max_frames: int = 0,
+        trim_every_s: float = 1.0,
     ) -> None:
         self.wire = wire
         self.buffer_frames = buffer_frames
@@ -52,6 +57,9 @@ class Publisher:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self.window = FrameWindow(max_frames) if max_frames > 0 else None
+        self.trim_every_s = trim_every_s
+        self._last_trim = time.monotonic()
         self._down_since: float | None = None
         self._last_drop_log = 0.0
         self._dropped_since_log = 0
@@ -129,14 +137,14 @@ class Publisher:
 
     async def _send_some(self) -> None:
         n = min(len(self._buffer), self.pipeline_max)
-        payload, entries = pack_runs(itertools.islice(self._buffer, n))
-        await self.wire.execute(payload, entries)
+        payload, sizes = pack_runs(itertools.islice(self._buffer, n))
+        replies = await self.wire.execute(payload, len(sizes))
         # Only now are they in Redis: drop them from the buffer. (A failure midway may have
         # stored some of them; they are sent again, and the consumer's natural keys dedupe.)
         for _ in range(n):
             self._buffer.popleft()
         self.metrics.inc("published", n)
-        self.metrics.inc("entries", entries)
+        self.metrics.inc("entries", len(sizes))
         self.metrics.inc("round_trips")
         if self._down_since is not None:
             logger.warning(
@@ -147,6 +155,26 @@ class Publisher:
             self._down_since = None
         if len(self._buffer) < self.high_water // 2:
             self._room.set()
+        if self.window is not None:
+            for (key, frames), entry_id in zip(sizes, replies, strict=True):
+                if isinstance(entry_id, bytes):
+                    self.window.add(key, entry_id, frames)
+            await self._trim()
+
+    async def _trim(self) -> None:
+        """At most once per ``trim_every_s``: XTRIM the streams whose frame window moved."""
+        assert self.window is not None
+        now = time.monotonic()
+        if now - self._last_trim < self.trim_every_s:
+            return
+        self._last_trim = now
+        trims = self.window.trims()
+        if trims:
+            commands = [
+                command(b"XTRIM", key.encode(), b"MINID", b"~", b"%d" % ms) for key, ms in trims
+            ]
+            await self.wire.execute(b"".join(commands), len(commands))
+            self.metrics.inc("trims", len(commands))
 
     def _note_down(self, exc: BaseException) -> None:
         self.metrics.inc("redis_errors")

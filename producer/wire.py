@@ -41,6 +41,7 @@ class XaddPacker:
             _bulk(part)
             for part in (b"XADD", key.encode(), b"MAXLEN", b"~", str(maxlen).encode(), b"*", b"f")
         )
+        self.key = key
         self.prefix = b"*20\r\n" + head
         self.run_prefix = b"*22\r\n" + head
         middle = b"".join(
@@ -95,12 +96,15 @@ class XaddPacker:
 Pending = tuple[XaddPacker, bytes, bool, int, int]
 
 
-def pack_runs(pending: Iterable[Pending], run_max: int = RUN_MAX) -> tuple[bytes, int]:
+def pack_runs(
+    pending: Iterable[Pending], run_max: int = RUN_MAX
+) -> tuple[bytes, list[tuple[str, int]]]:
     """XADD commands for ``pending`` frames, in order: each run of back-to-back frames of one
     connection (same kind, consecutive numbers, at most ``run_max``) becomes one entry.
 
-    Returns (the commands' bytes, how many commands)."""
+    Returns (the commands' bytes, each command's (stream key, frames))."""
     out: list[bytes] = []
+    sizes: list[tuple[str, int]] = []
     packer: XaddPacker | None = None
     binary = False
     frames: list[bytes] = []
@@ -114,10 +118,12 @@ def pack_runs(pending: Iterable[Pending], run_max: int = RUN_MAX) -> tuple[bytes
             continue
         if packer is not None:
             out.append(packer.pack_run(frames, binary, first, times))
+            sizes.append((packer.key, len(frames)))
         packer, binary, frames, times, first, last = p, b, [frame], [ns], seq, seq
     if packer is not None:
         out.append(packer.pack_run(frames, binary, first, times))
-    return b"".join(out), len(out)
+        sizes.append((packer.key, len(frames)))
+    return b"".join(out), sizes
 
 
 class RedisWire:
@@ -168,8 +174,8 @@ class RedisWire:
     def connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
-    async def execute(self, payload: bytes, count: int) -> None:
-        """Send ``count`` packed commands and wait for all their replies.
+    async def execute(self, payload: bytes, count: int) -> list[object]:
+        """Send ``count`` packed commands and return their replies.
 
         Raises:
             TransientError: the connection failed, or Redis answered an error (e.g. OOM): the
@@ -179,6 +185,7 @@ class RedisWire:
             await self.connect()
         assert self._reader is not None and self._writer is not None
         errors: list[str] = []
+        replies: list[object] = []
         try:
             async with asyncio.timeout(self.timeout):
                 self._writer.write(payload)
@@ -193,6 +200,7 @@ class RedisWire:
                         self._parser.feed(data)
                         continue
                     left -= 1
+                    replies.append(reply)
                     if isinstance(reply, hiredis.ReplyError):
                         errors.append(str(reply))
         except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
@@ -200,6 +208,7 @@ class RedisWire:
             raise TransientError(f"redis connection lost: {exc!r}") from exc
         if errors:
             raise TransientError(f"redis refused {len(errors)} of {count} commands: {errors[0]}")
+        return replies
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

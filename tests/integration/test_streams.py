@@ -172,6 +172,35 @@ def test_publisher_pipelines_and_keeps_order(redis_client: redis.Redis, redis_ur
     assert metrics.counters["round_trips"] <= 5000 / 100  # batched, not one XADD per trip
 
 
+def test_the_stream_keeps_about_maxlen_frames_however_many_share_an_entry(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Three waves of 3,200 frames, a second apart, with ``max_frames`` 3,000: runs of 32 make
+    ~100 entries a wave, far below any entry cap, yet the stream keeps only the last wave."""
+
+    async def waves() -> Metrics:
+        metrics = Metrics("producer")
+        pub = Publisher(
+            RedisWire(redis_url), buffer_frames=100_000, pipeline_max=2_000, metrics=metrics,
+            max_frames=3_000, trim_every_s=0.0,
+        )  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.create_task(pub.run(stop))
+        for wave in range(3):
+            for i in range(wave * 3_200, (wave + 1) * 3_200):
+                pub.put(PACKER, frame(i)[b"f"], False, i, 1_700_000_000_000_000_000)
+            await asyncio.sleep(1.05)  # the wave is sent at once; the next lands a second on
+        stop.set()
+        await task
+        return metrics
+
+    metrics = asyncio.run(waves())
+    kept = [env.seq for _, f in redis_client.xrange(KEY) for env in decode_entry(dict(f))]
+    assert metrics.counters["trims"] >= 1
+    assert 3_000 <= len(kept) <= 3_200 + RUN_MAX
+    assert kept == list(range(9_600 - len(kept), 9_600))  # the newest, in order
+
+
 def test_publisher_buffers_while_redis_is_down_and_counts_drops(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -40,8 +40,8 @@ def run_fields(frames: list[bytes], first_seq: int = 1) -> list[bytes]:
     """The flat field list XREADGROUP returns for one run entry, as the producer packs it."""
     packer = XaddPacker(KEY, 100, "binance", "", "c1")
     pending = [(packer, f, False, first_seq + i, NOW + i) for i, f in enumerate(frames)]
-    payload, count = pack_runs(pending)
-    assert count == 1
+    payload, sizes = pack_runs(pending)
+    assert len(sizes) == 1
     reader = hiredis.Reader()
     reader.feed(payload)
     command = reader.gets()

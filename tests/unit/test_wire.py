@@ -49,9 +49,10 @@ def test_back_to_back_frames_of_one_connection_share_an_entry() -> None:
         (a, b"a5", True, 5, 105),  # binary after text: a new entry
         (a, b"a7", True, 7, 107),  # a number skipped (a dropped frame): a new entry
     ]  # fmt: skip
-    payload, count = pack_runs(pending)
+    payload, sizes = pack_runs(pending)
     entries = _entries(payload)
-    assert count == len(entries) == 5
+    assert len(entries) == 5
+    assert sizes == [(a.key, 3), (b.key, 1), (a.key, 1), (a.key, 1), (a.key, 1)]
     assert list(entries[0]) == [b"f", b"k", b"e", b"x", b"c", b"n", b"t", b"l"]
     assert entries[0][b"f"] == b"a1a2\r\n" and entries[0][b"l"] == b"2,4,0"
     assert entries[0][b"t"] == b"101,102,103" and entries[0][b"n"] == b"1"
@@ -65,8 +66,8 @@ def test_back_to_back_frames_of_one_connection_share_an_entry() -> None:
 
 def test_runs_are_capped() -> None:
     a = XaddPacker("tickvault:raw:{okx}", 100, "okx", "", "c")
-    payload, count = pack_runs([(a, b"x", False, i, i) for i in range(1, 11)], run_max=4)
-    assert count == 3
+    payload, sizes = pack_runs([(a, b"x", False, i, i) for i in range(1, 11)], run_max=4)
+    assert [n for _, n in sizes] == [4, 4, 2]
     assert [len(decode_entry(fields)) for fields in _entries(payload)] == [4, 4, 2]
 
 

@@ -1,0 +1,41 @@
+"""The frame window: streams keep about ``redis.maxlen`` frames however many share an entry."""
+
+from __future__ import annotations
+
+from producer.retention import FrameWindow
+
+
+def eid(ms: int, seq: int = 0) -> bytes:
+    return b"%d-%d" % (ms, seq)
+
+
+def test_whole_seconds_go_once_the_newer_ones_hold_max_frames() -> None:
+    w = FrameWindow(max_frames=100)
+    w.add("a", eid(10_000), 32)
+    w.add("a", eid(10_500), 32)  # same second
+    w.add("a", eid(11_200), 60)
+    assert w.trims() == []  # 124 frames, but 60 alone are fewer than 100
+    w.add("a", eid(12_999), 40)
+    # second 11 and 12 hold 100: second 10 may go
+    assert w.trims() == [("a", 11_000)] and w.frames("a") == 100
+    assert w.trims() == []  # reported once
+    w.add("a", eid(13_000, 5), 1)
+    assert w.trims() == []  # seconds 11..13 hold 101; 12..13 only 41
+    assert w.frames("a") == 101
+
+
+def test_streams_are_counted_apart() -> None:
+    w = FrameWindow(max_frames=10)
+    for second in range(5):
+        w.add("a", eid(second * 1000), 10)
+        w.add("b", eid(second * 1000), 1)
+    assert w.trims() == [("a", 4000)]
+    assert (w.frames("a"), w.frames("b")) == (10, 5)
+
+
+def test_a_clock_step_back_counts_in_the_last_second() -> None:
+    w = FrameWindow(max_frames=5)
+    w.add("a", eid(5_000), 3)
+    w.add("a", eid(4_000), 3)  # an id from an earlier second (another producer's clock)
+    w.add("a", eid(6_000), 5)
+    assert w.trims() == [("a", 6_000)] and w.frames("a") == 5
