@@ -35,7 +35,7 @@ class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 class RedisSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = DEFAULT_REDIS_URL
-    maxlen: int = 5_000_000  # approximate MAXLEN ~ per exchange stream
+    maxlen: int = 5_000_000  # frames kept per exchange stream (about; see producer.retention)
 
     def __repr__(self) -> str:
         return f"RedisSettings(url={hide_password(self.url)!r}, maxlen={self.maxlen})"
@@ -67,7 +67,7 @@ class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
 class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     group: str = "tickvault"
     name: str = ""  # default: <hostname>-<pid>
-    batch_entries: int = 5_000  # flush at this many stream entries ...
+    batch_entries: int = 5_000  # flush at this many frames (an entry holds one or a run) ...
     batch_ms: int = 50  # ... or this many ms after the batch's first entry
     flush_when_drained: bool = True  # flush as soon as a read finds the stream empty
     block_ms: int = 1_000  # XREADGROUP BLOCK when idle
@@ -75,6 +75,7 @@ class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     claim_every_s: float = 5.0
     max_future_skew_s: float = 10.0  # trade time may be at most this far past its receive time
     backoff_max_s: float = 30.0
+    writers: int = 2  # writer threads, each with its own PostgreSQL connection
 
 
 class FeedSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -244,6 +245,7 @@ def settings_from_mapping(
         "consumer.batch_entries": raw.consumer.batch_entries,
         "consumer.batch_ms": raw.consumer.batch_ms,
         "consumer.claim_idle_ms": raw.consumer.claim_idle_ms,
+        "consumer.writers": raw.consumer.writers,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -21,11 +21,13 @@ class Histogram:
         self.counts = [0] * (len(self.buckets) + 1)
         self.total = 0.0
         self.n = 0
+        self._lock = threading.Lock()
 
     def observe(self, value: float, count: int = 1) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += count
-        self.total += value * count
-        self.n += count
+        with self._lock:  # several writer threads observe
+            self.counts[bisect.bisect_left(self.buckets, value)] += count
+            self.total += value * count
+            self.n += count
 
     def quantile(self, q: float) -> float:
         """Upper bound of the bucket holding quantile ``q`` (inf past the last bucket)."""
@@ -41,17 +43,19 @@ class Histogram:
 
 
 class Metrics:
-    """Named counters and gauges, plus one latency histogram. Thread-safe enough for one
-    writer and a scraper (ints and floats are replaced atomically under the GIL)."""
+    """Named counters and gauges, plus one latency histogram. Counting takes a lock (several
+    writer threads count); a scraper reads without one."""
 
     def __init__(self, process: str) -> None:
         self.process = process
         self.counters: Counter[str] = Counter()
         self.gauges: dict[str, float] = {}
         self.latency = Histogram()
+        self._lock = threading.Lock()
 
     def inc(self, name: str, value: int = 1) -> None:
-        self.counters[name] += value
+        with self._lock:  # several writer threads count the same names
+            self.counters[name] += value
 
     def set(self, name: str, value: float) -> None:
         self.gauges[name] = value

@@ -192,6 +192,19 @@ class Store:
             raise TransientError(f"postgres unreachable: {exc}") from exc
         self._conn = conn
 
+    def clone(self) -> Store:
+        """Another store like this one, with a connection of its own (another writer)."""
+        return Store(
+            self.url,
+            synchronous_commit=self.synchronous_commit,
+            partition_days_ahead=self.partition_days_ahead,
+            statement_max_rows=self.statement_max_rows,
+        )
+
+    def connect_again(self) -> None:
+        """Connect without running migrations (another store already did)."""
+        self.connect(run_migrations=False)
+
     def close(self) -> None:
         if self._conn is not None:
             try:

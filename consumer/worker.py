@@ -9,8 +9,10 @@ Invariants:
   writing entry by entry and their frames dead-lettered;
 - on stop (SIGTERM/SIGINT) it stops reading, flushes, commits, acks and returns.
 
-Reading and processing run on the main thread; committing and acking on one writer thread, so
-the next batch is read and parsed while PostgreSQL commits the previous one.
+Reading and processing run on the main thread; committing and acking on ``writers`` writer
+threads, each with its own PostgreSQL connection, so the next batch is read and parsed while
+PostgreSQL commits the previous ones (and, with two writers, two batches commit at once on two
+server processes). Batches are independent: each is acked after its own commit.
 
 At start it re-reads its own pending entries (id ``0``), then new ones (``>``). Every
 ``claim_every_s`` it XAUTOCLAIMs entries idle for ``claim_idle_ms`` from dead consumers; ids the
@@ -70,6 +72,7 @@ class WorkerOptions:
     until: dict[str, str] | None = None
     stop_when_drained: bool = False
     shutdown_budget_s: float = 20.0
+    writers: int = 2
 
 
 def _ids_le(a: str, b: str) -> bool:
@@ -93,9 +96,10 @@ class Worker:
     _batcher: Batcher = field(init=False)
     _done: set[str] = field(default_factory=set)
     _queue: queue.Queue[Batch | None] = field(default_factory=lambda: queue.Queue(maxsize=1))
-    _writer: threading.Thread | None = None
+    _writers: list[threading.Thread] = field(default_factory=list)
     _writer_error: BaseException | None = None
-    _busy: bool = False  # the writer is committing a batch
+    _busy: int = 0  # writers committing a batch
+    _busy_lock: threading.Lock = field(default_factory=threading.Lock)
     _idle: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -128,6 +132,7 @@ class Worker:
             claim_idle_ms=c.claim_idle_ms,
             claim_every_s=c.claim_every_s,
             backoff_max_s=c.backoff_max_s,
+            writers=c.writers,
         )
         for key, value in overrides.items():
             setattr(options, key, value)
@@ -177,21 +182,27 @@ class Worker:
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self, stop: StopFlag) -> None:
+        o = self.options
         try:
             self._retry("redis-setup", self.ensure_groups, stop)
             self._retry("postgres-connect", self.store.connect, stop)
+            stores = [self.store]
+            for _ in range(o.writers - 1):
+                stores.append(self.store.clone())
+                self._retry("postgres-connect", stores[-1].connect_again, stop)
         except TransientError as exc:  # asked to stop while a server was still unreachable
             logger.error("consumer %s stopped before it could start: %s", self.options.name, exc)
             return
-        o = self.options
         cursor = {key: "0" if o.read_pending_first else ">" for key in o.streams}
         last_claim = last_status = time.monotonic()
-        self._start_writer(stop)
+        self._start_writers(stop, stores)
         try:
             self._loop(stop, cursor, last_claim, last_status)
             self.flush(stop)
         finally:
-            self._stop_writer()
+            self._stop_writers()
+            for extra in stores[1:]:
+                extra.close()
         self._status()
         logger.info("consumer %s stopped", o.name)
 
@@ -201,6 +212,8 @@ class Worker:
         o = self.options
         logger.info("consumer %s in group %s reading %s", o.name, o.group, ", ".join(o.streams))
         while not stop.is_set():
+            if self._writer_error is not None:
+                raise RuntimeError("a writer thread failed") from self._writer_error
             now = time.monotonic()
             if o.claim and now - last_claim >= o.claim_every_s:
                 self._retry("claim", partial(self._claim, now), stop)
@@ -335,8 +348,8 @@ class Worker:
         batch = self._batcher.take()
         if batch.entries == 0:
             return
-        if self._writer is None:
-            self._commit(batch, stop)
+        if not self._writers:
+            self._commit(batch, stop, self.store)
             return
         while True:
             if self._writer_error is not None:
@@ -348,29 +361,32 @@ class Worker:
                 continue
 
     def _writer_idle(self) -> bool:
-        return self._writer is None or (not self._busy and self._queue.empty())
+        """A writer would take a batch now."""
+        return not self._writers or (self._busy < len(self._writers) and self._queue.empty())
 
-    def _start_writer(self, stop: StopFlag) -> None:
-        self._writer = threading.Thread(
-            target=self._writer_loop, args=(stop,), name="writer", daemon=True
-        )
-        self._writer.start()
+    def _start_writers(self, stop: StopFlag, stores: list[Store]) -> None:
+        for i, store in enumerate(stores):
+            thread = threading.Thread(
+                target=self._writer_loop, args=(stop, store), name=f"writer-{i}", daemon=True
+            )
+            self._writers.append(thread)
+            thread.start()
 
-    def _stop_writer(self) -> None:
-        if self._writer is None:
-            return
-        while self._writer.is_alive():
-            try:
-                self._queue.put(None, timeout=0.5)
-                break
-            except queue.Full:
-                continue
-        self._writer.join()
-        self._writer = None
+    def _stop_writers(self) -> None:
+        for _ in self._writers:  # one None for each: a writer takes one and returns
+            while any(t.is_alive() for t in self._writers):
+                try:
+                    self._queue.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+        for thread in self._writers:
+            thread.join()
+        self._writers = []
         if self._writer_error is not None:
             raise RuntimeError("the writer thread failed") from self._writer_error
 
-    def _writer_loop(self, stop: StopFlag) -> None:
+    def _writer_loop(self, stop: StopFlag, store: Store) -> None:
         """Commit, then ack, batch after batch, while the main thread reads the next ones."""
         last_partitions = time.monotonic()
         try:
@@ -378,22 +394,24 @@ class Worker:
                 batch = self._queue.get()
                 if batch is None:
                     return
-                self._busy = True
-                self._idle.clear()
+                with self._busy_lock:
+                    self._busy += 1
+                    self._idle.clear()
                 if time.monotonic() - last_partitions >= PARTITIONS_EVERY_S:
-                    self._retry("partitions", self.store.refresh_partitions, stop)
+                    self._retry("partitions", store.refresh_partitions, stop)
                     last_partitions = time.monotonic()
-                self._commit(batch, stop)
-                self._busy = False
-                if self._queue.empty():
-                    self._idle.set()
+                self._commit(batch, stop, store)
+                with self._busy_lock:
+                    self._busy -= 1
+                    if self._queue.empty():
+                        self._idle.set()
         except BaseException as exc:
             logger.exception("writer thread failed")
             self._writer_error = exc
 
-    def _commit(self, batch: Batch, stop: StopFlag | None) -> None:
+    def _commit(self, batch: Batch, stop: StopFlag | None, store: Store) -> None:
         try:
-            self._write(batch, stop)
+            self._write(batch, stop, store)
             if batch.dead:
                 self._retry("dead-letter", lambda: self._dead_letter(batch.dead), stop)
             self._retry("ack", lambda: self._ack(batch), stop)
@@ -414,10 +432,10 @@ class Worker:
         if batch.oldest_recv_ns:
             m.latency.observe((time.time_ns() - batch.oldest_recv_ns) / 1e9, batch.frames)
 
-    def _write(self, batch: Batch, stop: StopFlag | None) -> None:
+    def _write(self, batch: Batch, stop: StopFlag | None, store: Store) -> None:
         try:
             new = self._retry(
-                "postgres-write", lambda: self.store.write(batch.trades, batch.quotes), stop
+                "postgres-write", lambda: store.write(batch.trades, batch.quotes), stop
             )
             self.metrics.inc("rows_new", new[0] + new[1])
         except psycopg.Error as exc:
@@ -427,7 +445,7 @@ class Worker:
                 trades = batch.trades[span.trades[0] : span.trades[1]]
                 quotes = batch.quotes[span.quotes[0] : span.quotes[1]]
                 try:
-                    self._retry("postgres-write", partial(self.store.write, trades, quotes), stop)
+                    self._retry("postgres-write", partial(store.write, trades, quotes), stop)
                 except psycopg.Error as one:
                     reason = f"postgres rejected: {str(one).splitlines()[0]}"
                     fields = self._fetch(span.key, span.entry_id)

@@ -61,6 +61,7 @@ def test_load_from_file_and_env_variable(tmp_path: Path) -> None:
         ({"feeds": [{**FEED, "options": {"trades": "y"}}]}, "feeds[0].options.trades", "aggTrade"),
         ({"feeds": [{**FEED, "url": "http://x"}]}, "feeds[0].url", ""),
         ({"consumer": {"batch_entries": 0}}, "consumer.batch_entries", ""),
+        ({"consumer": {"writers": 0}}, "consumer.writers", ""),
         ({"consumer": {"batch_ms": "soon"}}, "consumer.batch_ms", "README"),
         ({"producer": {"fast_frames": "maybe"}}, "producer.fast_frames", "README"),
         ({"database": {"url": "mysql://x"}}, "database.url", ""),

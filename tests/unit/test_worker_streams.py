@@ -4,6 +4,7 @@ real Redis and PostgreSQL in tests/integration and tests/e2e."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import fakeredis
@@ -46,6 +47,9 @@ class MemoryStore(Store):
 
     def connect(self, *, run_migrations: bool = True) -> None:
         return None
+
+    def clone(self) -> Store:
+        return self  # the second writer thread writes to the same rows
 
     def close(self) -> None:
         return None
@@ -167,3 +171,28 @@ def test_one_worker_reads_two_exchanges_and_acks_both(r: fakeredis.FakeRedis) ->
     }  # fmt: skip
     assert r.xpending(KEY, "tickvault")["pending"] == 0
     assert r.xpending(other, "tickvault")["pending"] == 0
+
+
+def test_two_writers_commit_two_batches_at_once(r: fakeredis.FakeRedis) -> None:
+    """With ``writers = 2`` a second batch is written while the first one still is; each is
+    acked after its own write."""
+
+    class Paired(MemoryStore):
+        both_in = threading.Barrier(2, timeout=10)
+
+        def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+            if self.both_in.n_waiting or not self.rows:
+                self.both_in.wait()  # the first two writes wait for each other: concurrent
+            return super().write(trades, quotes)
+
+    for i in range(1, 41):
+        r.xadd(KEY, frame(i))
+    store = Paired(r)
+    w = Worker.from_settings(
+        SETTINGS, name="w1", streams=[KEY], redis_client=r, store=store, batch_entries=20
+    )
+    w.sleep = lambda s: None
+    w.run(StopAfter(store, 40))
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, 41))
+    assert w.metrics.counters["batches"] >= 2 and w.options.writers == 2
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
