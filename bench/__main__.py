@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
     parser.add_argument(
-        "--rates", default="20000,30000,40000,60000,80000", help="end-to-end rates to try"
+        "--rates", default="40000,60000,80000,100000,120000", help="end-to-end rates to try"
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="sustained run length")
     args = parser.parse_args()

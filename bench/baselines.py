@@ -25,8 +25,8 @@ from .scenarios import KEY, Env, prefill, trade_frame
 
 
 def naive_consumer(env: Env, n: int) -> float:
-    """rows/s of the naive consumer over ``n`` prefilled entries."""
-    prefill(env, n)
+    """rows/s of the naive consumer over ``n`` prefilled entries (one frame each)."""
+    prefill(env, n, run=1)
     r = redis.Redis.from_url(env.redis_url)
     r.xgroup_create(KEY, "naive", id="0")
     started = time.perf_counter()
