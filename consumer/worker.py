@@ -100,7 +100,7 @@ class Worker:
     _writer_error: BaseException | None = None
     _busy: int = 0  # writers committing a batch
     _busy_lock: threading.Lock = field(default_factory=threading.Lock)
-    _idle: threading.Event = field(default_factory=threading.Event)
+    _idle: threading.Event = field(default_factory=threading.Event)  # a writer is free
 
     def __post_init__(self) -> None:
         # Raw XREADGROUP replies: entries stay [id, [name, value, ...]] lists instead of being
@@ -396,7 +396,8 @@ class Worker:
                     return
                 with self._busy_lock:
                     self._busy += 1
-                    self._idle.clear()
+                    if self._busy >= len(self._writers):
+                        self._idle.clear()  # no writer left to take the next batch
                 if time.monotonic() - last_partitions >= PARTITIONS_EVERY_S:
                     self._retry("partitions", store.refresh_partitions, stop)
                     last_partitions = time.monotonic()
