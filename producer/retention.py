@@ -6,6 +6,10 @@ stream would keep up to that many times more frames (and memory) than asked. So 
 counts the frames it wrote per stream in one-second buckets of entry id time, and trims older
 seconds with ``XTRIM key MINID ~ <ms>`` once the newer ones hold ``max_frames``.
 
+A slow stream would need many buckets to hold ``max_frames`` (5 frames a second: 1,000,000
+seconds); past ``MAX_BUCKETS`` a stream's buckets merge pairwise into buckets twice as wide, so
+memory stays bounded and the window overshoots by at most one bucket.
+
 Trimming never removes one of the newest ``max_frames`` frames this producer wrote. Another
 producer writing to the same stream only makes the window longer (its frames are not counted
 here); a restarted producer counts from zero, so until it has written ``max_frames`` frames only
@@ -17,12 +21,27 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+MAX_BUCKETS = 4096
+
 
 @dataclass
 class _Stream:
-    buckets: deque[list[int]] = field(default_factory=deque)  # [second start ms, frames]
+    buckets: deque[list[int]] = field(default_factory=deque)  # [start ms, frames]
     frames: int = 0
     trim_ms: int = 0  # entries with ids below this ms may go
+    width_ms: int = 1000  # each bucket's span
+
+    def coarsen(self) -> None:
+        """Merge buckets pairwise: twice as wide, half as many."""
+        self.width_ms *= 2
+        merged: deque[list[int]] = deque()
+        for start, frames in self.buckets:
+            start = start // self.width_ms * self.width_ms
+            if merged and merged[-1][0] == start:
+                merged[-1][1] += frames
+            else:
+                merged.append([start, frames])
+        self.buckets = merged
 
 
 class FrameWindow:
@@ -36,14 +55,17 @@ class FrameWindow:
         stream = self._streams.get(key)
         if stream is None:
             stream = self._streams[key] = _Stream()
-        second = int(entry_id.partition(b"-")[0]) // 1000 * 1000
+        start = int(entry_id.partition(b"-")[0]) // stream.width_ms * stream.width_ms
         buckets = stream.buckets
-        if buckets and buckets[-1][0] >= second:
-            buckets[-1][1] += frames  # same second (or a clock step back: keep it in the last)
+        if buckets and buckets[-1][0] >= start:
+            buckets[-1][1] += frames  # same bucket (or a clock step back: keep it in the last)
         else:
-            buckets.append([second, frames])
+            buckets.append([start, frames])
+            if len(buckets) > MAX_BUCKETS:
+                stream.coarsen()
+                buckets = stream.buckets
         stream.frames += frames
-        # Drop whole seconds from the front while the rest still holds max_frames.
+        # Drop whole buckets from the front while the rest still holds max_frames.
         while len(buckets) > 1 and stream.frames - buckets[0][1] >= self.max_frames:
             stream.frames -= buckets.popleft()[1]
             stream.trim_ms = buckets[0][0]
@@ -59,3 +81,7 @@ class FrameWindow:
         """Frames counted in ``key``'s window."""
         stream = self._streams.get(key)
         return stream.frames if stream else 0
+
+    def buckets(self, key: str) -> int:
+        stream = self._streams.get(key)
+        return len(stream.buckets) if stream else 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producer.retention import FrameWindow
+from producer.retention import MAX_BUCKETS, FrameWindow
 
 
 def eid(ms: int, seq: int = 0) -> bytes:
@@ -39,3 +39,26 @@ def test_a_clock_step_back_counts_in_the_last_second() -> None:
     w.add("a", eid(4_000), 3)  # an id from an earlier second (another producer's clock)
     w.add("a", eid(6_000), 5)
     assert w.trims() == [("a", 6_000)] and w.frames("a") == 5
+
+
+def test_a_slow_stream_keeps_few_buckets_and_still_trims() -> None:
+    """Two frames a second for three hours with a 5,000-frame window: the buckets merge as they
+    grow past MAX_BUCKETS, and the window still holds the newest 5,000 frames (and at most one
+    bucket more)."""
+    w = FrameWindow(max_frames=5_000)
+    seconds = 3 * 3600
+    for second in range(seconds):
+        w.add("a", eid(second * 1000), 2)
+        assert w.buckets("a") <= MAX_BUCKETS
+    [(_, trim_ms)] = w.trims()
+    kept = 2 * (seconds - trim_ms // 1000)  # every second from trim_ms on
+    assert kept == w.frames("a")
+    assert 5_000 <= kept <= 5_000 + 2 * 4  # buckets are 4 s wide by now
+
+
+def test_merged_buckets_lose_no_frames() -> None:
+    w = FrameWindow(max_frames=1_000_000)
+    for second in range(5_000):
+        w.add("a", eid(second * 1000), 1)
+    assert w.buckets("a") == 2_500  # 2-second buckets since the 4,097th second
+    assert w.frames("a") == 5_000 and w.trims() == []
