@@ -6,7 +6,7 @@ Invariants:
 - a lost Redis or PostgreSQL is retried with capped, jittered backoff; the batch in hand is kept
   and written again (idempotent), nothing is acked meanwhile;
 - no frame stops the worker: bad frames are dead-lettered, rows PostgreSQL rejects are found by
-  writing entry by entry and their frames dead-lettered;
+  writing frame by frame and those frames dead-lettered;
 - on stop (SIGTERM/SIGINT) it stops reading, flushes, commits, acks and returns.
 
 Reading and processing run on the main thread; committing and acking on ``writers`` writer
