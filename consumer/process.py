@@ -90,22 +90,23 @@ class Processor:
             return Outcome(dead=exc.reason)
         except (ValueError, UnicodeDecodeError) as exc:
             return Outcome(dead=f"bad envelope: {type(exc).__name__}: {exc}")
-        frame = self._frame
-        outs = [frame(frame_id(entry_id, i), f, route, ns) for i, (f, ns) in enumerate(pairs)]
+        one = self._frame
+        outs = [one(frame_id(entry_id, i), f, route, ns) for i, (f, ns) in enumerate(pairs)]
         return Outcome(_NONE, _NONE, None, None, pairs[0][1], outs)
 
     def _frame(
         self,
-        frame_id: str,
+        name: str,
         frame: bytes,
         route: tuple[str, str, Venue | None, Mapping[str, str]],
         recv_ns: int,
     ) -> Outcome:
+        """One frame's outcome; ``name`` is its entry id, or ``<entry id>/<index>`` in a run."""
         exchange, context, venue, symbols = route
         if venue is None:
             return Outcome(dead=f"unknown exchange {exchange!r}", recv_ns=recv_ns)
         try:
-            parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, frame_id, symbols))
+            parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, name, symbols))
         except PoisonFrame as exc:
             return Outcome(dead=exc.reason, recv_ns=recv_ns)
         except Exception as exc:  # a parser bug must not kill the worker: keep the frame
