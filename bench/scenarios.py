@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import redis
 
-from common.envelope import RUN_MAX, Envelope, frames_in_entry, raw_key
+from common.envelope import RUN_MAX, Envelope, encode_entry, frames_in_entry, raw_key
 from common.servers import free_port
 
 from .procs import Proc, spawn
@@ -208,12 +208,7 @@ def prefill(env: Env, n: int, run: int = RUN_MAX) -> float:
             sym = venue_symbols[i % 4]
             frame = trade_frame(sym, i // 4 + 1, start_ms + i // 4 // PREFILL_PER_MS)
             envs.append(Envelope(frame, False, "binance", "", "bench#1", i + 1, now_ns + i))
-        fields = envs[0].fields()
-        if len(envs) > 1:
-            fields[b"f"] = b"".join(e.frame for e in envs)
-            fields[b"t"] = b",".join(b"%d" % e.recv_ns for e in envs)
-            fields[b"l"] = b",".join(b"%d" % len(e.frame) for e in envs)
-        pipe.xadd(KEY, fields)  # type: ignore[arg-type]
+        pipe.xadd(KEY, encode_entry(envs))  # type: ignore[arg-type]
         if len(pipe) >= max(1, 2000 // run):
             pipe.execute()
     pipe.execute()

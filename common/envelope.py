@@ -125,6 +125,18 @@ def decode_entry(fields: dict[bytes, bytes]) -> list[Envelope]:
     ]
 
 
+def encode_entry(envs: list[Envelope]) -> dict[bytes, bytes]:
+    """The field map of an entry holding ``envs`` (one frame, or a run: same connection and
+    kind, consecutive numbers), as the producer writes it (``producer.wire`` packs the same
+    fields straight into RESP)."""
+    fields = envs[0].fields()
+    if len(envs) > 1:
+        fields[b"f"] = b"".join(e.frame for e in envs)
+        fields[b"t"] = b",".join(b"%d" % e.recv_ns for e in envs)
+        fields[b"l"] = b",".join(b"%d" % len(e.frame) for e in envs)
+    return fields
+
+
 def frames_in_entry(fields: dict[bytes, bytes]) -> int:
     """How many frames an entry holds (without decoding them)."""
     lengths = fields.get(b"l")
@@ -171,6 +183,7 @@ __all__ = [
     "dead_key",
     "decode_entry",
     "decode_fields",
+    "encode_entry",
     "exchange_of_key",
     "frame_id",
     "frames_in_entry",

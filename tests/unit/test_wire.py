@@ -5,7 +5,7 @@ from __future__ import annotations
 import hiredis
 import pytest
 
-from common.envelope import Envelope, decode_entry
+from common.envelope import Envelope, decode_entry, encode_entry
 from producer.wire import RedisWire, XaddPacker, command, pack_runs
 
 
@@ -61,6 +61,9 @@ def test_back_to_back_frames_of_one_connection_share_an_entry() -> None:
     assert [(e.frame, e.binary, e.conn, e.seq, e.recv_ns) for e in frames] == [
         (f, bin_, "conn-a" if p is a else "conn-b", seq, ns) for p, f, bin_, seq, ns in pending
     ]
+    # the hand-packed RESP and the envelope's own encoding agree, field order included
+    for fields in entries:
+        assert list(encode_entry(decode_entry(fields)).items()) == list(fields.items())
     assert frames[1] == Envelope(b"a2\r\n", False, "okx", "", "conn-a", 2, 102)
 
 
