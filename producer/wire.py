@@ -53,19 +53,8 @@ class XaddPacker:
         self.t = _bulk(b"t")
 
     def pack(self, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bytes:
-        s = b"%d" % seq
-        r = b"%d" % recv_ns
-        return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
-            self.prefix,
-            len(frame),
-            frame,
-            self.binary_middle if binary else self.text_middle,
-            len(s),
-            s,
-            self.t,
-            len(r),
-            r,
-        )
+        """One XADD holding one frame."""
+        return self._xadd(self.prefix, frame, binary, b"%d" % seq, b"%d" % recv_ns, b"")
 
     def pack_run(
         self, frames: list[bytes], binary: bool, first_seq: int, times: list[int]
@@ -73,22 +62,30 @@ class XaddPacker:
         """One XADD holding ``frames`` (numbered from ``first_seq``, received at ``times``)."""
         if len(frames) == 1:
             return self.pack(frames[0], binary, first_seq, times[0])
-        blob = b"".join(frames)
-        s = b"%d" % first_seq
-        t = b",".join([b"%d" % ns for ns in times])
         lengths = b",".join([b"%d" % len(f) for f in frames])
-        return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$1\r\nl\r\n$%d\r\n%s\r\n" % (
+        return self._xadd(
             self.run_prefix,
+            b"".join(frames),
+            binary,
+            b"%d" % first_seq,
+            b",".join([b"%d" % ns for ns in times]),
+            _bulk(b"l") + _bulk(lengths),
+        )
+
+    def _xadd(
+        self, prefix: bytes, blob: bytes, binary: bool, seq: bytes, times: bytes, tail: bytes
+    ) -> bytes:
+        return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
+            prefix,
             len(blob),
             blob,
             self.binary_middle if binary else self.text_middle,
-            len(s),
-            s,
+            len(seq),
+            seq,
             self.t,
-            len(t),
-            t,
-            len(lengths),
-            lengths,
+            len(times),
+            times,
+            tail,
         )
 
 
