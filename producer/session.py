@@ -224,6 +224,7 @@ class FeedSession:
         answers: asyncio.Queue[str] = asyncio.Queue()
         tasks: set[asyncio.Future[None]] = set()
         paused = False
+        fast = ws if isinstance(ws, FastConnection) else None  # frames come through deliver
 
         async def resume_when_room() -> None:
             nonlocal paused
@@ -242,15 +243,15 @@ class FeedSession:
             answer = reply(message)
             if answer is not None:
                 answers.put_nowait(answer)
-            if publisher.full and not paused and isinstance(ws, FastConnection):
+            if fast is not None and not paused and publisher.full:
                 paused = True  # backpressure: stop reading until Redis catches up
                 ws.transport.pause_reading()
                 resume = asyncio.ensure_future(resume_when_room())
                 tasks.add(resume)
                 resume.add_done_callback(tasks.discard)
 
-        if isinstance(ws, FastConnection):
-            ws.on_message = deliver
+        if fast is not None:
+            fast.on_message = deliver
         try:
             tasks.add(asyncio.ensure_future(self._answer(ws, answers)))
             while True:
@@ -262,8 +263,8 @@ class FeedSession:
                 if publisher.full:
                     await publisher.room()  # backpressure: stop reading until Redis catches up
         finally:
-            if isinstance(ws, FastConnection):
-                ws.on_message = None
+            if fast is not None:
+                fast.on_message = None
             for task in tasks:
                 task.cancel()
 
