@@ -102,8 +102,8 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> Non
         proc.wait(5)
 
 
-# Every entry costs the AOF about three times its size (XADD, the XCLAIM that XREADGROUP
-# propagates, XACK), so the default rewrite trigger (64 MB, +100 %) forks and rewrites the whole
+# Every entry reaches the AOF about three times (XADD, the XCLAIM that XREADGROUP propagates,
+# XACK), so the default rewrite trigger (64 MB, +100 %) forks and rewrites the whole
 # stream every few seconds under load. Fewer rewrites for more disk: see deploy/redis.conf.
 AOF_REWRITE = ("--auto-aof-rewrite-min-size", "1gb", "--auto-aof-rewrite-percentage", "400")
 
