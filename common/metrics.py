@@ -15,6 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
+def escape_label(value: str) -> str:
+    """A label value in the exposition format: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Histogram:
     def __init__(self, buckets: Iterable[float] = BUCKETS) -> None:
         self.buckets = tuple(buckets)
@@ -74,10 +79,11 @@ class Metrics:
         lines = []
         for name, value in sorted(self.counters.items()):
             metric, _, label = name.partition(":")
+            process = escape_label(self.process)
             labels = (
-                f'{{process="{self.process}",kind="{label}"}}'
+                f'{{process="{process}",kind="{escape_label(label)}"}}'
                 if label
-                else (f'{{process="{self.process}"}}')
+                else f'{{process="{process}"}}'
             )
             lines.append(f"tickvault_{metric}_total{labels} {value}")
         for name, gauge in sorted(self.gauges.items()):

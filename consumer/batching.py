@@ -15,7 +15,7 @@ from typing import NamedTuple
 from common.envelope import frame_id, run_frame_fields
 from common.records import Quote, Trade
 
-from .process import Fields, Outcome
+from .process import Fields, Outcome, control_kind
 
 
 def as_dict(fields: Fields | None) -> dict[bytes, bytes]:
@@ -57,6 +57,8 @@ class Batch:
     frames: int = 0  # frames in them
     started: float | None = None  # monotonic time of the first entry
     oldest_recv_ns: int = 0
+    # (stream key, entry id) -> times delivered, for entries delivered more than once
+    deliveries: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, key: str, entry_id: str, fields: Fields | None, out: Outcome, now: float) -> None:
         if self.started is None:
@@ -73,7 +75,11 @@ class Batch:
             one = frame_id(entry_id, i)
             if frame_out.dead is not None:
                 # the dead letter carries this frame alone, as a single-frame entry would
-                self._add_frame(key, one, run_frame_fields(as_dict(fields), i), frame_out)
+                try:
+                    own = run_frame_fields(as_dict(fields), i)
+                except Exception:  # a run that split once splits again; if not, keep it whole
+                    own = as_dict(fields)
+                self._add_frame(key, one, own, frame_out)
             else:
                 self._add_frame(key, one, None, frame_out)
 
@@ -91,7 +97,7 @@ class Batch:
         if out.dead is not None:
             self.dead.append(DeadLetter(key, entry_id, as_dict(fields), out.dead))
         if out.control is not None:
-            self.controls[out.control] += 1
+            self.controls[control_kind(out.control)] += 1
 
 
 @dataclass(slots=True)

@@ -1,5 +1,9 @@
 """One stream entry in, its outcome out (pure): rows to store, a control kind to count, or a
-reason to dead-letter. Never raises on data."""
+reason to dead-letter.
+
+Never raises: everything that happens to one frame (decode, parse, validate, normalise) runs
+under one guard, and any exception, a parser's bug included, becomes that frame's dead letter
+with the exception's type and message (bounded). A bug costs one frame, never the worker."""
 
 from __future__ import annotations
 
@@ -13,9 +17,40 @@ from common.errors import PoisonFrame
 from common.records import Quote, Trade
 from common.venues import FrameContext, Venue, all_venues
 
-from .validate import Validator
+from .validate import EARLIEST_NS, Validator
 
 _NONE: list[Any] = []  # shared empty list: outcomes never mutate theirs
+
+ROUTES_MAX = 1_024  # (exchange, context) pairs remembered
+LATEST_NS = 4_102_444_800 * 1_000_000_000  # 2100-01-01: a receive time past this is corrupt
+REASON_MAX = 500  # characters of a dead letter's reason
+
+# Control kinds counted in metrics: a fixed set, so that no frame can name a series.
+CONTROL_KINDS = frozenset(
+    {"ack", "connected", "deleted", "empty", "error", "heartbeat", "one-sided", "pong", "status"}
+)
+
+
+def control_kind(kind: str) -> str:
+    """``kind`` as a metrics label: its family (``empty:orderbook`` -> ``empty``) when known,
+    else ``unknown`` (``unknown:<event type>`` carries frame content)."""
+    family = kind.split(":", 1)[0]
+    return family if family in CONTROL_KINDS else "unknown"
+
+
+def bounded(text: str, limit: int = REASON_MAX) -> str:
+    """``text`` on one line, control characters escaped, at most ``limit`` characters."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    flat = repr(text[: limit * 2])[1:-1]  # escapes newlines, NUL, lone surrogates
+    if len(flat) > limit or len(text) > limit * 2:
+        return flat[: limit - 25] + f"... ({len(text)} characters)"
+    return flat
+
+
+def guard_reason(exc: BaseException) -> str:
+    """The dead-letter reason for an exception raised while processing a frame."""
+    return bounded(f"processing failed: {type(exc).__name__}: {exc}")
 
 
 class Outcome(msgspec.Struct, gc=False):
@@ -28,6 +63,8 @@ class Outcome(msgspec.Struct, gc=False):
 
 
 Fields = Mapping[bytes, bytes] | Sequence[bytes]  # a field map, or XREADGROUP's flat list
+# where an entry's frames go: (exchange, context, its venue if known, venue symbol -> canonical)
+Route = tuple[str, str, Venue | None, Mapping[str, str]]
 
 
 class Processor:
@@ -47,21 +84,26 @@ class Processor:
         self.venues = venues if venues is not None else all_venues()
         self._empty: Mapping[str, str] = {}
         # (exchange, context) as the bytes in the entry -> (exchange, context, venue, symbols)
-        self._routes: dict[tuple[bytes, bytes], tuple[str, str, Venue | None, Mapping[str, str]]]
+        self._routes: dict[tuple[bytes, bytes], Route]
         self._routes = {}
 
-    def _route(
-        self, exchange: bytes, context: bytes
-    ) -> tuple[str, str, Venue | None, Mapping[str, str]]:
+    def _route(self, exchange: bytes, context: bytes) -> Route:
         route = self._routes.get((exchange, context))
         if route is None:
             ex, cx = exchange.decode(), context.decode()
             route = (ex, cx, self.venues.get(ex), self.symbol_maps.get((ex, cx), self._empty))
-            self._routes[(exchange, context)] = route
+            if len(self._routes) < ROUTES_MAX:  # entries name these: never an unbounded cache
+                self._routes[(exchange, context)] = route
         return route
 
     def process(self, entry_id: str, fields: Fields | None) -> Outcome:
         """The outcome of a stream entry; for a run, ``frames`` holds each frame's."""
+        try:
+            return self._entry(entry_id, fields)
+        except Exception as exc:  # the guard: whatever went wrong, the entry is dead-lettered
+            return Outcome(dead=guard_reason(exc))
+
+    def _entry(self, entry_id: str, fields: Fields | None) -> Outcome:
         if not fields:
             return Outcome(dead="entry has no fields")
         try:
@@ -87,30 +129,29 @@ class Processor:
                     return self._frame(entry_id, envs[0].frame, route, envs[0].recv_ns)
                 pairs = [(e.frame, e.recv_ns) for e in envs]
         except PoisonFrame as exc:
-            return Outcome(dead=exc.reason)
+            return Outcome(dead=bounded(exc.reason))
         except (ValueError, UnicodeDecodeError) as exc:
-            return Outcome(dead=f"bad envelope: {type(exc).__name__}: {exc}")
+            return Outcome(dead=bounded(f"bad envelope: {type(exc).__name__}: {exc}"))
         one = self._frame
         outs = [one(frame_id(entry_id, i), f, route, ns) for i, (f, ns) in enumerate(pairs)]
         return Outcome(_NONE, _NONE, None, None, pairs[0][1], outs)
 
-    def _frame(
-        self,
-        name: str,
-        frame: bytes,
-        route: tuple[str, str, Venue | None, Mapping[str, str]],
-        recv_ns: int,
-    ) -> Outcome:
+    def _frame(self, name: str, frame: bytes, route: Route, recv_ns: int) -> Outcome:
         """One frame's outcome; ``name`` is its entry id, or ``<entry id>/<index>`` in a run."""
-        exchange, context, venue, symbols = route
-        if venue is None:
-            return Outcome(dead=f"unknown exchange {exchange!r}", recv_ns=recv_ns)
         try:
-            parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, name, symbols))
+            return self._checked(name, frame, route, recv_ns)
         except PoisonFrame as exc:
-            return Outcome(dead=exc.reason, recv_ns=recv_ns)
-        except Exception as exc:  # a parser bug must not kill the worker: keep the frame
-            return Outcome(dead=f"parser error {type(exc).__name__}: {exc}", recv_ns=recv_ns)
+            return Outcome(dead=bounded(exc.reason), recv_ns=recv_ns)
+        except Exception as exc:  # a parser's or a check's bug costs this frame, nothing more
+            return Outcome(dead=guard_reason(exc), recv_ns=recv_ns)
+
+    def _checked(self, name: str, frame: bytes, route: Route, recv_ns: int) -> Outcome:
+        exchange, context, venue, symbols = route
+        if not EARLIEST_NS <= recv_ns < LATEST_NS:
+            return Outcome(dead=f"receive time {bounded(str(recv_ns), 40)} ns is out of range")
+        if venue is None:
+            return Outcome(dead=f"unknown exchange {bounded(exchange, 40)!r}", recv_ns=recv_ns)
+        parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, name, symbols))
         trades, quotes = parsed.trades, parsed.quotes
         if parsed.control is not None and not trades and not quotes:
             return Outcome(_NONE, _NONE, parsed.control, None, recv_ns)
@@ -137,5 +178,5 @@ class Processor:
         )
         if reasons:
             more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
-            out.dead = "invalid: " + "; ".join(reasons[:3]) + more
+            out.dead = bounded("invalid: " + "; ".join(reasons[:3]) + more)
         return out

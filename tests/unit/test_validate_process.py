@@ -7,7 +7,7 @@ import pytest
 from common.envelope import Envelope
 from common.records import Quote, Trade
 from consumer.process import Processor
-from consumer.validate import Validator
+from consumer.validate import Validator, decimal_problem, id_problem
 
 NOW = 1_700_000_000_000_000_000
 V = Validator({"binance": frozenset({"BTC-USDT"})}, max_future_skew_ns=5 * 10**9)
@@ -132,3 +132,96 @@ def test_a_parser_bug_is_dead_lettered_not_raised() -> None:
     )  # fmt: skip
     out = p.process("1-0", _fields(GOOD))
     assert out.dead is not None and "ZeroDivisionError" in out.dead
+
+
+# -- bounds before PostgreSQL ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1", "0.00000001", "1e-8", "123456789.123456789", "99999999999999999999", "1.5E+3",
+     "0.000000000000000000000001", "67000.01000000", "0001.5", "1." + "0" * 60],
+)  # fmt: skip
+def test_decimals_within_the_bounds_pass(value: str) -> None:
+    assert decimal_problem(value) is None
+    assert V.trade(trade(price=value, amount=value)) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "word"),
+    [
+        ("1" * 1000, "characters long"),
+        ("1" * 21, "below 1e20"),
+        ("1e20", "below 1e20"),
+        ("1e999999", "below 1e20"),
+        ("1e9999999", "not a decimal"),  # an exponent of 7 digits is not a price
+        ("0." + "0" * 30 + "1", "after the point"),
+        ("1e-25", "after the point"),
+        ("1234567890.1234567890123456789012345678901", "significant digits"),
+        ("NaN", "not a decimal"),
+        ("Infinity", "not a decimal"),
+        ("-1", "not a decimal"),
+        ("+1", "not a decimal"),
+        ("\u0661", "not a decimal"),  # an Arabic-Indic one: \d would take it, numeric would not
+        ("1\x00", "not a decimal"),
+        ("0", "not positive"),
+        ("0e10", "not positive"),
+        (".", "not a decimal"),
+        ("", "not a decimal"),
+    ],
+)
+def test_decimals_out_of_bounds_say_why(value: str, word: str) -> None:
+    problem = decimal_problem(value)
+    assert problem is not None and word in problem
+    reason = V.trade(trade(price=value))
+    assert reason is not None and "price" in reason and len(reason) < 300
+
+
+@pytest.mark.parametrize(
+    ("trade_id", "word"),
+    [
+        ("x" * 129, "129 bytes"),
+        ("é" * 65, "130 bytes"),
+        ("", "empty"),
+        ("12\x0034", "control character"),
+        ("12\n34", "control character"),
+        ("\ud800", "surrogate"),
+    ],
+)
+def test_ids_must_be_short_printable_utf8(trade_id: str, word: str) -> None:
+    assert id_problem(trade_id) is not None
+    reason = V.trade(trade(trade_id=trade_id))
+    assert reason is not None and word in reason
+    q = Quote("binance", "BTC-USDT", trade_id, "1", "1", "2", "1", NOW, NOW)
+    assert word in (V.quote(q) or "")
+
+
+def test_ids_of_128_bytes_and_non_ascii_ids_pass() -> None:
+    assert V.trade(trade(trade_id="x" * 128)) is None
+    assert V.trade(trade(trade_id="거래-1 a")) is None
+
+
+def test_absurd_times_are_rejected_with_the_real_reason() -> None:
+    # A trade time in year 9999, in ms as Binance sends it: in the future, not "before 2009".
+    year_9999_ns = 253_402_300_799_000 * 1_000_000
+    assert "after its receive time" in (V.trade(trade(ts_ns=year_9999_ns)) or "")
+    giant = int("9" * 1000)  # must not overflow a float on the way to the message
+    assert "after its receive time" in (V.trade(trade(ts_ns=giant)) or "")
+    assert "before 2009" in (V.trade(trade(ts_ns=-giant)) or "")
+
+
+def test_a_thousand_digit_trade_time_is_dead_lettered_not_raised() -> None:
+    frame = GOOD.replace(b'"T":1699999999999', b'"T":' + b"9" * 1000)
+    out = P.process("1-0", _fields(frame))
+    assert out.dead is not None and out.trades == []
+
+
+def test_an_absurd_receive_time_is_dead_lettered() -> None:
+    out = P.process("1-0", Envelope(GOOD, False, "binance", "", "c1", 1, 10**30).fields())
+    assert out.dead is not None and "receive time" in out.dead
+
+
+def test_reasons_are_one_bounded_line() -> None:
+    frame = GOOD.replace(b'"10.0"', b'"' + b"7" * 10_000 + b'\\n"')
+    out = P.process("1-0", _fields(frame))
+    assert out.dead is not None and len(out.dead) <= 500 and "\n" not in out.dead
