@@ -228,12 +228,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tickvault {argv[0]}: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from .errors import is_transient
+        from .errors import ExitStatus, fatal_error, is_transient
 
+        fatal = fatal_error(exc)
+        if fatal is not None:
+            print(f"tickvault {argv[0]}: {fatal}", file=sys.stderr)
+            return fatal.status
         if not is_transient(exc):
             raise
+        # a one-shot command (migrate, replay, gaps) that cannot reach a server
+        import psycopg
+
+        cause = exc.__cause__ if isinstance(exc.__cause__, psycopg.Error) else exc
+        status = ExitStatus.POSTGRES if isinstance(cause, psycopg.Error) else ExitStatus.REDIS
         print(f"tickvault {argv[0]}: cannot reach a server: {exc}", file=sys.stderr)
-        return 3
+        return status
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     rollover_overlap_s: float = 10.0  # make-before-break: both connections live this long
     rollover_after_s: float = 0.0  # roll connections over after this long (0: venue's limit)
     fast_frames: bool = True  # cut plain data frames out of the socket (see producer.frames)
+    stop_timeout_s: float = 20.0  # one budget for a stop: below compose's 30 s grace period
 
 
 class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -76,6 +77,8 @@ class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     max_future_skew_s: float = 10.0  # trade time may be at most this far past its receive time
     backoff_max_s: float = 30.0
     writers: int = 2  # writer threads, each with its own PostgreSQL connection
+    max_deliveries: int = 5  # an entry delivered more often is dead-lettered unprocessed
+    stop_timeout_s: float = 20.0  # one budget for a stop: below compose's 30 s grace period
 
 
 class FeedSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -246,6 +249,9 @@ def settings_from_mapping(
         "consumer.batch_ms": raw.consumer.batch_ms,
         "consumer.claim_idle_ms": raw.consumer.claim_idle_ms,
         "consumer.writers": raw.consumer.writers,
+        "consumer.max_deliveries": raw.consumer.max_deliveries,
+        "consumer.stop_timeout_s": raw.consumer.stop_timeout_s,
+        "producer.stop_timeout_s": raw.producer.stop_timeout_s,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -1,4 +1,10 @@
-"""``python -m consumer`` / ``tickvault consumer``: run one consumer-group worker."""
+"""``python -m consumer`` / ``tickvault consumer``: run one consumer-group worker.
+
+Exit statuses (``common.errors.ExitStatus``): 0 a clean stop, also when a server was down at
+the time (what was not committed stays pending for the next consumer: nothing is lost); 1 a bug
+(traceback logged); 2 a configuration error; 3 PostgreSQL refused in a way no retry can fix; 4
+Redis did. For 3 and 4 the log says the cause and the fix, and nothing more was acked.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import redis
 
 from common.config import Settings, load_settings
 from common.envelope import raw_key
-from common.errors import ConfigError
+from common.errors import ConfigError, ExitStatus, fatal_error
 from common.logs import setup_logging
 from common.metrics import serve_metrics
 
@@ -56,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())  # only a request: the loop drains and exits
+    # A reply takes at most block_ms; a server that hangs longer counts as away (and a stop
+    # waits for no more than this).
     client = redis.Redis.from_url(
-        settings.redis.url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
+        settings.redis.url,
+        socket_timeout=settings.consumer.block_ms / 1000 + 5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
     )
     store = Store(
         settings.database.url,
@@ -76,10 +87,22 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0005)  # the writer thread gets the GIL back quickly after I/O
     try:
         worker.run(stop)
+    except Exception as exc:
+        fatal = fatal_error(exc)
+        if fatal is None:
+            logger.exception("consumer %s stopped by an internal error", name)
+            return ExitStatus.INTERNAL
+        logger.critical(
+            "consumer %s stopped: %s refused (%s): %s. Fix: %s. Nothing more was acked; "
+            "the entries it held stay pending.",
+            name, fatal.server, fatal.code, fatal.problem, fatal.fix,
+        )  # fmt: skip
+        return fatal.status
     finally:
-        store.close()
+        if worker.writers_finished:  # else a writer may still be using the connection
+            store.close()
         client.close()
-    return 0
+    return ExitStatus.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except ConfigError as exc:
         print(f"tickvault consumer: {exc}", file=sys.stderr)
-        return 2
+        return ExitStatus.CONFIG
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ through a float.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from typing import cast
@@ -22,7 +23,7 @@ from typing import cast
 import psycopg
 from psycopg import pq
 
-from common.errors import TransientError
+from common.errors import Action, TransientError, classify
 from common.records import Quote, Trade
 
 from .schema import migrate
@@ -175,10 +176,17 @@ class Store:
         self._conn: psycopg.Connection[object] | None = None
 
     def connect(self, *, run_migrations: bool = True) -> None:
-        """(Re)connect; raises TransientError when the server cannot be reached."""
+        """(Re)connect.
+
+        Raises:
+            TransientError: the server cannot be reached now.
+            psycopg.Error: it refused for good (a missing database, a wrong password, no
+                privilege to create the schema): ``classify`` calls it FATAL.
+        """
         self.close()
+        conn: psycopg.Connection[object] | None = None
         try:
-            conn: psycopg.Connection[object] = psycopg.connect(
+            conn = psycopg.connect(
                 self.url, connect_timeout=5, application_name="tickvault-consumer"
             )
             if run_migrations:
@@ -188,18 +196,20 @@ class Store:
             conn.execute(_STAGING.encode())
             conn.commit()
             conn.autocommit = True  # one statement commits itself; COPY sends BEGIN ... COMMIT
-        except psycopg.OperationalError as exc:
-            raise TransientError(f"postgres unreachable: {exc}") from exc
+        except psycopg.Error as exc:
+            if conn is not None:
+                conn.close()
+            if classify(exc) is Action.RETRY:
+                raise TransientError(f"postgres unreachable: {exc}") from exc
+            raise
         self._conn = conn
 
     def clone(self) -> Store:
-        """Another store like this one, with a connection of its own (another writer)."""
-        return Store(
-            self.url,
-            synchronous_commit=self.synchronous_commit,
-            partition_days_ahead=self.partition_days_ahead,
-            statement_max_rows=self.statement_max_rows,
-        )
+        """Another store like this one (of the same class, with the same attributes: a wrapper
+        that counts or fails keeps doing so) with a connection of its own (another writer)."""
+        twin = copy.copy(self)
+        twin._conn = None
+        return twin
 
     def connect_again(self) -> None:
         """Connect without running migrations (another store already did)."""
@@ -223,9 +233,11 @@ class Store:
         """Store ``trades`` and ``quotes`` in one transaction; return the rows newly inserted.
 
         Raises:
-            TransientError: the connection was lost (nothing or everything was committed; the
-                batch is safe to write again).
-            psycopg.Error: a data error (e.g. a value numeric rejects); nothing was committed.
+            TransientError: the connection was lost, or the server asks for a retry (nothing or
+                everything was committed; the batch is safe to write again).
+            psycopg.Error: a refusal: ``classify`` says DATA (a row it cannot take: the caller
+                isolates it) or FATAL (privilege, read-only, missing table). Nothing was
+                committed.
         """
         if not trades and not quotes:
             return 0, 0
@@ -239,13 +251,12 @@ class Store:
                 if params["trades"] is not None and params["quotes"] is not None:
                     return self._write_statement(conn, params, bool(trades), bool(quotes))
             return self._write_copy(conn, trades, quotes)
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise TransientError(f"postgres write failed: {exc}") from exc
-        except psycopg.Error:
-            if conn.closed or conn.broken:
+        except psycopg.Error as exc:
+            # By what the error means (its SQLSTATE), not by its class: a row too big for an
+            # index (54000) is an OperationalError, yet retrying it can never succeed.
+            if conn.closed or conn.broken or classify(exc) is Action.RETRY:
                 self.close()
-                raise TransientError("postgres connection broken during write") from None
+                raise TransientError(f"postgres write failed: {exc}") from exc
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 self._rollback()  # the COPY way's transaction is aborted
             raise
@@ -303,6 +314,8 @@ class Store:
 
         try:
             ensure_partitions(self.conn, days_ahead=self.partition_days_ahead)
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
+            if classify(exc) is not Action.RETRY:
+                raise
             self.close()
             raise TransientError(f"postgres unreachable: {exc}") from exc

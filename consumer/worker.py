@@ -1,57 +1,58 @@
-"""The consumer-group worker: read, process, write, commit, then ack.
+"""The consumer-group worker's main loop: read, process, batch, hand over to the writers.
 
-Invariants:
-- an entry is acked only after the transaction holding its rows has committed (and, for a
-  malformed frame, after its dead-letter copy was added);
-- a lost Redis or PostgreSQL is retried with capped, jittered backoff; the batch in hand is kept
-  and written again (idempotent), nothing is acked meanwhile;
-- no frame stops the worker: bad frames are dead-lettered, rows PostgreSQL rejects are found by
-  writing frame by frame and those frames dead-lettered;
-- on stop (SIGTERM/SIGINT) it stops reading, flushes, commits, acks and returns.
+Invariants (the modules named keep them):
+- an entry is acked only after the transaction holding its rows has committed, and for a bad
+  frame after its dead letter was added (``consumer.commit``);
+- no frame stops the worker: processing runs under one guard (``consumer.process``), a frame
+  PostgreSQL refuses is found by halving its batch (``consumer.isolation``), and an entry
+  delivered more than ``max_deliveries`` times is dead-lettered unprocessed, so nothing can
+  crash-loop or stall the group;
+- errors are classified once (``common.errors.classify``): transient ones are retried with
+  capped backoff, data errors cost their frames, fatal ones stop the worker (nothing more is
+  acked) and surface as its exit status;
+- on stop (SIGTERM/SIGINT) it stops reading, then commits and acks what it can within one
+  deadline, ``stop_timeout_s``, for everything together (``consumer.retry``); what is not
+  committed by then stays pending, its delivery count given back (``consumer.claims``).
 
 Reading and processing run on the main thread; committing and acking on ``writers`` writer
-threads, each with its own PostgreSQL connection, so the next batch is read and parsed while
-PostgreSQL commits the previous ones (and, with two writers, two batches commit at once on two
-server processes). Batches are independent: each is acked after its own commit.
+threads (``consumer.writers``), each with its own PostgreSQL connection, so the next batch is
+read and parsed while PostgreSQL commits the previous ones.
 
 At start it re-reads its own pending entries (id ``0``), then new ones (``>``). Every
-``claim_every_s`` it XAUTOCLAIMs entries idle for ``claim_idle_ms`` from dead consumers; ids the
-stream no longer holds (Redis 7's third reply element) are acked and counted.
+``claim_every_s`` it claims entries idle for ``claim_idle_ms`` on other consumers
+(``consumer.claims``). An entry delivered three times or more is handled alone (its own batch,
+nothing else in flight), so a frame that kills its process takes no other frame's budget with it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-import psycopg
 import redis
 
 from common.config import Settings
-from common.envelope import RUN_MAX, dead_key, run_frame_fields
-from common.errors import TransientError, backoff, is_transient
+from common.envelope import RUN_MAX
+from common.errors import Action, classify, fatal_error, redis_code
 from common.metrics import Metrics
 
-from .batching import Batch, Batcher, DeadLetter
-from .process import Outcome, Processor
+from .batching import Batch, Batcher
+from .claims import Claims
+from .commit import Committer
+from .deadletter import DeadLetters, over_budget_reason
+from .process import Outcome, Processor, bounded
+from .retry import GaveUp, Retrier, StopFlag
 from .store import Store
+from .writers import WriterPool
 
 logger = logging.getLogger(__name__)
 
-DEAD_MAXLEN = 1_000_000
 READ_MAX = 1_000  # entries per XREADGROUP at most (runs of up to RUN_MAX frames each)
 STATUS_EVERY_S = 10.0
-PARTITIONS_EVERY_S = 3600.0
-
-
-class StopFlag(Protocol):
-    def is_set(self) -> bool: ...
+SUSPECT_DELIVERIES = 3  # an entry delivered this often is handled alone
 
 
 @dataclass(kw_only=True)
@@ -71,8 +72,9 @@ class WorkerOptions:
     # replay: stop once every stream is drained; entries past these ids are left alone
     until: dict[str, str] | None = None
     stop_when_drained: bool = False
-    shutdown_budget_s: float = 20.0
+    stop_timeout_s: float = 20.0
     writers: int = 2
+    max_deliveries: int = 5
 
 
 def _ids_le(a: str, b: str) -> bool:
@@ -93,14 +95,15 @@ class Worker:
     processor: Processor
     metrics: Metrics = field(default_factory=lambda: Metrics("consumer"))
     sleep: Callable[[float], None] = time.sleep
+    writers_finished: bool = True  # False when the stop deadline passed with a writer busy
     _batcher: Batcher = field(init=False)
+    _retrier: Retrier = field(init=False)
+    _claims: Claims = field(init=False)
+    _deadletters: DeadLetters = field(init=False)
+    _pool: WriterPool | None = None
     _done: set[str] = field(default_factory=set)
-    _queue: queue.Queue[Batch | None] = field(default_factory=lambda: queue.Queue(maxsize=1))
-    _writers: list[threading.Thread] = field(default_factory=list)
-    _writer_error: BaseException | None = None
-    _busy: int = 0  # writers committing a batch
-    _busy_lock: threading.Lock = field(default_factory=threading.Lock)
-    _idle: threading.Event = field(default_factory=threading.Event)  # a writer is free
+    _dropped: list[Batch] = field(default_factory=list)  # not handed over before the deadline
+    _halted: bool = False
 
     def __post_init__(self) -> None:
         # Raw XREADGROUP replies: entries stay [id, [name, value, ...]] lists instead of being
@@ -108,6 +111,14 @@ class Worker:
         self.client.set_response_callback("XREADGROUP", _raw_reply)
         o = self.options
         self._batcher = Batcher(o.batch_entries, o.batch_ms / 1000, o.flush_when_drained)
+        self._retrier = Retrier(
+            metrics=self.metrics,
+            backoff_max_s=o.backoff_max_s,
+            stop_timeout_s=o.stop_timeout_s,
+            sleep=lambda s: self.sleep(s),
+        )
+        self._claims = Claims(self.client, o.group, o.name)
+        self._deadletters = DeadLetters(self.client)
 
     @classmethod
     def from_settings(
@@ -133,6 +144,8 @@ class Worker:
             claim_every_s=c.claim_every_s,
             backoff_max_s=c.backoff_max_s,
             writers=c.writers,
+            stop_timeout_s=c.stop_timeout_s,
+            max_deliveries=c.max_deliveries,
         )
         for key, value in overrides.items():
             setattr(options, key, value)
@@ -143,31 +156,9 @@ class Worker:
         )
         return cls(options, redis_client, store, processor)
 
-    # -- retry ----------------------------------------------------------------------------------
-    def _retry(self, what: str, call: Callable[[], Any], stop: StopFlag | None = None) -> Any:
-        """Run ``call`` until it succeeds, backing off on transient errors.
-
-        With ``stop`` given, gives up (raising TransientError) once stop is set and the shutdown
-        budget is spent.
-        """
-        delays: Iterator[float] | None = None
-        deadline: float | None = None
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self.metrics.inc(f"retries:{what}")
-                if delays is None:
-                    delays = backoff(initial=0.1, cap=self.options.backoff_max_s)
-                    logger.warning("%s failed, retrying with backoff: %s", what, exc)
-                if stop is not None and stop.is_set():
-                    now = time.monotonic()
-                    deadline = deadline or now + self.options.shutdown_budget_s
-                    if now > deadline:
-                        raise TransientError(f"{what}: gave up at shutdown: {exc}") from exc
-                self.sleep(next(delays))
+    @property
+    def lease_ms(self) -> int:
+        return max(1, self.options.claim_idle_ms // 3)
 
     # -- setup ----------------------------------------------------------------------------------
     def ensure_groups(self) -> None:
@@ -177,46 +168,115 @@ class Worker:
                 self.client.xgroup_create(key, self.options.group, id="0", mkstream=True)
                 logger.info("created group %s on %s", self.options.group, key)
             except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
+                if redis_code(exc) != "BUSYGROUP":
                     raise
 
-    # -- main loop ------------------------------------------------------------------------------
+    def _connect(self) -> list[Store]:
+        call = self._retrier.call
+        call("redis-setup", self.ensure_groups)
+        call("postgres-connect", self.store.connect)
+        stores = [self.store]
+        for _ in range(self.options.writers - 1):
+            stores.append(self.store.clone())
+            call("postgres-connect", stores[-1].connect_again)
+        return stores
+
+    # -- the run --------------------------------------------------------------------------------
     def run(self, stop: StopFlag) -> None:
+        """Work until ``stop`` is set (or, for a replay, the streams are drained).
+
+        Raises whatever stopped it otherwise: a fatal server refusal (see
+        ``common.errors.fatal_error``) or a bug. Either way nothing more was acked.
+        """
         o = self.options
+        # options may have been changed since construction (replay, tests)
+        self._batcher = Batcher(o.batch_entries, o.batch_ms / 1000, o.flush_when_drained)
+        self._retrier.backoff_max_s = o.backoff_max_s
+        self._retrier.stop_timeout_s = o.stop_timeout_s
+        self._retrier.bind(stop)
         try:
-            self._retry("redis-setup", self.ensure_groups, stop)
-            self._retry("postgres-connect", self.store.connect, stop)
-            stores = [self.store]
-            for _ in range(o.writers - 1):
-                stores.append(self.store.clone())
-                self._retry("postgres-connect", stores[-1].connect_again, stop)
-        except TransientError as exc:  # asked to stop while a server was still unreachable
-            logger.error("consumer %s stopped before it could start: %s", self.options.name, exc)
+            stores = self._connect()
+        except GaveUp as exc:  # asked to stop while a server was still unreachable
+            logger.error("consumer %s stopped before it could start: %s", o.name, exc)
             return
+        committer = Committer(
+            client=self.client,
+            group=o.group,
+            retrier=self._retrier,
+            deadletters=self._deadletters,
+            claims=self._claims,
+            metrics=self.metrics,
+            lease_ms=self.lease_ms,
+            halted=lambda: self._halted,
+        )
+        self._pool = pool = WriterPool(committer.commit, stores)
+        pool.start()
         cursor = {key: "0" if o.read_pending_first else ">" for key in o.streams}
-        last_claim = last_status = time.monotonic()
-        self._start_writers(stop, stores)
+        failure: BaseException | None = None
         try:
-            self._loop(stop, cursor, last_claim, last_status)
-            self.flush(stop)
+            try:
+                self._loop(stop, cursor)
+                self._flush()
+            except GaveUp as exc:
+                logger.warning("stopping with a server unreachable: %s", exc)
+        except BaseException as exc:
+            failure = exc
+            self._halted = True
+            raise
         finally:
-            self._stop_writers()
-            for extra in stores[1:]:
-                extra.close()
+            budget = self._retrier.remaining() if failure is None else 2.0
+            self.writers_finished = pool.stop(budget)
+            if self.writers_finished:
+                for extra in stores[1:]:
+                    extra.close()
+            self._leave(failure)
         self._status()
         logger.info("consumer %s stopped", o.name)
 
-    def _loop(
-        self, stop: StopFlag, cursor: dict[str, str], last_claim: float, last_status: float
-    ) -> None:
+    def _leave(self, failure: BaseException | None) -> None:
+        """Entries still held at the end: give back their delivery when it was not the data's
+        fault; record the error when it may have been (a bug outside the frame guard)."""
+        held = self._held()
+        if not held:
+            return
+        entries = sum(b.entries for b in held)
+        self.metrics.inc("left_pending", entries)
+        acks: dict[str, list[str]] = {}
+        deliveries: dict[tuple[str, str], int] = {}
+        for batch in held:
+            for key, ids in batch.acks.items():
+                acks.setdefault(key, []).extend(ids)
+            deliveries.update(batch.deliveries)
+        try:
+            if failure is None or fatal_error(failure) is not None:
+                self._claims.release(acks, deliveries)
+                logger.warning("%d entries left pending for the next consumer", entries)
+            else:
+                self._deadletters.record_errors(acks, f"{type(failure).__name__}: {failure}")
+                logger.error("%d entries left pending after an internal error", entries)
+        except Exception as exc:
+            logger.warning("could not update %d pending entries (%s)", entries, exc)
+
+    def _held(self) -> list[Batch]:
+        batches = list(self._dropped)
+        if self._pool is not None:
+            batches += self._pool.held()
+        if self._batcher.batch.entries:
+            batches.append(self._batcher.take())
+        return batches
+
+    def _loop(self, stop: StopFlag, cursor: dict[str, str]) -> None:
         o = self.options
+        pool = self._pool
+        assert pool is not None
         logger.info("consumer %s in group %s reading %s", o.name, o.group, ", ".join(o.streams))
+        last_claim = last_status = time.monotonic()
         while not stop.is_set():
-            if self._writer_error is not None:
-                raise RuntimeError("a writer thread failed") from self._writer_error
+            if pool.error is not None:
+                raise pool.error
             now = time.monotonic()
             if o.claim and now - last_claim >= o.claim_every_s:
-                self._retry("claim", partial(self._claim, now), stop)
+                self._retrier.call("claim", lambda: self._claim(time.monotonic()))
                 last_claim = time.monotonic()
             if now - last_status >= STATUS_EVERY_S:
                 self._status()
@@ -229,27 +289,29 @@ class Worker:
             else:
                 # A batch waits for the writer: wait for the writer (not for Redis, which
                 # polling would keep busy), then collect whatever arrived meanwhile.
-                self._idle.wait(min(0.005, self._batcher.wait_s(now)))
+                pool.wait_idle(min(0.005, self._batcher.wait_s(now)))
                 block_ms = 0
             if any(v != ">" for v in live.values()) or o.stop_when_drained:
                 block_ms = 0  # history reads never block
             try:
                 reply = self._read(live, block_ms)
             except Exception as exc:
-                if not is_transient(exc):
+                if classify(exc) is not Action.RETRY:
                     raise
                 self.metrics.inc("retries:read")
                 logger.warning("redis read failed: %s", exc)
-                self.sleep(min(1.0, o.backoff_max_s))
+                if redis_code(exc) == "NOGROUP":  # the stream and its group were deleted
+                    self._retrier.call("redis-setup", self.ensure_groups)
+                self.sleep(min(1.0, o.backoff_max_s, self._retrier.remaining()))
                 continue
             got = self._handle_read(reply, cursor)
             drained = got < self._last_count
             if drained and o.stop_when_drained and all(v == ">" for v in cursor.values()):
                 self._done.update(cursor)
-            # Drained: hand the batch over as soon as the writer is free. While it is busy the
+            # Drained: hand the batch over as soon as a writer is free. While they are busy the
             # batch keeps growing, so commits get bigger exactly when the load is higher.
-            if self._batcher.due(time.monotonic(), drained=drained and self._writer_idle()):
-                self.flush(stop)
+            if self._batcher.due(time.monotonic(), drained=drained and pool.idle()):
+                self._flush()
 
     _last_count: int = 0
     # Frames per entry in the last read (rounded up); until a read tells, assume full runs.
@@ -288,17 +350,14 @@ class Worker:
                 cursor[key] = ">"  # own pending entries all re-read: switch to new ones
                 continue
             total += len(entries)
+            if history:
+                self._add_history(key, entries, cursor, now)
+                continue
             check_until = until is not None and key in until
             for raw_id, fields in entries:
                 entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-                if history:
-                    cursor[key] = entry_id
                 if check_until and not _ids_le(entry_id, until[key]):  # type: ignore[index]
                     self._done.add(key)
-                    continue
-                if fields is None:  # pending entry deleted from the stream by trimming
-                    self.metrics.inc("deleted_pending")
-                    add(key, entry_id, None, _DELETED, now)
                     continue
                 add(key, entry_id, fields, process(entry_id, fields), now)
         for key, value in cursor.items():
@@ -309,178 +368,90 @@ class Worker:
             self._run_hint = max(1, -(-(self._batcher.batch.frames - frames_before) // total))
         return total
 
+    def _add_history(self, key: str, entries: Any, cursor: dict[str, str], now: float) -> None:
+        """Our own pending entries, read again: with their delivery counts."""
+        ids = [_s(raw_id) for raw_id, _ in entries]
+        cursor[key] = ids[-1]
+        counts = self._retrier.call("pending", lambda: self._claims.own_deliveries(key, ids))
+        for entry_id, (_, fields) in zip(ids, entries, strict=True):
+            self._add(key, entry_id, fields, counts.get(entry_id, 1), now)
+
+    def _add(self, key: str, entry_id: str, fields: Any, deliveries: int, now: float) -> None:
+        """One redelivered entry: dead-lettered past the budget, alone when suspect."""
+        batcher = self._batcher
+        if not fields:  # pending entry deleted from the stream by trimming
+            self.metrics.inc("deleted_pending")
+            batcher.add(key, entry_id, None, _DELETED, now)
+            return
+        if deliveries > self.options.max_deliveries:
+            self._over_budget(key, entry_id, fields, deliveries, now)
+            return
+        alone = deliveries >= SUSPECT_DELIVERIES
+        if alone:
+            self._flush_and_wait()
+        batcher.add(key, entry_id, fields, self.processor.process(entry_id, fields), now)
+        if deliveries > 1:
+            batcher.batch.deliveries[(key, entry_id)] = deliveries
+        if alone:
+            self._flush_and_wait()
+
+    def _over_budget(
+        self, key: str, entry_id: str, fields: Any, deliveries: int, now: float
+    ) -> None:
+        errors = self._retrier.call(
+            "errors", lambda: self._deadletters.last_errors(key, [entry_id])
+        )
+        reason = over_budget_reason(deliveries, errors.get(entry_id))
+        self.metrics.inc("over_budget")
+        logger.error("entry %s of %s %s: dead-lettered unprocessed", entry_id, key, reason)
+        self._batcher.add(key, entry_id, fields, Outcome(dead=reason), now)
+        self._batcher.batch.deliveries[(key, entry_id)] = deliveries
+
+    def _flush_and_wait(self) -> None:
+        """Commit everything in hand before going on (around an entry handled alone)."""
+        self._flush()
+        pool = self._pool
+        assert pool is not None
+        while not pool.wait_all_idle(0.5):
+            if pool.error is not None:
+                raise pool.error
+            if self._retrier.stopping() and self._retrier.remaining() <= 0:
+                raise GaveUp("stop deadline passed while a suspect entry was committed")
+
     def _claim(self, now: float) -> None:
         o = self.options
         for key in o.streams:
-            start = "0-0"
-            while self._batcher.room > 0:
-                reply = self.client.xautoclaim(
-                    key, o.group, o.name, o.claim_idle_ms, start_id=start,
-                    count=self._count(),
-                )  # fmt: skip
-                start = _s(reply[0])
-                claimed = reply[1]
-                deleted = reply[2] if len(reply) > 2 else []
-                for raw_id, fields in claimed:
-                    entry_id = _s(raw_id)
-                    self._batcher.add(
-                        key, entry_id, fields, self.processor.process(entry_id, fields), now
-                    )
-                if claimed:
-                    self.metrics.inc("claimed", len(claimed))
-                    logger.info("claimed %d idle entries on %s", len(claimed), key)
-                if deleted:
-                    # Redis 7: ids that were pending but are gone from the stream. Nothing to
-                    # store; ack them so they leave the PEL, and count them.
-                    self.client.xack(key, o.group, *deleted)
-                    self.metrics.inc("claimed_deleted", len(deleted))
-                    logger.warning("%d pending ids on %s no longer exist", len(deleted), key)
-                if start == "0-0":
-                    break
+            if self._batcher.room <= 0:
+                break
+            got = self._claims.claim(key, o.claim_idle_ms, self._count())
+            if got.entries:
+                self.metrics.inc("claimed", len(got.entries))
+                logger.info("claimed %d idle entries on %s", len(got.entries), key)
+            if got.gone:
+                # ids that were pending but are gone from the stream (trimmed): nothing to
+                # store; Redis dropped them from the pending list.
+                self.metrics.inc("claimed_deleted", got.gone)
+                logger.warning("%d pending ids on %s no longer exist", got.gone, key)
+            for entry_id, fields in got.entries:
+                self._add(key, entry_id, fields, got.deliveries.get(entry_id, 2), now)
 
-    # -- flush ----------------------------------------------------------------------------------
-    def flush(self, stop: StopFlag | None = None) -> None:
-        """Hand the batch to the writer thread, which commits it and then acks it.
-
-        The queue holds one batch: while one is being committed and one waits, reading stops
-        (backpressure), so at most three batches are in memory.
-        """
+    # -- handing over ---------------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Hand the batch to a writer, which commits it and then acks it."""
         batch = self._batcher.take()
         if batch.entries == 0:
             return
-        if not self._writers:
-            self._commit(batch, stop, self.store)
-            return
-        while True:
-            if self._writer_error is not None:
-                raise RuntimeError("the writer thread failed") from self._writer_error
-            try:
-                self._queue.put(batch, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def _writer_idle(self) -> bool:
-        """A writer would take a batch now."""
-        return not self._writers or (self._busy < len(self._writers) and self._queue.empty())
-
-    def _start_writers(self, stop: StopFlag, stores: list[Store]) -> None:
-        for i, store in enumerate(stores):
-            thread = threading.Thread(
-                target=self._writer_loop, args=(stop, store), name=f"writer-{i}", daemon=True
-            )
-            self._writers.append(thread)
-            thread.start()
-
-    def _stop_writers(self) -> None:
-        for _ in self._writers:  # one None for each: a writer takes one and returns
-            while any(t.is_alive() for t in self._writers):
-                try:
-                    self._queue.put(None, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-        for thread in self._writers:
-            thread.join()
-        self._writers = []
-        if self._writer_error is not None:
-            raise RuntimeError("the writer thread failed") from self._writer_error
-
-    def _writer_loop(self, stop: StopFlag, store: Store) -> None:
-        """Commit, then ack, batch after batch, while the main thread reads the next ones."""
-        last_partitions = time.monotonic()
-        try:
-            while True:
-                batch = self._queue.get()
-                if batch is None:
-                    return
-                with self._busy_lock:
-                    self._busy += 1
-                    if self._busy >= len(self._writers):
-                        self._idle.clear()  # no writer left to take the next batch
-                if time.monotonic() - last_partitions >= PARTITIONS_EVERY_S:
-                    self._retry("partitions", store.refresh_partitions, stop)
-                    last_partitions = time.monotonic()
-                self._commit(batch, stop, store)
-                with self._busy_lock:
-                    self._busy -= 1
-                    if self._queue.empty():
-                        self._idle.set()
-        except BaseException as exc:
-            logger.exception("writer thread failed")
-            self._writer_error = exc
-
-    def _commit(self, batch: Batch, stop: StopFlag | None, store: Store) -> None:
-        try:
-            self._write(batch, stop, store)
-            if batch.dead:
-                self._retry("dead-letter", lambda: self._dead_letter(batch.dead), stop)
-            self._retry("ack", lambda: self._ack(batch), stop)
-        except TransientError as exc:
-            # Only at shutdown: nothing acked, so the entries stay pending for a later run.
-            logger.error("batch of %d entries left pending: %s", batch.entries, exc)
-            self.metrics.inc("left_pending", batch.entries)
-            return
-        m = self.metrics
-        m.inc("trades", len(batch.trades))
-        m.inc("quotes", len(batch.quotes))
-        m.inc("dead", len(batch.dead))
-        m.inc("acked", batch.entries)
-        m.inc("frames", batch.frames)
-        m.inc("batches")
-        for kind, n in batch.controls.items():
-            m.inc(f"control:{kind}", n)
-        if batch.oldest_recv_ns:
-            m.latency.observe((time.time_ns() - batch.oldest_recv_ns) / 1e9, batch.frames)
-
-    def _write(self, batch: Batch, stop: StopFlag | None, store: Store) -> None:
-        try:
-            new = self._retry(
-                "postgres-write", lambda: store.write(batch.trades, batch.quotes), stop
-            )
-            self.metrics.inc("rows_new", new[0] + new[1])
-        except psycopg.Error as exc:
-            # A row PostgreSQL rejects: find its entries by writing them one by one.
-            logger.exception("batch rejected by postgres, isolating bad entries: %s", exc)
-            for span in batch.spans:
-                trades = batch.trades[span.trades[0] : span.trades[1]]
-                quotes = batch.quotes[span.quotes[0] : span.quotes[1]]
-                try:
-                    self._retry("postgres-write", partial(store.write, trades, quotes), stop)
-                except psycopg.Error as one:
-                    reason = f"postgres rejected: {str(one).splitlines()[0]}"
-                    fields = self._fetch(span.key, span.entry_id)
-                    batch.dead.append(DeadLetter(span.key, span.entry_id, fields, reason))
-
-    def _fetch(self, key: str, frame: str) -> dict[bytes, bytes]:
-        """The fields of entry ``frame``, or of frame ``<entry id>/<index>`` of a run."""
-        entry_id, _, index = frame.partition("/")
-        rows = self._retry("fetch", lambda: self.client.xrange(key, entry_id, entry_id))
-        if not rows:
-            return {}
-        return run_frame_fields(dict(rows[0][1]), int(index or 0))
-
-    def _dead_letter(self, dead: list[DeadLetter]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for d in dead:
-            fields = dict(d.fields)
-            fields[b"reason"] = d.reason.encode()
-            fields[b"origin"] = d.entry_id.encode()
-            fields[b"stream"] = d.key.encode()
-            exchange = d.key[d.key.find("{") + 1 : d.key.rfind("}")] if "{" in d.key else "unknown"
-            pipe.xadd(dead_key(exchange), fields, maxlen=DEAD_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            logger.warning("dead-lettered %s %s: %s", d.key, d.entry_id, d.reason)
-        pipe.execute()
-
-    def _ack(self, batch: Batch) -> None:
-        if len(batch.acks) == 1:  # the common case: one stream, one command
-            [(key, ids)] = batch.acks.items()
-            self.client.xack(key, self.options.group, *ids)
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for key, ids in batch.acks.items():
-            pipe.xack(key, self.options.group, *ids)
-        pipe.execute()
+        pool = self._pool
+        assert pool is not None
+        retrier = self._retrier
+        handed = pool.submit(
+            batch,
+            give_up=lambda: retrier.stopping() and retrier.remaining() <= 0,
+            on_wait=lambda: self._claims.renew(batch.acks, self.lease_ms),
+        )
+        if not handed:
+            logger.error("batch of %d entries left pending: stop deadline", batch.entries)
+            self._dropped.append(batch)
 
     def _status(self) -> None:
         try:
@@ -491,7 +462,7 @@ class Worker:
                         lag += int(group.get("lag") or 0)
             self.metrics.set("lag", lag)
         except Exception as exc:  # status is best effort; never stop the worker for it
-            logger.debug("status query failed: %s", exc)
+            logger.debug("status query failed: %s", bounded(str(exc)))
         logger.info("consumer %s: %s", self.options.name, self.metrics.summary())
 
 

@@ -55,21 +55,27 @@ class Once:
 
 
 class CountingStore(Store):
+    """Counts and fails across its clones (each writer thread writes through a clone that keeps
+    this class and shares these counters)."""
+
     def __init__(self, url: str, failures: int = 0, client: redis.Redis | None = None) -> None:
         super().__init__(url)
-        self.failures = failures
-        self.stored = 0
+        self.shared = {"failures": failures, "stored": 0}
         self.client = client
         self.pending_seen: list[int] = []
+
+    @property
+    def stored(self) -> int:
+        return self.shared["stored"]
 
     def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
         if self.client is not None:
             self.pending_seen.append(int(self.client.xpending(KEY, "tickvault")["pending"]))
-        if self.failures:
-            self.failures -= 1
+        if self.shared["failures"]:
+            self.shared["failures"] -= 1
             raise TransientError("simulated lost connection")
         result = super().write(trades, quotes)
-        self.stored += len(trades)
+        self.shared["stored"] += len(trades)
         return result
 
 
@@ -230,10 +236,10 @@ def test_replay_of_a_range_stops_at_its_end(redis_client: redis.Redis, database_
 def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_stored(
     redis_client: redis.Redis, database_url: str, as_run: bool
 ) -> None:
-    """A trade id with a NUL character passes validation but no PostgreSQL text column takes
-    it: the batch is rejected, its frames are written one by one, the bad frame goes to the
-    dead-letter stream alone with PostgreSQL's reason, and every entry is acked. The same when
-    the three frames share one entry (a run)."""
+    """A row that passes validation but that PostgreSQL refuses for a data reason (here a CHECK
+    constraint the test adds: SQLSTATE 23514): the batch is refused, its frames are written again
+    in halves, the bad frame goes to the dead-letter stream alone with PostgreSQL's reason, and
+    every entry is acked. The same when the three frames share one entry (a run)."""
     okx_key = raw_key("okx")
     settings = settings_from_mapping(
         {
@@ -243,7 +249,7 @@ def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_store
         {},
     )
     ts_ms = 1_700_000_000_000
-    ids = ["1", "2\\u0000", "3"]
+    ids = ["1", "2", "3"]
     bodies = [
         (
             '{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT",'
@@ -264,6 +270,8 @@ def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_store
             env = Envelope(body, False, "okx", "", "c", n, ts_ms * 10**6)
             redis_client.xadd(okx_key, env.fields())  # type: ignore[arg-type]
     store = Store(database_url)
+    store.connect()  # the schema, then a constraint that refuses trade 2
+    store.conn.execute("ALTER TABLE trades ADD CONSTRAINT no_two CHECK (trade_id <> '2')")
     worker = Worker.from_settings(
         settings, name="w1", streams=[okx_key], redis_client=redis_client, store=store
     )
@@ -283,8 +291,8 @@ def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_store
         rows = conn.execute("SELECT trade_id FROM trades ORDER BY trade_id").fetchall()
     assert rows == [("1",), ("3",)]
     [(_, dead)] = redis_client.xrange("tickvault:dead:{okx}")
-    assert dead[b"reason"].startswith(b"postgres rejected:")
-    assert b"NUL" in dead[b"reason"] or b"0x00" in dead[b"reason"]
+    assert dead[b"reason"].startswith(b"postgres rejected (23514):")
+    assert b"no_two" in dead[b"reason"]
     assert dead[b"f"] == bodies[1] and dead[b"n"] == b"1" and b"l" not in dead
     [(first_id, _)] = redis_client.xrange(okx_key, count=1)
     second_id = redis_client.xrange(okx_key)[1 if not as_run else 0][0].decode()

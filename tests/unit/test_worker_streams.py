@@ -132,7 +132,7 @@ def test_a_stop_while_postgres_is_unreachable_at_start_returns(r: fakeredis.Fake
 
     store = Down(r)
     w = worker(r, store)
-    w.options.shutdown_budget_s = 0.0
+    w.options.stop_timeout_s = 0.0
 
     class Stopped:
         def is_set(self) -> bool:

@@ -1,0 +1,160 @@
+"""One batch's way out: write its rows, dead-letter its bad frames, then ack its entries.
+
+Invariants:
+- an entry is acked only after the transaction holding its rows has committed and, for a bad
+  frame, after its dead letter was added;
+- a transient failure (``Action.RETRY``) is retried with capped backoff until the stop deadline;
+  the batch in hand is kept and written again (idempotent), nothing is acked meanwhile;
+- a batch PostgreSQL refuses for a data reason (``Action.DATA``: SQLSTATE 22, 23, 54) is split
+  in halves until the refused frames are found (``consumer.isolation``); only those are
+  dead-lettered, with PostgreSQL's reason, the rest is committed, and all is acked;
+- any other refusal (``Action.FATAL``) propagates: nothing more is acked or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import psycopg
+import redis
+
+from common.errors import Action, classify
+from common.metrics import Metrics
+from common.records import Quote, Trade
+
+from .batching import Batch, DeadLetter, Span
+from .claims import Claims
+from .deadletter import DeadLetters
+from .isolation import isolate
+from .process import bounded
+from .retry import GaveUp, Retrier
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+PARTITIONS_EVERY_S = 3600.0
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """A dead letter's reason for a frame PostgreSQL refused: the SQLSTATE and its message."""
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return bounded(f"postgres rejected ({state or type(exc).__name__}): {text}")
+
+
+class Committer:
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        group: str,
+        retrier: Retrier,
+        deadletters: DeadLetters,
+        claims: Claims,
+        metrics: Metrics,
+        lease_ms: int,
+        halted: Callable[[], bool],
+    ) -> None:
+        self.client = client
+        self.group = group
+        self.retrier = retrier
+        self.deadletters = deadletters
+        self.claims = claims
+        self.metrics = metrics
+        self.lease_ms = lease_ms
+        self.halted = halted
+        self._partitions: dict[int, float] = {}
+
+    def commit(self, batch: Batch, store: Store) -> bool:
+        """Write, dead-letter, ack. True when acked; False when the stop deadline passed first
+        (the entries stay pending). Fatal errors and bugs propagate."""
+        call = self.retrier.call
+
+        def renew() -> None:
+            self.claims.renew(batch.acks, self.lease_ms)
+
+        try:
+            self._refresh_partitions(store)
+            self._write(batch, store, renew)
+            if self.halted():
+                return False  # another writer hit a fatal error: ack nothing more
+            lease = self.lease_ms / 1000
+            if batch.dead:
+                send = self.deadletters.send
+                call("dead-letter", lambda: send(batch.dead), on_wait=renew, max_sleep=lease)
+            call("ack", lambda: self._ack(batch), on_wait=renew, max_sleep=lease)
+        except GaveUp as exc:  # the worker counts and releases what is left at its exit
+            logger.error("batch of %d entries left pending: %s", batch.entries, exc)
+            return False
+        m = self.metrics
+        m.inc("trades", len(batch.trades))
+        m.inc("quotes", len(batch.quotes))
+        m.inc("dead", len(batch.dead))
+        m.inc("acked", batch.entries)
+        m.inc("frames", batch.frames)
+        m.inc("batches")
+        for kind, n in batch.controls.items():
+            m.inc(f"control:{kind}", n)
+        if batch.oldest_recv_ns:
+            m.latency.observe((time.time_ns() - batch.oldest_recv_ns) / 1e9, batch.frames)
+        return True
+
+    def _refresh_partitions(self, store: Store) -> None:
+        last = self._partitions.get(id(store))
+        now = time.monotonic()
+        if last is None:
+            self._partitions[id(store)] = now  # the store made them when it connected
+        elif now - last >= PARTITIONS_EVERY_S:
+            self.retrier.call("partitions", store.refresh_partitions)
+            self._partitions[id(store)] = time.monotonic()
+
+    def _write(self, batch: Batch, store: Store, renew: Callable[[], None]) -> None:
+        def write(spans: Sequence[Span]) -> None:
+            trades = [t for s in spans for t in batch.trades[s.trades[0] : s.trades[1]]]
+            quotes = [q for s in spans for q in batch.quotes[s.quotes[0] : s.quotes[1]]]
+            self._store(store, trades, quotes, renew)
+
+        try:
+            self._store(store, batch.trades, batch.quotes, renew)
+            return
+        except Exception as exc:
+            if classify(exc) is not Action.DATA:
+                raise
+            logger.warning(
+                "postgres refused a batch of %d frames (%s); finding the bad ones",
+                len(batch.spans),
+                refusal_reason(exc),
+            )
+        self.metrics.inc("isolations")
+        for span, refusal in isolate(batch.spans, write):
+            fields = self.retrier.call("fetch", partial(self.deadletters.fetch, *span[:2]))
+            reason = refusal_reason(refusal)
+            batch.dead.append(DeadLetter(span.key, span.entry_id, fields, reason))
+
+    def _store(
+        self,
+        store: Store,
+        trades: Sequence[Trade],
+        quotes: Sequence[Quote],
+        renew: Callable[[], None],
+    ) -> None:
+        new = self.retrier.call(
+            "postgres-write",
+            lambda: store.write(trades, quotes),
+            on_wait=renew,
+            max_sleep=self.lease_ms / 1000,
+        )
+        self.metrics.inc("rows_new", new[0] + new[1])
+
+    def _ack(self, batch: Batch) -> None:
+        if len(batch.acks) == 1:  # the common case: one stream, one command
+            [(key, ids)] = batch.acks.items()
+            self.client.xack(key, self.group, *ids)
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, ids in batch.acks.items():
+            pipe.xack(key, self.group, *ids)
+        pipe.execute()
