@@ -1,5 +1,12 @@
 """``python -m producer`` / ``tickvault producer``: keep every configured feed connected and
-append each raw frame to its exchange's Redis Stream."""
+append each raw frame to its exchange's Redis Stream.
+
+Stop (SIGTERM/SIGINT): the feeds close, then what is buffered is flushed, all within one budget,
+``producer.stop_timeout_s``. Exit statuses (``common.errors.ExitStatus``): 0 every frame received
+reached Redis; 2 a configuration error; 4 Redis refused in a way no retry can fix (the log says
+the fix); 5 frames were lost (dropped with the buffer full, or unsent at the deadline: the log
+counts them); 1 a bug.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,10 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 
 from common.config import Settings, load_settings
-from common.errors import ConfigError
+from common.errors import ConfigError, ExitStatus, FatalError
 from common.logs import setup_logging
 from common.metrics import Metrics, serve_metrics
 
@@ -82,17 +90,49 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
     sessions = build_sessions(settings, publisher, metrics)
     logger.info("producer: %d connections for %s", len(sessions), ", ".join(settings.exchanges))
     publisher_stop = asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        pub = tg.create_task(publisher.run(publisher_stop), name="publisher")
-        feeds = [tg.create_task(s.run(stop), name=f"feed {s.label}") for s in sessions]
-        status = tg.create_task(_status(metrics, publisher, stop), name="status")
-        await stop.wait()
-        logger.info("producer: stopping; flushing %d buffered frames", publisher.buffered)
-        await asyncio.gather(*feeds, status)
-        publisher_stop.set()
-        await pub
+    fatal: FatalError | None = None
+    try:
+        async with asyncio.TaskGroup() as tg:
+            pub = tg.create_task(publisher.run(publisher_stop), name="publisher")
+            feeds = [tg.create_task(s.run(stop), name=f"feed {s.label}") for s in sessions]
+            status = tg.create_task(_status(metrics, publisher, stop), name="status")
+            await _until_stop_or_failure(stop, pub)
+            deadline = time.monotonic() + p.stop_timeout_s
+            logger.info("producer: stopping; %d frames buffered", publisher.buffered)
+            # The feeds close first (nothing more comes in), then the buffer drains: one budget.
+            _, late = await asyncio.wait([*feeds, status], timeout=p.stop_timeout_s / 2)
+            for task in late:
+                task.cancel()
+            publisher.drain_budget_s = max(0.0, deadline - time.monotonic())
+            publisher_stop.set()
+            await pub
+    except* FatalError as group:
+        first = group.exceptions[0]
+        assert isinstance(first, FatalError)
+        fatal = first
+    if fatal is not None:
+        logger.critical(
+            "producer stopped: %s refused (%s): %s. Fix: %s. %d frames were not written.",
+            fatal.server, fatal.code, fatal.problem, fatal.fix, publisher.buffered,
+        )  # fmt: skip
+        return fatal.status
     logger.info("producer stopped: %s", metrics.summary())
-    return 0
+    if publisher.lost:
+        logger.error("producer stopped having lost %d frames (see above)", publisher.lost)
+        return ExitStatus.LOST
+    return ExitStatus.OK
+
+
+async def _until_stop_or_failure(stop: asyncio.Event, publisher: asyncio.Task[None]) -> None:
+    """Wait for a stop request; if the publisher ends first (a fatal refusal), raise its error."""
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({stopper, publisher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if publisher.done() and not stop.is_set():
+        stop.set()  # the feeds stop too
+        publisher.result()  # raises its error
 
 
 async def _status(metrics: Metrics, publisher: Publisher, stop: asyncio.Event) -> None:
@@ -114,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(amain(settings, args.metrics_port))
     except ConfigError as exc:
         print(f"tickvault producer: {exc}", file=sys.stderr)
-        return 2
+        return ExitStatus.CONFIG
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import deque
 
-from common.errors import backoff, is_transient
+from common.errors import Action, backoff, classify
 from common.metrics import Metrics
 
 from .retention import FrameWindow
@@ -59,6 +59,7 @@ class Publisher:
         self._room.set()
         self.window = FrameWindow(max_frames) if max_frames > 0 else None
         self.trim_every_s = trim_every_s
+        self.drain_budget_s = 10.0
         self._last_trim = time.monotonic()
         self._down_since: float | None = None
         self._last_drop_log = 0.0
@@ -98,12 +99,22 @@ class Publisher:
         self._wake.set()
         return True
 
-    async def run(self, stop: asyncio.Event, *, drain_budget_s: float = 10.0) -> None:
-        """Publish until ``stop`` is set, then flush what is buffered (within the budget)."""
+    async def run(self, stop: asyncio.Event, *, drain_budget_s: float | None = None) -> None:
+        """Publish until ``stop`` is set, then flush what is buffered within ``drain_budget_s``
+        (default: :attr:`drain_budget_s`) from the moment the stop is seen: one deadline for
+        every retry of the flush together.
+
+        Raises:
+            FatalError: Redis refused in a way no retry can fix; the buffer is kept.
+        """
         delays = None
+        deadline: float | None = None
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while True:
+                if stop.is_set() and deadline is None:
+                    budget = self.drain_budget_s if drain_budget_s is None else drain_budget_s
+                    deadline = time.monotonic() + budget
                 if not self._buffer:
                     if stop.is_set():
                         return
@@ -116,24 +127,30 @@ class Publisher:
                     await self._send_some()
                     delays = None
                 except Exception as exc:
-                    if not is_transient(exc):
+                    if classify(exc) is not Action.RETRY:
                         raise
                     if delays is None:
-                        delays = backoff(initial=0.2, cap=self.backoff_max_s)
+                        # Redis is local and critical: probe it about every second, not on the
+                        # exchange-reconnect backoff, so the buffer drains soon after its return.
+                        delays = backoff(initial=0.2, cap=min(1.0, self.backoff_max_s))
                     self._note_down(exc)
-                    if stop.is_set():
-                        drain_budget_s -= 1.0
-                        if drain_budget_s <= 0:
-                            logger.error(
-                                "stopping with %d frames unsent: redis unreachable",
-                                len(self._buffer),
-                            )
-                            self.metrics.inc("unsent_at_stop", len(self._buffer))
-                            return
-                    await asyncio.sleep(min(next(delays), 1.0 if stop.is_set() else 1e9))
+                    left = float("inf") if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        logger.error(
+                            "stopping with %d frames unsent: redis unreachable",
+                            len(self._buffer),
+                        )
+                        self.metrics.inc("unsent_at_stop", len(self._buffer))
+                        return
+                    await asyncio.sleep(min(next(delays), left, 1.0 if stop.is_set() else left))
         finally:
             stop_wait.cancel()
             await self.wire.close()
+
+    @property
+    def lost(self) -> int:
+        """Frames that never reached Redis: dropped (buffer full) or unsent at stop."""
+        return self.metrics.counters["dropped"] + self.metrics.counters["unsent_at_stop"]
 
     async def _send_some(self) -> None:
         n = min(len(self._buffer), self.pipeline_max)

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 
 from common.envelope import RUN_MAX
-from common.errors import TransientError
+from common.errors import Action, TransientError, classify, fatal_error
 
 
 def _bulk(value: bytes) -> bytes:
@@ -164,8 +164,10 @@ class RedisWire:
             setup.append(command(*auth, self.password.encode()))
         if self.db:
             setup.append(command(b"SELECT", str(self.db).encode()))
-        if setup:
-            await self.execute(b"".join(setup), len(setup))
+        # A PING first: a server that wants a password answers it with NOAUTH (an XADD of 20
+        # arguments would get a vague "unauthenticated multibulk" protocol error instead).
+        setup.append(command(b"PING"))
+        await self.execute(b"".join(setup), len(setup))
 
     @property
     def connected(self) -> bool:
@@ -175,13 +177,16 @@ class RedisWire:
         """Send ``count`` packed commands and return their replies.
 
         Raises:
-            TransientError: the connection failed, or Redis answered an error (e.g. OOM): the
-                caller sends the same commands again later.
+            TransientError: the connection failed, or Redis answered an error worth retrying
+                (OOM, READONLY, LOADING, ...: ``common.errors``): the caller sends the same
+                commands again later.
+            FatalError: Redis refused in a way no retry can fix (WRONGTYPE, NOPERM, NOAUTH,
+                an unknown command).
         """
         if not self.connected:
             await self.connect()
         assert self._reader is not None and self._writer is not None
-        errors: list[str] = []
+        errors: list[hiredis.ReplyError] = []
         replies: list[object] = []
         try:
             async with asyncio.timeout(self.timeout):
@@ -199,10 +204,14 @@ class RedisWire:
                     left -= 1
                     replies.append(reply)
                     if isinstance(reply, hiredis.ReplyError):
-                        errors.append(str(reply))
+                        errors.append(reply)
         except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
             await self.close()
             raise TransientError(f"redis connection lost: {exc!r}") from exc
+        for error in errors:
+            if classify(error) is not Action.RETRY:
+                fatal = fatal_error(error)
+                raise fatal if fatal is not None else error
         if errors:
             raise TransientError(f"redis refused {len(errors)} of {count} commands: {errors[0]}")
         return replies
