@@ -37,4 +37,4 @@ bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .tickvault .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tickvault .mypy_cache .ruff_cache .pytest_cache .hypothesis

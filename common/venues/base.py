@@ -150,17 +150,25 @@ class Venue(abc.ABC):
 T = TypeVar("T")
 
 
+# What decoding bytes with a msgspec decoder raises for bad input: not JSON, not UTF-8, not of the
+# decoder's shape (``msgspec.ValidationError`` is a ``DecodeError``), or nested deeper than the
+# interpreter's recursion limit: msgspec then raises ``RecursionError`` ("maximum recursion depth
+# exceeded while deserializing an object"), even while skipping a value into ``msgspec.Raw``.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def decode_frame(decoder: msgspec.json.Decoder[T], frame: bytes, exchange: str) -> T:
-    """``decoder.decode(frame)``; a frame that is not JSON, not UTF-8, or not of the decoder's
-    shape (``msgspec.ValidationError`` is a ``DecodeError``) is a PoisonFrame."""
+    """``decoder.decode(frame)``; any of :data:`DECODE_ERRORS` becomes a PoisonFrame."""
     try:
         return decoder.decode(frame)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise decode_error(exchange, exc) from None
 
 
 def decode_error(exchange: str, exc: Exception) -> PoisonFrame:
-    """A PoisonFrame for a msgspec/Unicode/Value error raised while decoding a frame."""
+    """A PoisonFrame for one of :data:`DECODE_ERRORS` raised while decoding a frame."""
+    if isinstance(exc, RecursionError):
+        return PoisonFrame(f"{exchange}: undecodable frame: nested too deeply ({exc})")
     return PoisonFrame(f"{exchange}: undecodable frame: {exc}")
 
 
@@ -181,19 +189,20 @@ def ms_to_ns(ms: int) -> int:
     return ms * 1_000_000
 
 
-def epoch_to_ns(value: int) -> int:
-    """An epoch integer in s, ms, us or ns (told apart by magnitude) as ns.
+def epoch_int(value: int | str, name: str) -> int:
+    """An epoch time sent as a JSON number or as a string of ASCII digits, as an int in the unit
+    the venue documents (never guessed from its size: a time in year 9999 in ms is as large as
+    one in 2286 in µs, so that choice belongs to the caller).
 
-    Binance switches to microseconds with ``timeUnit=MICROSECOND``; the frame does not say which.
-    Any date between 2001 and 2286 is unambiguous by magnitude.
+    Raises:
+        ValueError: a string that is not all ASCII digits ("", "-1", "1e3", " 1", "1_000", "²"),
+            or more digits than ``int()`` converts.
     """
-    if value >= 10**17:
-        return value  # ns
-    if value >= 10**14:
-        return value * 1_000  # us
-    if value >= 10**11:
-        return value * 1_000_000  # ms
-    return value * 1_000_000_000  # s
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(f"{name} is not an epoch number: {value[:40]!r}")
+        return int(value)
+    return value
 
 
 # Quote assets tried, longest first, when a venue writes symbols without a separator (BTCUSDT)
@@ -234,9 +243,29 @@ def split_concatenated(venue_symbol: str, quotes: Sequence[str] = COMMON_QUOTES)
 
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))"
+    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # \d: 0-9 only
 )
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def civil_seconds(
+    text: str, year: str, month: str, day: str, hour: str, minute: str, second: str
+) -> int:
+    """Seconds since the epoch of a date and time of day given as digit strings, by integer
+    arithmetic (no ``datetime`` arithmetic that overflows near year 1 or 9999).
+
+    Raises:
+        ValueError: an impossible date or time of day (``text`` names it).
+    """
+    h, m, s = int(hour), int(minute), int(second)
+    if h > 23 or m > 59 or s > 59:
+        raise ValueError(f"impossible time of day: {text!r}")
+    try:
+        days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+    except ValueError as exc:
+        raise ValueError(f"impossible date: {text!r} ({exc})") from None
+    return days * 86_400 + h * 3_600 + m * 60 + s
 
 
 def rfc3339_ns(text: str) -> int:
@@ -250,11 +279,7 @@ def rfc3339_ns(text: str) -> int:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    if hour > 23 or minute > 59 or second > 59:
-        raise ValueError(f"impossible time of day: {text!r}")
-    days = date(year, month, day).toordinal() - _EPOCH_ORDINAL  # ValueError on a bad date
-    seconds = days * 86_400 + hour * 3_600 + minute * 60 + second
+    seconds = civil_seconds(text, *m.groups()[:6])
     sign, off_h, off_m = m.group(8), m.group(9), m.group(10)
     if sign is not None:
         offset = int(off_h) * 3_600 + int(off_m) * 60

@@ -11,7 +11,12 @@ Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-strea
 - Trade: ``m`` "Is the buyer the market maker?": true means the seller was the taker.
 - ``bookTicker`` (spot) carries no time: the quote's ts is the receive time; ``u`` is the order
   book update id, our quote key.
-- Timestamps are ms, or us with ``timeUnit=MICROSECOND``; told apart by magnitude.
+- Time unit: "All time and timestamp related fields are milliseconds by default. To receive the
+  information in microseconds, please add the parameter timeUnit=MICROSECOND or
+  timeUnit=microsecond in the URL" (General WSS information). The frame does not say which, and
+  a value's size cannot (a time in year 9999 in ms is a plausible one in µs), so the feed option
+  ``time_unit`` chooses: ``"microsecond"`` appends ``?timeUnit=MICROSECOND`` to the URL and sets
+  the connection context ``"microsecond"``; the default context ``""`` means milliseconds.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..errors import PoisonFrame
 from ..records import Quote, Trade
 from ..symbols import Kind, Symbol
 from .base import (
+    DECODE_ERRORS,
     Channel,
     ConnectionPlan,
     FrameContext,
@@ -34,7 +40,6 @@ from .base import (
     chunks,
     decode_error,
     decode_frame,
-    epoch_to_ns,
     split_concatenated,
 )
 
@@ -42,6 +47,10 @@ STREAMS_PER_CONNECTION = 1000  # documented cap 1024
 PARAMS_PER_SUBSCRIBE = 200
 SUBSCRIBE_INTERVAL_S = 0.25  # 4 messages/s, under the 5/s incoming limit
 LIFETIME_S = 23.5 * 3600  # Binance closes connections after 24 h
+# options.time_unit value -> connection context; "" (milliseconds) is every older stream's context.
+MILLISECOND = "millisecond"
+MICROSECOND = "microsecond"
+TIME_UNIT_CONTEXTS = {MILLISECOND: "", MICROSECOND: MICROSECOND}
 
 
 class _Head(msgspec.Struct):
@@ -134,7 +143,10 @@ class Binance(Venue):
     limits = "1024 streams/conn, 5 msgs/s in, 24 h per connection, 300 connects/5 min/IP"
     caveats = "spot bookTicker has no timestamp: quote ts is the receive time"
     consecutive_ids = True  # trade ids `t` (and aggTrade ids `a`) are consecutive per symbol
-    options: ClassVar[dict[str, tuple[str, ...]]] = {"trades": ("trade", "aggTrade")}
+    options: ClassVar[dict[str, tuple[str, ...]]] = {
+        "trades": ("trade", "aggTrade"),
+        "time_unit": (MILLISECOND, MICROSECOND),
+    }
     stream_path = "/stream"
     agg_prefix = "agg-"  # aggTrade ids live in another id space than trade ids
 
@@ -173,8 +185,10 @@ class Binance(Venue):
         options: dict[str, str],
     ) -> list[ConnectionPlan]:
         base = self.base_url(url)
+        context = TIME_UNIT_CONTEXTS[options.get("time_unit", MILLISECOND)]
+        query = "?timeUnit=MICROSECOND" if context == MICROSECOND else ""
         return self.plan_streams(
-            f"{base}{self.stream_path}", channels, symbols, options, context=""
+            f"{base}{self.stream_path}{query}", channels, symbols, options, context=context
         )
 
     def plan_streams(
@@ -218,7 +232,7 @@ class Binance(Venue):
             f = _frame.decode(frame)
         except msgspec.ValidationError:
             return self._parse_general(frame, ctx)  # e.g. depthUpdate's array fields
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             raise decode_error(self.exchange, exc) from None
         ev: _Event = f.data if f.data is not None else f
         event = ev.e
@@ -246,14 +260,15 @@ class Binance(Venue):
                 bid_amount=ev.B,
                 ask_price=ev.a,
                 ask_amount=ev.A,
-                ts_ns=self._time_ns(stamp) if stamp else ctx.recv_ns,
+                ts_ns=self._time_ns(stamp, ctx) if stamp else ctx.recv_ns,
                 recv_ns=ctx.recv_ns,
             )
             return Parsed(quotes=[quote])
         return self._parse_general(frame, ctx)
 
-    def _time_ns(self, value: int) -> int:
-        return epoch_to_ns(value)
+    def _time_ns(self, value: int, ctx: FrameContext) -> int:
+        """An event time in the connection's unit (see the module docstring) as ns."""
+        return value * 1_000 if ctx.context == MICROSECOND else value * 1_000_000
 
     def _parse_general(self, frame: bytes, ctx: FrameContext) -> Parsed:
         head = decode_frame(_head, frame, self.exchange)
@@ -261,7 +276,7 @@ class Binance(Venue):
             body: bytes = bytes(head.data)
             try:
                 kind = _type.decode(body)
-            except msgspec.DecodeError as exc:
+            except DECODE_ERRORS as exc:
                 raise decode_error(self.exchange, exc) from None
             event, update = kind.e, kind.u
         else:
@@ -284,7 +299,7 @@ class Binance(Venue):
             if event == "bookTicker" or (event is None and update is not None):
                 b = _book.decode(body)
                 stamp = b.T if b.T is not None else b.E
-                ts = epoch_to_ns(stamp) if stamp else ctx.recv_ns
+                ts = self._time_ns(stamp, ctx) if stamp else ctx.recv_ns
                 quote = Quote(
                     exchange=self.exchange,
                     symbol=self.canonical(b.s, ctx),
@@ -301,7 +316,7 @@ class Binance(Venue):
             raise PoisonFrame(
                 f"{self.exchange}: bad {event or 'bookTicker'} event: {exc}"
             ) from None
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise decode_error(self.exchange, exc) from None
         return Parsed.of_control(f"unknown:{event}")
 
@@ -324,7 +339,7 @@ class Binance(Venue):
             price,
             amount,
             "sell" if buyer_is_maker else "buy",
-            self._time_ns(time),
+            self._time_ns(time, ctx),
             ctx.recv_ns,
         )
 

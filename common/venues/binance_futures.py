@@ -138,8 +138,8 @@ class BinanceFutures(Binance):
                 )
         return plans
 
-    def _time_ns(self, value: int) -> int:
-        # USD-M times are always ms ("T": Trade time): no magnitude guessing.
+    def _time_ns(self, value: int, ctx: FrameContext) -> int:
+        # USD-M times are always ms ("T": Trade time); no timeUnit switch is documented here.
         return ms_to_ns(value)
 
 

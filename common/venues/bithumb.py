@@ -9,8 +9,9 @@ https://apidocs.bithumb.com/reference/연결-관리 (keepalive).
   (``KRW-BTC``). Parsing is Upbit's (:class:`~common.venues.upbit.Upbit`), with what differs:
   ``trade_date``/``trade_time`` are KST strings in formats that differ between pages
   (``20240910``/``091617`` on ticker, ``2024-09-10``/``09:58:54`` on trade), so only the epoch
-  fields are used: ``trade_timestamp`` (ms) and the orderbook ``timestamp``, which recorded frames
-  also show as a string of microseconds; ``sequential_id`` may likewise come as a string.
+  fields are used: ``trade_timestamp`` (ms) and the orderbook ``timestamp`` (ms as a JSON number,
+  as documented; µs as a JSON string, as recorded frames show it: see ``book_time_ns``; the
+  unit is never guessed from the size); ``sequential_id`` may likewise come as a string.
 - ``ask_bid``: "ASK: 매도, BID: 매수", stored as the taker side as on Upbit.
 - Keepalive as Upbit: "약 120초가 경과하면 Idle Timeout"; protocol PING frames are answered and a
   text ``PING`` gets ``{"status":"UP"}`` every 10 s. Limit: 10 connection requests/s per IP
@@ -23,8 +24,9 @@ Docs: https://apidocs.bithumb.com/v1.2.0/reference/빗썸-거래소-정보-수�
   ``{"status":"0000","resmsg":"Filter Registered Successfully"}``; error ``{"status":"5100",...}``.
 - ``transaction`` frames batch trades in ``content.list``: ``buySellGb`` "체결종류(1:매도체결,
   2:매수체결)" (a fill made by a sell / buy order: the taker side), ``contPrice``, ``contQty``
-  (strings), ``contDtm`` ("2020-01-29 12:24:18.830039", Korean time: converted with
-  ``ZoneInfo("Asia/Seoul")``, microseconds kept), ``symbol`` ``BTC_KRW``.
+  (strings), ``contDtm`` ("2020-01-29 12:24:18.830039", Korean Standard Time: UTC+9, without
+  daylight saving since 1988; converted by integer arithmetic, microseconds kept), ``symbol``
+  ``BTC_KRW``.
 - No trade id: ours is a hash of the item's fields and its occurrence number among identical items
   in the frame, so a redelivered (or re-batched) frame yields the same ids.
 - Best bid/ask: ``orderbookdepth`` sends level deltas with no snapshot to apply them to, and the
@@ -34,30 +36,38 @@ Docs: https://apidocs.bithumb.com/v1.2.0/reference/빗썸-거래소-정보-수�
 
 from __future__ import annotations
 
-import calendar
 import re
 from collections.abc import Sequence
-from datetime import datetime
 from hashlib import blake2b
 from typing import ClassVar
-from zoneinfo import ZoneInfo
 
 import msgspec
 
 from ..errors import PoisonFrame
 from ..records import Trade
 from ..symbols import Symbol, canonical_asset
-from .base import Channel, ConnectionPlan, FrameContext, Keepalive, Parsed, chunks, decode_error
+from .base import (
+    DECODE_ERRORS,
+    Channel,
+    ConnectionPlan,
+    FrameContext,
+    Keepalive,
+    Parsed,
+    chunks,
+    civil_seconds,
+    decode_error,
+    epoch_int,
+)
 from .upbit import Head, Upbit
 
-KST = ZoneInfo("Asia/Seoul")
+KST_OFFSET_S = 9 * 3_600  # Korea Standard Time, UTC+9
 LEGACY_URL = "wss://pubwss.bithumb.com"
 LEGACY_PATH = "/pub/ws"
 LEGACY_CONTEXT = "legacy"
 LEGACY_SYMBOLS_PER_CONNECTION = 100  # our own budget: no documented cap
 
-_DTM = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
-_DECIMAL = re.compile(r"-?\d+(?:\.\d+)?")
+_DTM = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?", re.ASCII)
+_DECIMAL = re.compile(r"-?\d+(?:\.\d+)?", re.ASCII)
 # "체결종류(1:매도체결, 2:매수체결)": the side of the order that made the fill.
 _LEGACY_SIDES = {"1": "sell", "2": "buy"}
 
@@ -97,10 +107,7 @@ def kst_ns(text: str) -> int:
     if m is None:
         raise ValueError(f"contDtm is not 'YYYY-MM-DD HH:MM:SS[.ffffff]': {text!r}")
     year, month, day, hour, minute, second, fraction = m.groups()
-    local = datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=KST
-    )
-    seconds = calendar.timegm(local.utctimetuple())
+    seconds = civil_seconds(text, year, month, day, hour, minute, second) - KST_OFFSET_S
     return seconds * 1_000_000_000 + (int(fraction.ljust(9, "0")) if fraction else 0)
 
 
@@ -178,6 +185,8 @@ class Bithumb(Upbit):
                 status = _status.decode(frame)
             except msgspec.ValidationError as exc:
                 raise PoisonFrame(f"{self.exchange}: bad status frame: {exc}") from None
+            except DECODE_ERRORS as exc:  # e.g. invalid UTF-8 in resmsg, which the head skipped
+                raise decode_error(self.exchange, exc) from None
             if status.status != "0000":
                 return Parsed.of_control("error")  # 5100 "Invalid Filter Syntax", ...
             if status.resmsg == "Connected Successfully":
@@ -193,8 +202,20 @@ class Bithumb(Upbit):
             return Parsed(trades=self._transactions(items, ctx))
         except (msgspec.ValidationError, ValueError) as exc:
             raise PoisonFrame(f"{self.exchange}: bad transaction message: {exc}") from None
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise decode_error(self.exchange, exc) from None
+
+    def book_time_ns(self, stamp: int | str) -> int:
+        """The orderbook ``timestamp`` as ns. The v2.1.5 orderbook page documents it as Long ms;
+        recorded frames quoted by client libraries carry it as a JSON STRING of µs
+        (tests/fixtures/bithumb/README.md), as Bithumb's REST orderbook returned µs for a single
+        market until 2025-11-11 ("호가 정보 조회 API Timestamp 단위(ms) 일원화 안내",
+        https://apidocs.bithumb.com/changelog/업데이트-호가-정보-조회-timestamp-포맷-일원화).
+        So the unit follows the JSON type, never the size: a number is ms, a string µs."""
+        value = epoch_int(stamp, "timestamp")
+        if value <= 0:
+            raise ValueError(f"timestamp is not a positive epoch number: {value}")
+        return value * 1_000 if isinstance(stamp, str) else value * 1_000_000
 
     def _transactions(self, items: Sequence[WireTransaction], ctx: FrameContext) -> list[Trade]:
         trades = []

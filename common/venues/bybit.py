@@ -52,6 +52,7 @@ from .base import (
     Venue,
     chunks,
     decode_frame,
+    epoch_int,
     ms_to_ns,
     split_concatenated,
 )
@@ -298,7 +299,7 @@ class Bybit(Venue):
             bid_amount=bid[1],
             ask_price=ask[0],
             ask_amount=ask[1],
-            ts_ns=ms_to_ns(int(stamp)),
+            ts_ns=ms_to_ns(epoch_int(stamp, "ts")),  # "cts"/"ts": ms
             recv_ns=ctx.recv_ns,
         )
         return Parsed(quotes=[quote])

@@ -35,6 +35,7 @@ from .base import (
     Parsed,
     Venue,
     decode_frame,
+    epoch_int,
 )
 
 ARGS_PER_SUBSCRIBE = 100
@@ -188,7 +189,8 @@ class Okx(Venue):
             price=t.px,
             amount=t.sz,
             side=_SIDES.get(t.side),  # "Trade side of taker"
-            ts_ns=int(t.ts) * 1_000_000,
+            # ts: "Trade time, Unix timestamp format in milliseconds"
+            ts_ns=epoch_int(t.ts, "ts") * 1_000_000,
             recv_ns=ctx.recv_ns,
         )
 
@@ -196,7 +198,7 @@ class Okx(Venue):
         if not q.bids or not q.asks:
             raise ValueError("empty side in bbo")
         bid, ask = q.bids[0], q.asks[0]
-        ts_ns = int(q.ts) * 1_000_000
+        ts_ns = epoch_int(q.ts, "ts") * 1_000_000  # ms, as trades
         update = str(q.seqId) if q.seqId is not None else f"ts{q.ts}"
         return Quote(
             exchange=self.exchange,

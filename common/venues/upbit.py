@@ -15,6 +15,9 @@ https://docs.upbit.com/reference/connection (keepalive), https://docs.upbit.com/
 - ``ask_bid``: "매수/매도 구분, ASK: 매도, BID: 매수". We store it as the TAKER side: the docs'
   own examples carry the best bid/ask at the trade (since 2024-11-27) and show BID trades printing
   at ``best_ask_price`` and ASK trades at ``best_bid_price``, i.e. the side that took liquidity.
+- Times: ``trade_timestamp`` "체결 타임스탬프(ms)" and the orderbook's ``timestamp``
+  "타임스탬프(ms)", both Long (https://docs.upbit.com/kr/reference/websocket-trade,
+  https://docs.upbit.com/kr/reference/websocket-orderbook): milliseconds, whatever their size.
 - ``sequential_id`` "체결 번호 (Unique)" is the trade id; "it does not guarantee trade order".
   ``stream_type`` ``SNAPSHOT`` replays the last trade on subscribe: stored like any other,
   deduplicated downstream by the natural key.
@@ -50,7 +53,7 @@ from .base import (
     chunks,
     decode_error,
     decode_frame,
-    epoch_to_ns,
+    epoch_int,
     raw_decimal,
 )
 
@@ -59,7 +62,7 @@ SUBSCRIBE_INTERVAL_S = 0.25  # websocket-message: 5 per second per connection
 FORMATS = ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST")
 
 # A JSON number (or a quoted one): what a price or an amount must look like.
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 # "ASK: 매도, BID: 매수": the side that took liquidity (see the module docstring).
 _SIDES = {"ASK": "sell", "BID": "buy"}
 
@@ -152,15 +155,12 @@ def number(raw: msgspec.Raw, name: str) -> str:
     return text
 
 
-def epoch_field_ns(value: int | str, name: str) -> int:
-    """An epoch timestamp sent as a number or a numeric string, as ns (unit told by magnitude)."""
-    if isinstance(value, str):
-        if not value.isdigit():
-            raise ValueError(f"{name} is not an epoch number: {value!r}")
-        value = int(value)
-    if value <= 0:
-        raise ValueError(f"{name} is not a positive epoch number: {value}")
-    return epoch_to_ns(value)
+def epoch_ms_ns(value: int | str, name: str) -> int:
+    """An epoch time in ms (a number or a numeric string) as ns; ValueError when not positive."""
+    ms = epoch_int(value, name)
+    if ms <= 0:
+        raise ValueError(f"{name} is not a positive epoch number: {ms}")
+    return ms * 1_000_000
 
 
 class Upbit(Venue):
@@ -299,6 +299,10 @@ class Upbit(Venue):
         """A data type this venue does not store (ticker, candle...): counted, not stored."""
         return Parsed.of_control(f"unknown:{kind}")
 
+    def book_time_ns(self, stamp: int | str) -> int:
+        """The orderbook ``timestamp`` as ns: "타임스탬프(ms)"."""
+        return epoch_ms_ns(stamp, "timestamp")
+
     def _trade(self, frame: bytes, *, simple: bool, ctx: FrameContext) -> Trade:
         if simple:
             s = _trade_simple.decode(frame)
@@ -317,7 +321,7 @@ class Upbit(Venue):
             price=number(price, "trade_price"),
             amount=number(volume, "trade_volume"),
             side=self.sides.get(ask_bid),
-            ts_ns=epoch_field_ns(stamp, "trade_timestamp"),
+            ts_ns=epoch_ms_ns(stamp, "trade_timestamp"),
             recv_ns=ctx.recv_ns,
         )
 
@@ -340,7 +344,7 @@ class Upbit(Venue):
             number(r, n)
             for r, n in zip(raws, ("bid_price", "bid_size", "ask_price", "ask_size"), strict=True)
         )
-        ts_ns = epoch_field_ns(stamp, "timestamp")
+        ts_ns = self.book_time_ns(stamp)
         digest = blake2b(f"{bid}|{bid_size}|{ask}|{ask_size}".encode(), digest_size=6).hexdigest()
         return Quote(
             exchange=self.exchange,

@@ -37,7 +37,8 @@ def test_trade_symbol_without_map_is_split_by_known_quote() -> None:
 
 
 def test_microsecond_timestamps_keep_full_precision_and_buyer_taker() -> None:
-    [trade] = parse("binance", fixture("binance", "trade_us.json")).trades
+    # A connection opened with options.time_unit = "microsecond" carries context "microsecond".
+    [trade] = parse("binance", fixture("binance", "trade_us.json"), context="microsecond").trades
     assert trade == Trade(
         exchange="binance",
         symbol="BTC-USDT",
@@ -48,6 +49,48 @@ def test_microsecond_timestamps_keep_full_precision_and_buyer_taker() -> None:
         ts_ns=1_672_515_782_136_123_000,
         recv_ns=RECV_NS,
     )
+
+
+def test_time_unit_comes_from_the_context_never_from_the_size() -> None:
+    # The default context "" is milliseconds: a µs value read there is a time far in the future
+    # (not guessed into µs), and a ms value for year 9999 stays ms (not guessed into µs, which
+    # would put it in 1978), so the consumer's validator says "in the future", not "before 2009".
+    [as_ms] = parse("binance", fixture("binance", "trade_us.json")).trades
+    assert as_ms.ts_ns == 1_672_515_782_136_123 * 1_000_000
+    year_9999_ms = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+    frame = (
+        b'{"e":"trade","E":253402300799999,"s":"BTCUSDT","t":1,"p":"1.0","q":"1.0",'
+        b'"T":253402300799999,"m":false,"M":true}'
+    )
+    [trade] = parse("binance", frame).trades
+    assert trade.ts_ns == year_9999_ms * 1_000_000
+    [in_us] = parse("binance", frame, context="microsecond").trades
+    assert in_us.ts_ns == year_9999_ms * 1_000  # the same digits in a µs connection
+
+
+@pytest.mark.parametrize("context", ["", "microsecond"])
+def test_aggtrade_time_follows_the_context(context: str) -> None:
+    [trade] = parse("binance", fixture("binance", "aggtrade.json"), context=context).trades
+    assert trade.ts_ns == 1_672_515_782_136 * (1_000 if context else 1_000_000)
+
+
+def test_plan_time_unit_option_sets_url_and_context() -> None:
+    venue = get_venue("binance")
+    symbols = [parse_symbol("BTC-USDT")]
+    [default] = venue.plan(channels=[Channel.TRADES], symbols=symbols, url=None, options={})
+    [ms] = venue.plan(
+        channels=[Channel.TRADES], symbols=symbols, url=None, options={"time_unit": "millisecond"}
+    )
+    [us] = venue.plan(
+        channels=[Channel.TRADES], symbols=symbols, url=None, options={"time_unit": "microsecond"}
+    )
+    assert (default.url, default.context) == (ms.url, ms.context)
+    assert (ms.url, ms.context) == ("wss://stream.binance.com:9443/stream", "")
+    assert us.url == "wss://stream.binance.com:9443/stream?timeUnit=MICROSECOND"
+    assert us.context == "microsecond"
+    assert us.subscribe == ms.subscribe
+    assert venue.options["time_unit"] == ("millisecond", "microsecond")
+    assert "time_unit" not in get_venue("binance-futures").options  # USD-M: always ms
 
 
 def test_aggtrade_ids_are_kept_apart_from_trade_ids() -> None:
@@ -126,3 +169,31 @@ def test_plan_splits_streams_over_connections_and_messages() -> None:
     assert len(plans[0].subscribe) == 5  # 200 params per SUBSCRIBE
     assert plans[0].url == "ws://127.0.0.1:1/stream"
     assert plans[0].subscribe_interval_s >= 0.2  # <= 5 incoming messages per second
+
+
+@pytest.mark.parametrize("trades", ["trade", "aggTrade"])
+@pytest.mark.parametrize("time_unit", ["millisecond", "microsecond"])
+def test_simulator_speaks_the_planned_time_unit(time_unit: str, trades: str) -> None:
+    from common.simulator.dialect import SimSession
+    from common.simulator.dialects import all_dialects
+    from common.simulator.engine import make_trade
+    from common.venues import FrameContext
+
+    venue, dialect = get_venue("binance"), all_dialects()["binance"]
+    options = {"time_unit": time_unit, "trades": trades}
+    [plan] = venue.plan(
+        channels=[Channel.TRADES],
+        symbols=[parse_symbol("BTC-USDT")],
+        url="ws://h:1",
+        options=options,
+    )
+    session = SimSession(path=plan.url.removeprefix("ws://h:1"))
+    dialect.greeting(session)
+    for message in plan.subscribe:
+        dialect.on_message(session, message)
+    ts_ns = 1_700_000_000_123_456_789
+    [frame] = dialect.trade_frames(session, [make_trade("BTC-USDT", 1, ts_ns)])
+    ctx = FrameContext("binance", plan.context, RECV_NS, "1-0", {"BTCUSDT": "BTC-USDT"})
+    [trade] = venue.parse(frame.encode() if isinstance(frame, str) else frame, ctx).trades
+    kept = 1_000 if time_unit == "microsecond" else 1_000_000
+    assert trade.ts_ns == ts_ns - ts_ns % kept

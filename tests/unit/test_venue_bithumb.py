@@ -116,6 +116,24 @@ def test_kst_parsing_precision() -> None:
     assert kst_ns("2020-01-29 09:00:00.123456789") == 1_580_256_000_123_456_789
 
 
+def test_kst_at_the_ends_of_the_calendar_is_exact_not_an_overflow() -> None:
+    # datetime's UTC conversion raised OverflowError for 0001-01-01 in KST (before year 1 in UTC).
+    assert kst_ns("0001-01-01 00:00:00") == -62_135_596_800_000_000_000 - 9 * 3_600 * 10**9
+    assert kst_ns("9999-12-31 23:59:59.999999") == 253_402_268_399_999_999_000
+    [trade] = parse("bithumb", _transaction(contDtm="0001-01-01 00:00:00")).trades
+    assert trade.ts_ns < 0  # the validator rejects it as "before 2009"
+
+
+def test_orderbook_unit_follows_the_json_type_not_the_size() -> None:
+    # A JSON number is the documented ms, even when as large as a µs time; a string is µs.
+    book = '{"type":"orderbook","code":"KRW-BTC","timestamp":%s,"orderbook_units":['
+    book += '{"ask_price":2,"bid_price":1,"ask_size":1,"bid_size":1}]}'
+    [as_number] = parse("bithumb", (book % "1725930007672123").encode()).quotes
+    assert as_number.ts_ns == 1_725_930_007_672_123 * 1_000_000
+    [as_string] = parse("bithumb", (book % '"1725930007672"').encode()).quotes
+    assert as_string.ts_ns == 1_725_930_007_672 * 1_000
+
+
 @pytest.mark.parametrize(
     ("name", "kind"),
     [
@@ -158,6 +176,10 @@ def _transaction(**item: object) -> bytes:
         _transaction(contQty=0.01),
         b'{"type":"trade","code":"KRW-BTC","trade_price":1,"trade_volume":1,"ask_bid":"BID",'
         b'"trade_timestamp":"12x","sequential_id":"1"}',
+        b'{"status":"0000","resmsg":"Connected \xffSuccessfully"}',  # not UTF-8 where head skips
+        _transaction(contDtm="2020-01-29 24:00:00"),
+        _transaction(contDtm="\uff12\uff10\uff12\uff10-01-29 12:24:18"),  # fullwidth digits
+        b'{"type":"transaction","content":{"list":' + b"[" * 100_000 + b"}}",
     ],
 )
 def test_malformed_frames_are_poison(frame: bytes) -> None:

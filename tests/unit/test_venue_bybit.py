@@ -181,6 +181,8 @@ def test_inline_control_frames(frame: bytes, kind: str) -> None:
         b'"b":[["1"]],"a":[["3","4"]],"u":1}}',  # level without a size
         b'{"topic":"orderbook.1.BTCUSDT","ts":"later","type":"snapshot","data":{"s":"BTCUSDT",'
         b'"b":[["1","2"]],"a":[["3","4"]],"u":1}}',  # bad time text
+        b'{"topic":"orderbook.1.BTCUSDT","ts":"1_000","type":"snapshot","data":{"s":"BTCUSDT",'
+        b'"b":[["1","2"]],"a":[["3","4"]],"u":1}}',  # int() would take it; not a time text
         b'{"topic":"orderbook.1.BTCUSDT","type":"snapshot","data":{"s":"BTCUSDT",'
         b'"b":[["1","2"]],"a":[["3","4"]],"u":1}}',  # no time at all
     ],

@@ -74,6 +74,18 @@ def test_unknown_channel_is_counted() -> None:
         b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT"}]}',
         b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT",'
         b'"tradeId":"1","px":"1","sz":"1","side":"buy","ts":"abc"}]}',
+        # int() would read these: an underscore, spaces, a sign, non-ASCII digits, 5000 digits
+        *(
+            b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT",'
+            b'"tradeId":"1","px":"1","sz":"1","side":"buy","ts":"' + ts.encode() + b'"}]}'
+            for ts in (
+                "1_700_000_000_000",
+                " 1700000000000",
+                "+1700000000000",
+                "\u0661\u0667\u0660\u0660",
+                "9" * 5000,
+            )
+        ),
         b'{"arg":{"channel":"bbo-tbt","instId":"BTC-USDT"},"data":[{"asks":[],"bids":[],"ts":"1"}]}',
     ],
 )

@@ -168,6 +168,32 @@ def test_malformed_frames_are_poison(frame: bytes) -> None:
         parse("upbit", frame)
 
 
+@pytest.mark.parametrize("stamp", ['"1_730_336_862_047"', '"-1"', "0", '"\u0661"', "9" * 5000])
+def test_bad_trade_timestamps_are_poison(stamp: str) -> None:
+    frame = (
+        '{"type":"trade","code":"KRW-BTC","trade_price":1,"trade_volume":1,"ask_bid":"BID",'
+        f'"trade_timestamp":{stamp},"sequential_id":1}}'
+    )
+    with pytest.raises(PoisonFrame, match=r"^upbit: "):
+        parse("upbit", frame.encode())
+
+
+@pytest.mark.parametrize("stamp", ["253402300799999", '"253402300799999"'])
+def test_timestamps_are_ms_whatever_their_size(stamp: str) -> None:
+    # "trade_timestamp 체결 타임스탬프(ms)": a ms time in year 9999 stays ms (the validator then
+    # says "in the future"); it is not taken for µs because of its size.
+    frame = (
+        '{"type":"trade","code":"KRW-BTC","trade_price":1,"trade_volume":1,"ask_bid":"BID",'
+        f'"trade_timestamp":{stamp},"sequential_id":1}}'
+    )
+    [trade] = parse("upbit", frame.encode()).trades
+    assert trade.ts_ns == 253_402_300_799_999_000_000
+    book = f'{{"type":"orderbook","code":"KRW-BTC","timestamp":{stamp},"orderbook_units":['
+    book += '{"ask_price":2,"bid_price":1,"ask_size":1,"bid_size":1}]}'
+    [quote] = parse("upbit", book.encode()).quotes
+    assert quote.ts_ns == 253_402_300_799_999_000_000
+
+
 def test_symbols_map_both_ways() -> None:
     venue = get_venue("upbit")
     assert venue.venue_symbol(parse_symbol("BTC-KRW")) == "KRW-BTC"

@@ -1,5 +1,6 @@
 """Binance spot as the simulator speaks it: ``/stream`` or ``/ws`` with SUBSCRIBE requests, or
-streams in the URL (``/stream?streams=a/b``, ``/ws/<stream>``); server pings every 20 s."""
+streams in the URL (``/stream?streams=a/b``, ``/ws/<stream>``); server pings every 20 s. Times
+are ms, or µs when the URL carries ``timeUnit=MICROSECOND`` (spot only, as documented)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ _CHANNELS = {"trade": Channel.TRADES, "aggTrade": Channel.TRADES, "bookTicker": 
 
 def _ms(ns: int) -> int:
     return ns // 1_000_000
+
+
+def _ns_per_unit(session: SimSession) -> int:
+    """1_000 when the spot URL asks for µs ("timeUnit=MICROSECOND or timeUnit=microsecond"),
+    else 1_000_000 (ms, the default); cached per session."""
+    per = session.state.get("ns_per_unit")
+    if per is None:
+        units = parse_qs(urlsplit(session.path).query).get("timeUnit", [])
+        per = 1_000 if [u.upper() for u in units] == ["MICROSECOND"] else 1_000_000
+        session.state["ns_per_unit"] = per
+    return int(per)
 
 
 class BinanceDialect(Dialect):
@@ -84,19 +96,19 @@ class BinanceDialect(Dialect):
         for t in trades:
             venue = t.symbol.replace("-", "")
             kind = session.subscriptions.get((Channel.TRADES, t.symbol), "trade")
-            ms = _ms(t.ts_ns)
+            stamp = _ms(t.ts_ns) if self.futures else t.ts_ns // _ns_per_unit(session)
             event: dict[str, object]
             if kind == "aggTrade":
                 event = {
                     "e": "aggTrade",
-                    "E": ms,
+                    "E": stamp,
                     "s": venue,
                     "a": t.trade_id,
                     "p": t.price,
                     "q": t.amount,
                     "f": t.trade_id,
                     "l": t.trade_id,
-                    "T": ms,
+                    "T": stamp,
                     "m": t.side == "sell",
                 }
                 if not self.futures:
@@ -104,12 +116,12 @@ class BinanceDialect(Dialect):
             else:
                 event = {
                     "e": "trade",
-                    "E": ms,
+                    "E": stamp,
                     "s": venue,
                     "t": t.trade_id,
                     "p": t.price,
                     "q": t.amount,
-                    "T": ms,
+                    "T": stamp,
                     "m": t.side == "sell",
                     "M": True,
                 }
@@ -127,13 +139,14 @@ class BinanceDialect(Dialect):
             wrap = session.state["wrap"] = urlsplit(session.path).path.startswith("/stream")
         head = f'{{"stream":"{venue.lower()}@trade","data":' if wrap else ""
         tail = "}" if wrap else ""
+        per = _ns_per_unit(session)
         frames: list[Frame] = []
         for t in trades:
-            ms = t.ts_ns // 1_000_000
+            stamp = t.ts_ns // per
             maker = "true" if t.side == "sell" else "false"
             frames.append(
-                f'{head}{{"e":"trade","E":{ms},"s":"{venue}","t":{t.trade_id},"p":"{t.price}",'
-                f'"q":"{t.amount}","T":{ms},"m":{maker},"M":true}}{tail}'
+                f'{head}{{"e":"trade","E":{stamp},"s":"{venue}","t":{t.trade_id},"p":"{t.price}",'
+                f'"q":"{t.amount}","T":{stamp},"m":{maker},"M":true}}{tail}'
             )
         return frames
 
