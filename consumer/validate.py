@@ -96,10 +96,10 @@ class Validator:
 
     def _time(self, ts_ns: int, recv_ns: int) -> str | None:
         if ts_ns < EARLIEST_NS:
-            return f"time {ts_ns} ns is before 2009"
+            return f"time {_short(str(ts_ns))} ns is before 2009"
         if ts_ns > recv_ns + self.skew:
             late = (ts_ns - recv_ns) // 1_000_000  # integers: a giant time must not overflow
-            return f"time is {late} ms after its receive time (more than the allowed skew)"
+            return f"time is {_short(str(late))} ms after its receive time (beyond the skew)"
         return None
 
     def _symbol(self, exchange: str, symbol: str) -> str | None:

@@ -224,7 +224,8 @@ class Worker:
             self._halted = True
             raise
         finally:
-            budget = self._retrier.remaining() if failure is None else 2.0
+            # The writers give up at the same deadline; a moment more lets them say so first.
+            budget = self._retrier.remaining() + 0.5 if failure is None else 2.0
             self.writers_finished = pool.stop(budget)
             if self.writers_finished:
                 for extra in stores[1:]:

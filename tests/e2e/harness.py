@@ -109,17 +109,20 @@ class Pipeline:
     def start_producer(self) -> subprocess.Popen[bytes]:
         return self._spawn("producer", "producer")
 
-    def start_consumer(self, name: str = "c1", **settings: Any) -> subprocess.Popen[bytes]:
-        """A consumer; ``settings`` override ``[consumer]`` keys for this one only."""
-        args = ["consumer", f"--name={name}"]
+    def start_consumer(
+        self, name: str = "c1", *, args: Sequence[str] = (), **settings: Any
+    ) -> subprocess.Popen[bytes]:
+        """A consumer; ``args`` are extra command-line arguments (e.g. ``--metrics-port=N``);
+        ``settings`` override ``[consumer]`` keys for this one only."""
+        argv = ["consumer", f"--name={name}", *args]
         if settings:
             saved, path = dict(self.consumer), self.config
             self.consumer.update(settings)
             self.config = self.work / f"tickvault-{name}.toml"
             self.write_config()
-            args.append(f"--config={self.config}")
+            argv.append(f"--config={self.config}")
             self.consumer, self.config = saved, path
-        return self._spawn(f"consumer-{name}", *args)
+        return self._spawn(f"consumer-{name}", *argv)
 
     def log(self, name: str) -> str:
         path = self.work / f"{name}.log"
