@@ -32,6 +32,13 @@ def _pending(client: redis.Redis, key: str, consumer: str | None = None) -> list
     return list(rows)
 
 
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.BusyLoadingError, redis.ConnectionError):
+        return False  # still loading its AOF, or not listening yet
+
+
 @pytest.mark.parametrize("down", ["redis", "postgres"])
 def test_sigterm_with_a_server_down_exits_in_budget_and_loses_nothing(
     down: str,
@@ -85,6 +92,7 @@ def test_sigterm_with_a_server_down_exits_in_budget_and_loses_nothing(
                 assert {row["times_delivered"] for row in held} == {0}, held[:3]
         finally:
             server.start()
+        wait_for(lambda: _answers(redis_client), what="redis to finish loading its AOF")
         assert producer.poll() is None, p.log("producer")
         if down == "redis":
             assert _pending(redis_client, key, "c1"), "c1 held nothing it could not ack"
