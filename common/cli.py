@@ -45,8 +45,7 @@ def _migrate(argv: list[str]) -> int:
 
 
 def _replay(argv: list[str]) -> int:
-    import redis
-
+    from common.redis_url import redis_client
     from consumer.__main__ import streams_for
     from consumer.replay import replay, to_stream_id
     from consumer.store import Store
@@ -66,7 +65,7 @@ def _replay(argv: list[str]) -> int:
         end = to_stream_id(args.end, end=True) if args.end else None
     except ValueError as exc:
         raise ConfigError("--from/--to", str(exc)) from None
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings.redis.url)
     store = Store(
         settings.database.url, partition_days_ahead=settings.database.partition_days_ahead
     )

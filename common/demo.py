@@ -24,6 +24,7 @@ import psycopg
 import redis
 
 from .envelope import frames_in_entry, raw_key
+from .redis_url import redis_client
 from .servers import PostgresServer, RedisServer, free_port
 
 EXCHANGES = ("binance", "okx")
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis {redis_url}  postgres {database_url}")
         print(f"config {config}; process logs in {logs}")
         print("Ctrl-C stops cleanly." if args.forever else f"running {args.seconds:g} s ...")
-        r = redis.Redis.from_url(redis_url)
+        r = redis_client(redis_url)
         seen = _FrameCount()
         with _wait_db(database_url) as db:
             print(_ROW.format("time", "frames in", "trades", "quotes", "lag", "rows/s"))

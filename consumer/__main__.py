@@ -24,6 +24,7 @@ from common.envelope import raw_key
 from common.errors import ConfigError, ExitStatus, fatal_error
 from common.logs import setup_logging
 from common.metrics import serve_metrics
+from common.redis_url import redis_client
 
 from .store import Store
 from .worker import Worker
@@ -55,6 +56,19 @@ def streams_for(settings: Settings, exchanges: list[str] | None) -> list[str]:
     return [raw_key(e) for e in chosen]
 
 
+def connect_redis(settings: Settings) -> redis.Redis:
+    """The worker's client: ``redis.url`` read as the producer reads it (``common.redis_url``).
+
+    A reply takes at most block_ms; a server that hangs longer counts as away (and a stop waits
+    for no more than this)."""
+    return redis_client(
+        settings.redis.url,
+        socket_timeout=settings.consumer.block_ms / 1000 + 5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     name = args.name or settings.consumer.name or default_name()
@@ -62,14 +76,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())  # only a request: the loop drains and exits
-    # A reply takes at most block_ms; a server that hangs longer counts as away (and a stop
-    # waits for no more than this).
-    client = redis.Redis.from_url(
-        settings.redis.url,
-        socket_timeout=settings.consumer.block_ms / 1000 + 5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    client = connect_redis(settings)
     store = Store(
         settings.database.url,
         synchronous_commit=settings.database.synchronous_commit,

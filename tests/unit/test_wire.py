@@ -6,6 +6,7 @@ import hiredis
 import pytest
 
 from common.envelope import Envelope, decode_entry, encode_entry
+from common.errors import ConfigError
 from producer.wire import RedisWire, XaddPacker, command, pack_runs
 
 
@@ -76,9 +77,9 @@ def test_runs_are_capped() -> None:
 
 def test_command_and_url_parsing() -> None:
     assert _parse(command(b"SELECT", b"3")) == [b"SELECT", b"3"]
-    wire = RedisWire("redis://user:p%40ss@example:6380/3")
-    assert (wire.host, wire.port, wire.db, wire.username, wire.password) == (
+    o = RedisWire("redis://user:p%40ss@example:6380/3").options
+    assert (o.host, o.port, o.db, o.username, o.password) == (
         "example", 6380, 3, "user", "p@ss",
     )  # fmt: skip
-    with pytest.raises(ValueError, match="scheme"):
+    with pytest.raises(ConfigError, match="scheme"):  # more in test_redis_url
         RedisWire("http://x")
