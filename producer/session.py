@@ -3,9 +3,18 @@
 Every frame received is handed to the publisher unchanged, with its receive time and its number
 within the connection (``common.envelope`` lists the stream entry's fields).
 Disconnects are retried with capped, jittered backoff that resets after a
-connection that delivered data. A venue that closes connections on schedule is rolled over
-make-before-break: a new connection is opened and subscribed, both run for ``overlap_s`` (the
-duplicates are removed by the consumer's natural keys), then the old one is closed.
+connection that delivered data. Every connection is watched for silence by the feed's
+:class:`~producer.liveness.Liveness` rule (configured, or derived from the feed's own rate and
+the venue's heartbeats): one silent past its threshold is replaced. A frame larger than
+``max_frame_bytes`` ends its connection from its header (both receive paths: websockets'
+``max_size`` and the fast path's splitter), logged and counted (``oversized_frames``); a stream
+that ends inside a frame is logged and counted (``truncated_frames``); either way the reconnect
+is a recorded gap. Frames are bytes end to end: a text frame that is not UTF-8 is kept (the
+consumer dead-letters it) and the connection stays up.
+
+A venue that closes connections on schedule is rolled over make-before-break: a new connection
+is opened and subscribed, both run for ``overlap_s`` (the duplicates are removed by the
+consumer's natural keys), then the old one is closed.
 """
 
 from __future__ import annotations
@@ -19,20 +28,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidURI,
+    PayloadTooBig,
+)
 
 from common.envelope import raw_key
 from common.errors import backoff
 from common.metrics import Metrics
 from common.venues import ConnectionPlan, Venue
 
-from .frames import FastConnection
+from .frames import FastConnection, RawConnection, TruncatedFrame
+from .liveness import Liveness, LivenessRule, Watch
 from .publisher import Publisher
 from .wire import XaddPacker
 
 logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 10.0  # a connection that lived this long with data resets the backoff
+MAX_FRAME_BYTES = 8 * 2**20  # the largest legitimate frame (Coinbase's snapshot of 100 trades
+# for each of 100 products, ~2 MB) with room to spare; producer.max_frame_bytes
+SETTLE_S = 5.0  # frames this soon after connecting may be the venue's acks (producer.liveness)
 _ids = itertools.count(1)
 
 
@@ -45,19 +63,33 @@ class _Generation:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def watch_silence(frames: Callable[[], int], silence_s: float) -> None:
-    """Return once ``frames()`` has not moved for ``silence_s`` (looked at every quarter of
-    it, so within 1.25x). The receive loop only counts frames: a timeout around each receive
-    would cost it more than the rest of a frame's handling (a timer per frame)."""
-    loop = asyncio.get_running_loop()
-    seen, since = frames(), loop.time()
+async def watch_liveness(watch: Watch, frames: Callable[[], int], tick_s: float) -> float:
+    """Return the silence, in seconds, once the connection is dead by its rule
+    (``producer.liveness``). ``frames()`` is sampled every ``tick_s`` at most, so a verdict
+    comes within one tick of the threshold. The receive loop only counts frames: a timeout
+    around each receive would cost it more than the rest of a frame's handling."""
     while True:
-        await asyncio.sleep(silence_s / 4)
-        now, count = loop.time(), frames()
-        if count != seen:
-            seen, since = count, now
-        elif now - since >= silence_s:
-            return
+        now = time.monotonic()
+        watch.observe(now, frames())
+        remaining = watch.remaining(now)
+        if remaining <= 0:
+            return watch.silence(now)
+        await asyncio.sleep(min(remaining, tick_s))
+
+
+def loss_reason(exc: BaseException) -> tuple[str | None, str]:
+    """``(counter, description)`` of why a connection was lost: ``oversized_frames`` for a frame
+    over the limit, ``truncated_frames`` for a stream that ended inside a frame, else None."""
+    if isinstance(exc, TruncatedFrame):
+        return "truncated_frames", str(exc)
+    if isinstance(exc, ConnectionClosed):
+        cause = exc.__cause__
+        if isinstance(cause, PayloadTooBig) or (exc.sent is not None and exc.sent.code == 1009):
+            detail = cause or (exc.sent.reason if exc.sent is not None else "")
+            return "oversized_frames", f"frame over the size limit: {detail}"
+        if cause is not None:
+            return None, f"{exc!r} ({cause})"
+    return None, repr(exc)
 
 
 class FeedSession:
@@ -75,7 +107,13 @@ class FeedSession:
         start_delay_s: float = 0.0,
         maxlen: int = 5_000_000,
         fast_frames: bool = True,
+        silence_s: float = 0.0,
+        liveness: LivenessRule | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
+        """``silence_s`` > 0 fixes the silence threshold; 0 derives it (``producer.liveness``,
+        with the venue's heartbeat bound from ``plan.keepalive.silence_s``). ``liveness``
+        replaces the whole rule (tests)."""
         self.maxlen = maxlen
         self.venue = venue
         self.plan = plan
@@ -88,7 +126,11 @@ class FeedSession:
         self.backoff_max_s = backoff_max_s
         self.start_delay_s = start_delay_s
         self.fast_frames = fast_frames  # plain data frames bypass websockets' parser
+        self.max_frame_bytes = max_frame_bytes
         self.label = plan.name or venue.exchange
+        if liveness is None:
+            liveness = LivenessRule(fixed_s=silence_s or None, heartbeat_s=plan.keepalive.silence_s)
+        self.liveness = Liveness(liveness)  # what this feed has shown, across its connections
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.start_delay_s:
@@ -162,48 +204,67 @@ class FeedSession:
                 ping_timeout=ka.protocol_ping_s,
                 open_timeout=15,
                 close_timeout=2,
-                max_size=None,
+                max_size=self.max_frame_bytes,  # refused from the header: PayloadTooBig, 1009
                 max_queue=4096,
-                create_connection=FastConnection if self.fast_frames else None,
+                create_connection=FastConnection if self.fast_frames else RawConnection,
             ) as ws:
+                assert isinstance(ws, RawConnection)
                 self.metrics.inc("connections")
                 logger.info("%s: connected to %s as %s", self.label, plan.url, gen.conn_id)
+                subscribing_s = max(0, len(plan.subscribe) - 1) * plan.subscribe_interval_s
+                watch = self.liveness.watch(
+                    time.monotonic(),
+                    setup_frames=len(plan.subscribe) + 1,  # an ack each, and a greeting
+                    settle_s=SETTLE_S + subscribing_s,
+                    subscribing_s=subscribing_s,
+                )
                 async with asyncio.TaskGroup() as tg:
                     receiver = tg.create_task(self._receive(ws, gen), name=f"recv {gen.conn_id}")
-                    tg.create_task(self._subscribe(ws, gen), name=f"subscribe {gen.conn_id}")
+                    tg.create_task(self._subscribe(ws, watch), name=f"subscribe {gen.conn_id}")
                     pinger = None
                     if ka.app_ping:
                         pinger = tg.create_task(self._ping(ws, ka.app_ping, ka.app_ping_s))
                     closer = tg.create_task(gen.closing.wait())
-                    watched = {receiver, closer}
-                    watchdog = None
-                    if ka.silence_s is not None:
-                        watchdog = tg.create_task(watch_silence(lambda: gen.frames, ka.silence_s))
-                        watched.add(watchdog)
-                    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-                    if watchdog is not None and watchdog.done():
+                    watchdog = tg.create_task(
+                        watch_liveness(watch, lambda: gen.frames, self.liveness.rule.tick_s),
+                        name=f"liveness {gen.conn_id}",
+                    )
+                    await asyncio.wait(
+                        {receiver, closer, watchdog}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if watchdog.done() and not watchdog.cancelled():
+                        now = time.monotonic()
+                        threshold, why = watch.threshold(now), self.liveness.explain(now)
+                        watch.give_up()
                         self.metrics.inc("silence_timeouts")
                         logger.warning(
-                            "%s: no frame for %.0f s, reconnecting", self.label, ka.silence_s
-                        )
+                            "%s: no frame for %.1f s (threshold %.1f s: %s), reconnecting",
+                            self.label, watchdog.result(), threshold, why,
+                        )  # fmt: skip
                     for t in (receiver, closer, pinger, watchdog):
                         if t is not None:
                             t.cancel()
                     tg.create_task(ws.close())
-        except* (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as group:
+        except* (
+            OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError, TruncatedFrame
+        ) as group:  # fmt: skip
             for exc in group.exceptions:
-                logger.warning("%s: connection %s lost: %r", self.label, gen.conn_id, exc)
+                counter, reason = loss_reason(exc)
+                if counter is not None:
+                    self.metrics.inc(counter)
+                logger.warning("%s: connection %s lost: %s", self.label, gen.conn_id, reason)
         except* Exception as others:  # never let one feed take the producer down
             for err in others.exceptions:
                 logger.error("%s: connection %s failed", self.label, gen.conn_id, exc_info=err)
         finally:
             gen.closing.set()
 
-    async def _subscribe(self, ws: ClientConnection, gen: _Generation) -> None:
+    async def _subscribe(self, ws: ClientConnection, watch: Watch) -> None:
         for i, message in enumerate(self.plan.subscribe):
             if i and self.plan.subscribe_interval_s:
                 await asyncio.sleep(self.plan.subscribe_interval_s)
             await ws.send(message)
+        watch.subscribed(time.monotonic())
         logger.info("%s: subscribed (%d messages)", self.label, len(self.plan.subscribe))
 
     async def _ping(self, ws: ClientConnection, message: str, every_s: float) -> None:
@@ -211,11 +272,12 @@ class FeedSession:
             await asyncio.sleep(every_s)
             await ws.send(message)
 
-    async def _receive(self, ws: ClientConnection, gen: _Generation) -> None:
+    async def _receive(self, ws: RawConnection, gen: _Generation) -> None:
         """Hand every frame to the publisher, in order, numbered within the connection.
 
         On a :class:`~producer.frames.FastConnection` most frames arrive through ``deliver``
-        straight from the socket; ``recv()`` returns the rest (see ``producer.frames``)."""
+        straight from the socket; ``recv_raw()`` returns the rest (see ``producer.frames``), as
+        bytes, text frames too (never decoded: no UTF-8 check can close the connection)."""
         publisher, reply = self.publisher, self.venue.reply
         put = publisher.put
         packer = XaddPacker(
@@ -255,11 +317,8 @@ class FeedSession:
         try:
             tasks.add(asyncio.ensure_future(self._answer(ws, answers)))
             while True:
-                message = await ws.recv()
-                if isinstance(message, bytes):
-                    deliver(message, True)
-                else:
-                    deliver(message.encode(), False)
+                message, binary = await ws.recv_raw()
+                deliver(message, binary)
                 if publisher.full:
                     await publisher.room()  # backpressure: stop reading until Redis catches up
         finally:

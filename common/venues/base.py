@@ -47,7 +47,10 @@ class Keepalive:
             the websockets library always answers server pings with the same payload).
         app_ping: an application-level ping message we send (OKX ``"ping"``), or None.
         app_ping_s: interval for ``app_ping``.
-        silence_s: reconnect when no frame at all arrived for this long (the watchdog).
+        silence_s: the venue's heartbeat bound: with a heartbeat (or a pong to our ping) a live
+            connection is never silent this long, so the watchdog replaces one that is; None:
+            no heartbeat, the threshold is derived from the feed's own pace
+            (``producer.liveness``). ``producer.silence_s`` overrides both.
     """
 
     protocol_ping_s: float | None = 20.0

@@ -218,7 +218,10 @@ class Binance(Venue):
                     context=context,
                     subscribe_interval_s=SUBSCRIBE_INTERVAL_S,
                     # The server pings every 20 s (every 3 min on futures); we also ping every
-                    # 30 s so a dead TCP path is noticed by the missing pong.
+                    # 30 s so a dead TCP path is noticed by the missing pong. Pings prove the
+                    # path, not the subscription, and Binance has no heartbeat channel
+                    # (silence_s=None): the silence threshold is derived from the feed's own
+                    # rate (producer.liveness).
                     keepalive=Keepalive(protocol_ping_s=30.0, silence_s=None),
                     max_lifetime_s=LIFETIME_S,
                     name=f"{self.exchange}{'/' + context if context else ''}/{n}",

@@ -130,7 +130,9 @@ class BinanceFutures(Binance):
                         subscribe_interval_s=SUBSCRIBE_INTERVAL_S,
                         # The server pings every 3 min and waits 10 min for the pong; we also
                         # ping every 30 s so a dead TCP path shows up as a missing pong. No
-                        # silence watchdog: a quiet contract may have no trade for minutes.
+                        # application heartbeat (silence_s=None): the silence threshold is
+                        # derived from the feed's own rate (producer.liveness), since a quiet
+                        # contract may have no trade for minutes.
                         keepalive=Keepalive(protocol_ping_s=30.0, silence_s=None),
                         max_lifetime_s=LIFETIME_S,
                         name=f"{self.exchange}{route}/{n}",

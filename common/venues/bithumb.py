@@ -31,7 +31,8 @@ Docs: https://apidocs.bithumb.com/v1.2.0/reference/빗썸-거래소-정보-수�
   in the frame, so a redelivered (or re-batched) frame yields the same ids.
 - Best bid/ask: ``orderbookdepth`` sends level deltas with no snapshot to apply them to, and the
   ``orderbooksnapshot`` reply format is not documented, so quotes need ``api = "v2"``.
-- Keepalive undocumented: protocol pings, no silence watchdog (quiet markets send nothing).
+- Keepalive undocumented: protocol pings; no heartbeat, so the silence watchdog derives its
+  threshold from the feed's own pace (quiet markets send nothing for long: ``producer.liveness``).
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ class Bithumb(Upbit):
                     symbols=tuple(group),
                     channels=(Channel.TRADES,),
                     context=LEGACY_CONTEXT,
+                    # No documented heartbeat (silence_s=None): the silence threshold is derived
+                    # from the feed's own rate (producer.liveness); quiet markets send nothing.
                     keepalive=Keepalive(protocol_ping_s=30.0, silence_s=None),
                     name=f"{self.exchange}/{LEGACY_CONTEXT}/{n}",
                 )

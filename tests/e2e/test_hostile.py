@@ -261,6 +261,7 @@ def p(redis_url: str, database_url: str, work_dir: Path) -> Iterator[Pipeline]:
     with pipeline(
         work=work_dir, redis_url=redis_url, database_url=database_url, feeds=feeds,
         consumer={"batch_entries": 200},
+        producer={"silence_s": 300},  # the fake venue goes quiet after its burst: not tested here
     ) as pipe:  # fmt: skip
         yield pipe
 

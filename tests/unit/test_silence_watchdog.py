@@ -1,5 +1,6 @@
-"""The silence watchdog: a connection that delivers nothing for ``silence_s`` is replaced, one
-that keeps delivering is left alone (a real WebSocket server on 127.0.0.1)."""
+"""The silence watchdog: a connection that delivers nothing for its threshold is replaced, one
+that keeps delivering is left alone (a real WebSocket server on 127.0.0.1). The rule itself is
+tested in ``test_liveness``, each venue family against a real server in ``test_liveness_feeds``."""
 
 from __future__ import annotations
 
@@ -11,32 +12,37 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from common.metrics import Metrics
 from common.venues import Channel, ConnectionPlan, Keepalive, get_venue
+from producer.liveness import Liveness, LivenessRule
 from producer.publisher import Publisher
-from producer.session import FeedSession, watch_silence
+from producer.session import FeedSession, watch_liveness
 from producer.wire import RedisWire
 
 
-def test_watch_silence_returns_after_silence_and_not_while_frames_move() -> None:
+def test_watch_liveness_returns_after_silence_and_not_while_frames_move() -> None:
     async def scenario() -> tuple[float, float]:
         count = itertools.count()
         frames = 0
+        rule = LivenessRule(fixed_s=0.2)
+        feed = Liveness(rule)
 
         def moving() -> int:
             return next(count)
 
         t0 = time.monotonic()
-        task = asyncio.ensure_future(watch_silence(moving, 0.2))
+        watch = feed.watch(t0)
+        task = asyncio.ensure_future(watch_liveness(watch, moving, rule.tick_s))
         await asyncio.sleep(0.6)  # frames keep coming: no verdict
         assert not task.done()
         task.cancel()
 
         t1 = time.monotonic()
-        await watch_silence(lambda: frames, 0.2)
+        silence = await watch_liveness(feed.watch(t1), lambda: frames, rule.tick_s)
+        assert silence >= 0.2
         return t1 - t0, time.monotonic() - t1
 
     moving_for, silent_for = asyncio.run(scenario())
     assert moving_for >= 0.6
-    assert 0.2 <= silent_for <= 0.2 * 1.25 + 0.15
+    assert 0.2 <= silent_for <= 0.2 + 0.05 + 0.15  # the threshold, one tick, scheduling
 
 
 def test_a_silent_connection_is_replaced() -> None:
