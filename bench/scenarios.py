@@ -46,6 +46,7 @@ class Env:
         lines = [
             f'[redis]\nurl = "{self.redis_url}"\nmaxlen = 20000000\n',
             f'[database]\nurl = "{self.database_url}"\n',
+            f'[producer]\nspill_dir = "{self.work / "spill"}"\n',
             "[consumer]",
             *(f"{k} = {v}" for k, v in consumer.items()),
         ]

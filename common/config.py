@@ -26,7 +26,10 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def hide_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """``url`` with its password, also one given as ``?password=`` (or ``ssl_password=``), as
+    ``***``."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&](?:ssl_)?password=)[^&#]*", r"\1***", url)
 
 
 class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -36,9 +39,29 @@ class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 class RedisSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = DEFAULT_REDIS_URL
     maxlen: int = 5_000_000  # frames kept per exchange stream (about; see producer.retention)
+    retention: str = ""  # and no older than this ("24h", "90m", "7d"); "" keeps by count only
 
     def __repr__(self) -> str:
-        return f"RedisSettings(url={hide_password(self.url)!r}, maxlen={self.maxlen})"
+        return (
+            f"RedisSettings(url={hide_password(self.url)!r}, maxlen={self.maxlen}, "
+            f"retention={self.retention!r})"
+        )
+
+    @property
+    def retention_s(self) -> float | None:
+        return parse_duration(self.retention) if self.retention else None
+
+
+_DURATION = re.compile(r"([1-9][0-9]*)(s|m|h|d)")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` in seconds. Raises ValueError otherwise."""
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a duration like '90s', '15m', '24h' or '7d'")
+    return int(m.group(1)) * _UNIT_S[m.group(2)]
 
 
 class DatabaseSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -62,6 +85,13 @@ class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     rollover_overlap_s: float = 10.0  # make-before-break: both connections live this long
     rollover_after_s: float = 0.0  # roll connections over after this long (0: venue's limit)
     fast_frames: bool = True  # cut plain data frames out of the socket (see producer.frames)
+    max_frame_bytes: int = 8 * 2**20  # a larger frame ends its connection (from its header)
+    silence_s: float = 0.0  # replace a connection silent this long (0: derived, producer.liveness)
+    name: str = ""  # default: the host name; names this producer's spill directory
+    spill_dir: str = ".tickvault/spill"  # frames Redis cannot take wait here, in <dir>/<name>
+    spill_max_bytes: int = 1 << 30
+    spill_fsync: str = "1s"  # "always", "never", or an interval such as "200ms" or "1s"
+    spill_full: str = "block"  # "block" (stop reading the feeds) or "drop-oldest"
     stop_timeout_s: float = 20.0  # one budget for a stop: below compose's 30 s grace period
 
 
@@ -208,6 +238,35 @@ def _check_feed(i: int, raw: FeedSettings) -> Feed:
     return feed
 
 
+def parse_fsync(text: str) -> float | None:
+    """``producer.spill_fsync``: ``"always"`` -> 0.0, ``"never"`` -> None, an interval such as
+    ``"200ms"`` or ``"1s"`` -> seconds. Raises ValueError otherwise."""
+    if text == "always":
+        return 0.0
+    if text == "never":
+        return None
+    for suffix, scale in (("ms", 0.001), ("s", 1.0)):
+        number = text.removesuffix(suffix)
+        if number != text and number.isdigit() and int(number) > 0:
+            return int(number) * scale
+    raise ValueError(f"{text!r} is not 'always', 'never' or an interval like '200ms' or '1s'")
+
+
+def _check_spill(p: ProducerSettings) -> None:
+    try:
+        parse_fsync(p.spill_fsync)
+    except ValueError as exc:
+        raise ConfigError("producer.spill_fsync", str(exc)) from None
+    if p.spill_full not in ("block", "drop-oldest"):
+        raise ConfigError(
+            "producer.spill_full", f"unknown policy {p.spill_full!r}", "use block or drop-oldest"
+        )
+    if p.spill_max_bytes <= 0:
+        raise ConfigError("producer.spill_max_bytes", f"must be positive, got {p.spill_max_bytes}")
+    if "/" in p.name or p.name in (".", ".."):
+        raise ConfigError("producer.name", f"{p.name!r} cannot name a directory")
+
+
 def _located(message: str) -> tuple[str, str]:
     """Split msgspec's "... - at `$.feeds[0].x`" into (key, problem)."""
     m = re.search(r"^(.*?)(?: - at `\$\.?(.*)`)?$", message)
@@ -235,8 +294,12 @@ def settings_from_mapping(
         redis = msgspec.structs.replace(redis, url=env["TICKVAULT_REDIS_URL"])
     if env.get("TICKVAULT_DATABASE_URL"):
         database = msgspec.structs.replace(database, url=env["TICKVAULT_DATABASE_URL"])
-    if not redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("redis.url", f"{hide_password(redis.url)!r} is not a redis:// URL")
+    # redis-py's reading, which the producer's raw connection shares (common.redis_url): a URL
+    # it cannot read, or that would mean something else to one process, fails here; TLS files
+    # are loaded once now, not found missing at the first connect.
+    from .redis_url import redis_options  # (imports redis-py: not at module level)
+
+    redis_options(redis.url).ssl_context()
     if not database.url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             "database.url", f"{hide_password(database.url)!r} is not a postgresql:// URL"
@@ -252,10 +315,21 @@ def settings_from_mapping(
         "consumer.max_deliveries": raw.consumer.max_deliveries,
         "consumer.stop_timeout_s": raw.consumer.stop_timeout_s,
         "producer.stop_timeout_s": raw.producer.stop_timeout_s,
+        "producer.max_frame_bytes": raw.producer.max_frame_bytes,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be positive, got {value}")
+    if not raw.producer.silence_s >= 0:  # (NaN too)
+        raise ConfigError(
+            "producer.silence_s", f"must be 0 or positive, got {raw.producer.silence_s}",
+            "0 derives the threshold from each feed",
+        )  # fmt: skip
+    _check_spill(raw.producer)
+    try:
+        redis.retention_s  # noqa: B018  (parsed here so that a typo fails at start)
+    except ValueError as exc:
+        raise ConfigError("redis.retention", str(exc), 'e.g. "24h"') from None
     return Settings(
         redis=redis,
         database=database,

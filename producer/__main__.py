@@ -2,10 +2,11 @@
 append each raw frame to its exchange's Redis Stream.
 
 Stop (SIGTERM/SIGINT): the feeds close, then what is buffered is flushed, all within one budget,
-``producer.stop_timeout_s``. Exit statuses (``common.errors.ExitStatus``): 0 every frame received
-reached Redis; 2 a configuration error; 4 Redis refused in a way no retry can fix (the log says
-the fix); 5 frames were lost (dropped with the buffer full, or unsent at the deadline: the log
-counts them); 1 a bug.
+``producer.stop_timeout_s``; what Redis cannot take by then waits in the spill for the next
+start. Exit statuses (``common.errors.ExitStatus``): 0 every frame received reached Redis or the
+spill; 2 a configuration error (also: another producer holds this spill directory); 4 Redis
+refused in a way no retry can fix (the log says the fix); 5 frames were lost (dropped with memory
+and spill full, or unsent at the deadline without a spill: the log counts them); 1 a bug.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import time
+from pathlib import Path
 
-from common.config import Settings, load_settings
+from common.config import Settings, load_settings, parse_fsync
 from common.errors import ConfigError, ExitStatus, FatalError
 from common.logs import setup_logging
 from common.metrics import Metrics, serve_metrics
 
 from .publisher import Publisher
 from .session import FeedSession
+from .spill import Spill, SpillError
 from .wire import RedisWire
 
 logger = logging.getLogger("producer")
@@ -61,8 +65,10 @@ def build_sessions(settings: Settings, publisher: Publisher, metrics: Metrics) -
                     backoff_initial_s=p.backoff_initial_s,
                     backoff_max_s=p.backoff_max_s,
                     start_delay_s=n * CONNECT_SPACING_S,
-                    maxlen=settings.redis.maxlen,
+                    maxlen=0,  # no MAXLEN on XADD: the publisher's retention trims (see there)
                     fast_frames=p.fast_frames,
+                    silence_s=p.silence_s,
+                    max_frame_bytes=p.max_frame_bytes,
                 )
             )
     return sessions
@@ -79,6 +85,7 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
     if metrics_port:
         serve_metrics(metrics, metrics_port)
     p = settings.producer
+    spill = open_spill(settings)
     publisher = Publisher(
         RedisWire(settings.redis.url, timeout=10.0),
         buffer_frames=p.buffer_frames,
@@ -86,6 +93,8 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         metrics=metrics,
         backoff_max_s=p.backoff_max_s,
         max_frames=settings.redis.maxlen,
+        retention_s=settings.redis.retention_s,
+        spill=spill,
     )
     sessions = build_sessions(settings, publisher, metrics)
     logger.info("producer: %d connections for %s", len(sessions), ", ".join(settings.exchanges))
@@ -110,6 +119,9 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         first = group.exceptions[0]
         assert isinstance(first, FatalError)
         fatal = first
+    finally:
+        if spill is not None:
+            spill.close()
     if fatal is not None:
         logger.critical(
             "producer stopped: %s refused (%s): %s. Fix: %s. %d frames were not written.",
@@ -121,6 +133,28 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         logger.error("producer stopped having lost %d frames (see above)", publisher.lost)
         return ExitStatus.LOST
     return ExitStatus.OK
+
+
+def producer_name(settings: Settings) -> str:
+    return settings.producer.name or socket.gethostname()
+
+
+def open_spill(settings: Settings) -> Spill | None:
+    """This producer's spill (``<spill_dir>/<name>``), or None when ``spill_dir`` is empty."""
+    p = settings.producer
+    if not p.spill_dir:
+        return None
+    fsync = parse_fsync(p.spill_fsync)
+    directory = Path(p.spill_dir) / producer_name(settings)
+    try:
+        return Spill(
+            directory,
+            max_bytes=p.spill_max_bytes,
+            fsync_every_s=fsync,
+            drop_oldest=p.spill_full == "drop-oldest",
+        ).open()
+    except SpillError as exc:
+        raise ConfigError("producer.spill_dir", str(exc)) from None
 
 
 async def _until_stop_or_failure(stop: asyncio.Event, publisher: asyncio.Task[None]) -> None:
@@ -141,6 +175,7 @@ async def _status(metrics: Metrics, publisher: Publisher, stop: asyncio.Event) -
             await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
         except TimeoutError:
             metrics.set("buffered", publisher.buffered)
+            metrics.set("spilled", publisher.spilled)
             logger.info("producer: %s", metrics.summary())
 
 

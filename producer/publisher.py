@@ -1,4 +1,4 @@
-"""Frames -> Redis Stream, pipelined.
+"""Frames -> Redis Stream, pipelined, with a disk spill for what Redis cannot take now.
 
 Sessions put frames (with their connection's :class:`~producer.wire.XaddPacker`) in an
 in-memory buffer; one task sends everything buffered in one pipelined round trip (at most
@@ -7,14 +7,20 @@ during a round trip ride the next one, and back-to-back frames of one connection
 entry (a run, see ``common.envelope``). So XADDs batch themselves under load, and Redis' cost per
 frame falls, without adding latency when the feed is slow.
 
-Each stream keeps about ``max_frames`` frames (``redis.maxlen``): see ``producer.retention``.
+When Redis is unreachable, refuses writes (OOM, READONLY: ``common.errors``) or stalls (the
+buffer past ``high_water`` frames and no reply for ``STALL_S``), frames go to the spill
+(``producer.spill``) instead, in order. Redis that answers, if more slowly than the feeds send,
+is not away: the sessions pause at ``high_water`` (TCP backpressure), as a spill would only
+spend the CPU that Redis needs. Invariant: every frame in memory is newer than every frame in
+the spill, so frames are sent from memory only while the spill is empty; while it is not, it
+drains first (oldest first), new frames queue behind it, and the sessions keep reading. Redis is
+probed about once a second while away, so the spill drains within seconds of its return. A stop
+with Redis away writes what is in memory to the spill (nothing is lost; the next start drains
+it). Only a full spill stops the sessions reading (policy ``block``) or loses its oldest frames
+(``drop-oldest``), and without a spill the memory buffer's ``buffer_frames`` is the bound:
+frames past it are dropped, counted and logged; the exit status then says frames were lost.
 
-Memory is bounded two ways. While Redis is up but slower than the feeds, sessions wait once the
-buffer holds ``high_water`` frames (they stop reading their sockets: TCP backpressure), so a burst
-never piles up here. While Redis is unreachable the buffer keeps up to ``buffer_frames`` frames,
-in order, the loss of Redis is logged and counted, and they are flushed, oldest first, when
-Redis returns; frames that find the buffer full are dropped, counted and logged: a gap, never a
-silent one.
+Trimming is ``producer.retention``'s: it never removes what a consumer group has not acked.
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
+from typing import Any
 
-from common.errors import Action, backoff, classify
+from common.errors import Action, TransientError, backoff, classify
 from common.metrics import Metrics
 
-from .retention import FrameWindow
-from .wire import Pending, RedisWire, XaddPacker, command, pack_runs
+from .retention import Retention
+from .spill import Record, Spill
+from .wire import Pending, RedisWire, XaddPacker, pack_runs
 
 logger = logging.getLogger(__name__)
+
+PROBE_S = 1.0  # while Redis is away, try it about this often
+STALL_S = 1.0  # behind by high_water frames and no reply this long: Redis counts as away
 
 
 class Publisher:
@@ -45,7 +57,9 @@ class Publisher:
         backoff_max_s: float = 30.0,
         high_water: int = 20_000,
         max_frames: int = 0,
+        retention_s: float | None = None,
         trim_every_s: float = 1.0,
+        spill: Spill | None = None,
     ) -> None:
         self.wire = wire
         self.buffer_frames = buffer_frames
@@ -53,159 +67,268 @@ class Publisher:
         self.metrics = metrics
         self.backoff_max_s = backoff_max_s
         self.high_water = min(high_water, buffer_frames)
+        self.spill = spill
         self._buffer: deque[Pending] = deque()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        self.window = FrameWindow(max_frames) if max_frames > 0 else None
-        self.trim_every_s = trim_every_s
+        self.retention = Retention(
+            wire, metrics, max_frames=max_frames, max_age_s=retention_s, every_s=trim_every_s
+        )
         self.drain_budget_s = 10.0
-        self._last_trim = time.monotonic()
         self._down_since: float | None = None
-        self._last_drop_log = 0.0
+        self._next_probe = 0.0
+        self._spill_full = False  # the spill refused frames (policy block): sessions wait
+        self._last_drop_log = self._last_down_log = 0.0
         self._dropped_since_log = 0
+        self._packers: dict[tuple[str, str, str, str], XaddPacker] = {}
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
     @property
+    def spilled(self) -> int:
+        return self.spill.records if self.spill is not None else 0
+
+    @property
     def full(self) -> bool:
-        """True when a session should wait (Redis up and ``high_water`` frames queued)."""
+        """True when a session should stop reading: Redis up (answering, if more slowly than
+        the feeds send) and ``high_water`` frames queued, or the spill full under ``block``."""
+        if self._spill_full:
+            return True
         return len(self._buffer) >= self.high_water and self._down_since is None
 
     async def room(self) -> None:
-        """Wait until the buffer is below ``high_water`` again (or Redis went down)."""
+        """Wait until a session may read again."""
         while self.full:
             self._room.clear()
             await self._room.wait()
 
     def put(self, packer: XaddPacker, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bool:
-        """Queue one frame. Returns False (and counts a drop) when the buffer is full."""
+        """Queue one frame. Returns False (and counts a drop) when memory is full."""
         if len(self._buffer) >= self.buffer_frames:
-            self.metrics.inc("dropped")
-            self._dropped_since_log += 1
-            now = time.monotonic()
-            if now - self._last_drop_log >= 5.0:
-                logger.error(
-                    "buffer full (%d frames, redis down): dropped %d frames since last report",
-                    len(self._buffer),
-                    self._dropped_since_log,
-                )
-                self._last_drop_log = now
-                self._dropped_since_log = 0
+            self._drop(1, "memory buffer full")
             return False
         self._buffer.append((packer, frame, binary, seq, recv_ns))
         self._wake.set()
         return True
 
+    def _drop(self, n: int, why: str) -> None:
+        self.metrics.inc("dropped", n)
+        self._dropped_since_log += n
+        now = time.monotonic()
+        if now - self._last_drop_log >= 5.0:
+            logger.error(
+                "%s: dropped %d frames since the last report (%d buffered, %d spilled)",
+                why, self._dropped_since_log, len(self._buffer), self.spilled,
+            )  # fmt: skip
+            self._last_drop_log = now
+            self._dropped_since_log = 0
+
+    @property
+    def lost(self) -> int:
+        """Frames that never reached Redis or the spill: dropped, or unsent at stop."""
+        c = self.metrics.counters
+        return c["dropped"] + c["unsent_at_stop"] + c["spill_dropped"]
+
+    # -- the loop -----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, drain_budget_s: float | None = None) -> None:
         """Publish until ``stop`` is set, then flush what is buffered within ``drain_budget_s``
-        (default: :attr:`drain_budget_s`) from the moment the stop is seen: one deadline for
-        every retry of the flush together.
+        (default: :attr:`drain_budget_s`) from the moment the stop is seen; what is left then
+        goes to the spill.
 
         Raises:
             FatalError: Redis refused in a way no retry can fix; the buffer is kept.
         """
-        delays = None
         deadline: float | None = None
+        delays = None
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while True:
+                now = time.monotonic()
                 if stop.is_set() and deadline is None:
                     budget = self.drain_budget_s if drain_budget_s is None else drain_budget_s
-                    deadline = time.monotonic() + budget
-                if not self._buffer:
-                    if stop.is_set():
-                        return
-                    self._wake.clear()
-                    wake = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait({wake, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                    wake.cancel()
+                    deadline = now + budget
+                if stop.is_set() and (
+                    (not self._buffer and not self.spill)  # all sent
+                    or (self.spill is not None and (self._down_since is not None or self.spill))
+                    or (deadline is not None and now >= deadline)
+                ):  # with a spill, a stop never waits for Redis: the next start sends the rest
+                    self._stop_with_rest()
+                    return
+                if self._should_spill():
+                    self._to_spill()
+                if self._down_since is not None and now < self._next_probe:
+                    await self._wait(stop_wait, self._next_probe - now)
+                    continue
+                if not self._buffer and not self.spill:
+                    await self._wait(stop_wait, self.retention.next_tick_in(now))
+                    await self._tick_retention()
                     continue
                 try:
-                    await self._send_some()
+                    if self.spill:
+                        await self._drain_some()
+                    else:
+                        await self._send_some()
                     delays = None
+                    await self._tick_retention()
                 except Exception as exc:
                     if classify(exc) is not Action.RETRY:
                         raise
                     if delays is None:
-                        # Redis is local and critical: probe it about every second, not on the
-                        # exchange-reconnect backoff, so the buffer drains soon after its return.
-                        delays = backoff(initial=0.2, cap=min(1.0, self.backoff_max_s))
+                        delays = backoff(initial=0.2, cap=min(PROBE_S, self.backoff_max_s))
                     self._note_down(exc)
-                    left = float("inf") if deadline is None else deadline - time.monotonic()
-                    if left <= 0:
-                        logger.error(
-                            "stopping with %d frames unsent: redis unreachable",
-                            len(self._buffer),
-                        )
-                        self.metrics.inc("unsent_at_stop", len(self._buffer))
-                        return
-                    await asyncio.sleep(min(next(delays), left, 1.0 if stop.is_set() else left))
+                    self._next_probe = time.monotonic() + next(delays)
         finally:
             stop_wait.cancel()
+            if self.spill is not None:
+                self.spill.sync()
             await self.wire.close()
 
-    @property
-    def lost(self) -> int:
-        """Frames that never reached Redis: dropped (buffer full) or unsent at stop."""
-        return self.metrics.counters["dropped"] + self.metrics.counters["unsent_at_stop"]
+    async def _wait(self, stop_wait: asyncio.Future[Any], seconds: float) -> None:
+        """Until a frame arrives, the stop, or ``seconds``."""
+        if self._buffer and self._should_spill() and not self._spill_full:
+            return
+        self._wake.clear()
+        wake = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait(
+            [wake, stop_wait], timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+        )
+        wake.cancel()
+
+    def _should_spill(self) -> bool:
+        """Memory goes to the spill while Redis is away (a stall counts: see ``_send_some``),
+        or while the spill is not empty (order)."""
+        if self.spill is None or not self._buffer:
+            return False
+        return self._down_since is not None or bool(self.spill)
+
+    def _to_spill(self) -> None:
+        assert self.spill is not None
+        n = len(self._buffer)
+        taken = self.spill.append(_records(itertools.islice(self._buffer, n)))
+        for _ in range(taken):
+            self._buffer.popleft()
+        self.metrics.inc("spilled", taken)
+        self.metrics.set("spill_bytes", self.spill.bytes)
+        if self.spill.dropped:
+            self.metrics.inc("spill_dropped", self.spill.dropped)
+            self.spill.dropped = 0
+        was_full, self._spill_full = self._spill_full, taken < n
+        if self._spill_full and not was_full:
+            logger.error(
+                "spill full (%d bytes): the feeds stop reading until it drains (policy block)",
+                self.spill.max_bytes,
+            )
+        elif was_full and not self._spill_full:
+            self._room.set()
+
+    def _stop_with_rest(self) -> None:
+        """At the stop: what is still in memory goes to the spill; only what cannot is lost."""
+        if self._buffer and self.spill is not None:
+            self._to_spill()
+            self.spill.sync()
+        if self.spilled:
+            logger.warning(
+                "stopping with %d frames in the spill %s: the next start sends them",
+                self.spilled, self.spill.directory if self.spill is not None else "",
+            )  # fmt: skip
+        if self._buffer:
+            logger.error("stopping with %d frames unsent: redis unreachable", len(self._buffer))
+            self.metrics.inc("unsent_at_stop", len(self._buffer))
 
     async def _send_some(self) -> None:
         n = min(len(self._buffer), self.pipeline_max)
         payload, sizes = pack_runs(itertools.islice(self._buffer, n))
-        replies = await self.wire.execute(payload, len(sizes))
+        if self.spill is not None and len(self._buffer) >= self.high_water:
+            # Behind, with the feeds paused: a Redis that answers (if more slowly than the
+            # feeds send) keeps them paused; one that does not answer within STALL_S (a stall:
+            # a fork, a disk, a fail-over) counts as away, and the frames go to the spill
+            # rather than wait in the venues' buffers. (Under a flood, replies keep coming.)
+            try:
+                replies = await asyncio.wait_for(self.wire.execute(payload, len(sizes)), STALL_S)
+            except TimeoutError:
+                await self.wire.close()  # a reply may be half read: start afresh
+                raise TransientError(f"redis stalled: no reply within {STALL_S:g} s") from None
+        else:
+            replies = await self.wire.execute(payload, len(sizes))
         # Only now are they in Redis: drop them from the buffer. (A failure midway may have
         # stored some of them; they are sent again, and the consumer's natural keys dedupe.)
         for _ in range(n):
             self._buffer.popleft()
-        self.metrics.inc("published", n)
+        self._sent(n, sizes, replies)
+        if len(self._buffer) < self.high_water // 2:
+            self._room.set()
+
+    async def _drain_some(self) -> None:
+        """Send the spill's oldest frames; forget them once Redis has them."""
+        assert self.spill is not None
+        records = self.spill.take(self.pipeline_max)
+        if not records:
+            return
+        pending = [(self._packer(r), r.frame, r.binary, r.seq, r.recv_ns) for r in records]
+        payload, sizes = pack_runs(pending)
+        try:
+            replies = await self.wire.execute(payload, len(sizes))
+        except BaseException:
+            self.spill.untake()
+            raise
+        self.spill.consume(len(records))
+        self.metrics.inc("spill_drained", len(records))
+        self.metrics.set("spill_bytes", self.spill.bytes)
+        self._sent(len(records), sizes, replies)
+        if not self.spill:
+            logger.info("spill drained; sending from memory again")
+            if self._spill_full:
+                self._spill_full = False
+                self._room.set()
+
+    def _packer(self, r: Record) -> XaddPacker:
+        ident = (r.key, r.exchange, r.context, r.conn)
+        packer = self._packers.get(ident)
+        if packer is None:
+            if len(self._packers) > 10_000:
+                self._packers.clear()
+            packer = self._packers[ident] = XaddPacker(r.key, 0, r.exchange, r.context, r.conn)
+        return packer
+
+    def _sent(self, frames: int, sizes: list[tuple[str, int]], replies: list[object]) -> None:
+        self.metrics.inc("published", frames)
         self.metrics.inc("entries", len(sizes))
         self.metrics.inc("round_trips")
         if self._down_since is not None:
             logger.warning(
-                "redis is back after %.1f s; flushing %d buffered frames",
-                time.monotonic() - self._down_since,
-                len(self._buffer) + n,
-            )
+                "redis is back after %.1f s; sending %d buffered and %d spilled frames",
+                time.monotonic() - self._down_since, len(self._buffer), self.spilled,
+            )  # fmt: skip
             self._down_since = None
-        if len(self._buffer) < self.high_water // 2:
-            self._room.set()
-        if self.window is not None:
-            for (key, frames), entry_id in zip(sizes, replies, strict=True):
+        if self.retention.enabled:
+            for (key, n), entry_id in zip(sizes, replies, strict=True):
                 if isinstance(entry_id, bytes):
-                    self.window.add(key, entry_id, frames)
-            await self._trim()
+                    self.retention.add(key, entry_id, n)
 
-    async def _trim(self) -> None:
-        """At most once per ``trim_every_s``: XTRIM the streams whose frame window moved."""
-        assert self.window is not None
-        now = time.monotonic()
-        if now - self._last_trim < self.trim_every_s:
-            return
-        self._last_trim = now
-        trims = self.window.trims()
-        if trims:
-            commands = [
-                command(b"XTRIM", key.encode(), b"MINID", b"~", b"%d" % ms) for key, ms in trims
-            ]
-            await self.wire.execute(b"".join(commands), len(commands))
-            self.metrics.inc("trims", len(commands))
+    async def _tick_retention(self) -> None:
+        if self._down_since is None:
+            await self.retention.tick()
 
     def _note_down(self, exc: BaseException) -> None:
         self.metrics.inc("redis_errors")
-        self._room.set()  # sessions keep reading into the buffer while Redis is away
+        self._room.set()  # sessions keep reading: into the spill, or into memory
+        where = f"the spill {self.spill.directory}" if self.spill is not None else "memory"
         if self._down_since is None:
             self._down_since = time.monotonic()
-            logger.error(
-                "redis unreachable (%s): buffering frames in memory (up to %d)",
-                exc,
-                self.buffer_frames,
-            )
-        else:
+            logger.error("redis refuses or is unreachable (%s): buffering frames in %s", exc, where)
+        elif time.monotonic() - self._last_down_log >= 10.0:
+            self._last_down_log = time.monotonic()
             logger.warning(
-                "redis still unreachable after %.1f s; %d frames buffered",
-                time.monotonic() - self._down_since,
-                len(self._buffer),
-            )
+                "redis still away after %.1f s; %d frames in memory, %d spilled",
+                time.monotonic() - self._down_since, len(self._buffer), self.spilled,
+            )  # fmt: skip
+
+
+def _records(pending: Iterable[Pending]) -> Iterable[Record]:
+    for packer, frame, binary, seq, recv_ns in pending:
+        yield Record(
+            packer.key, packer.exchange, packer.context, packer.conn_id, seq, recv_ns, binary, frame
+        )

@@ -10,14 +10,13 @@ one ``%`` format.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Iterable
-from urllib.parse import unquote, urlsplit
 
 import hiredis
 
 from common.envelope import RUN_MAX
 from common.errors import Action, TransientError, classify, fatal_error
+from common.redis_url import redis_options
 
 
 def _bulk(value: bytes) -> bytes:
@@ -30,20 +29,21 @@ def command(*parts: bytes) -> bytes:
 
 
 class XaddPacker:
-    """Packs ``XADD key MAXLEN ~ N * f <frame> k t|b e <ex> x <ctx> c <conn> n <seq> t <ns>``,
-    or for a run of frames the same with ``l <len,len,...>`` appended (see ``common.envelope``).
+    """Packs ``XADD key * f <frame> k t|b e <ex> x <ctx> c <conn> n <seq> t <ns>``, or for a run
+    of frames the same with ``l <len,len,...>`` appended (see ``common.envelope``).
 
-    The field order is the consumer's fast path.
+    The field order is the consumer's fast path. There is no ``MAXLEN`` unless ``maxlen > 0``
+    is given: trimming is the publisher's, which never removes what a consumer group has not
+    acknowledged (``producer.retention``).
     """
 
     def __init__(self, key: str, maxlen: int, exchange: str, context: str, conn_id: str) -> None:
-        head = b"".join(
-            _bulk(part)
-            for part in (b"XADD", key.encode(), b"MAXLEN", b"~", str(maxlen).encode(), b"*", b"f")
-        )
+        cap = (b"MAXLEN", b"~", str(maxlen).encode()) if maxlen > 0 else ()
+        head = b"".join(_bulk(part) for part in (b"XADD", key.encode(), *cap, b"*", b"f"))
         self.key = key
-        self.prefix = b"*20\r\n" + head
-        self.run_prefix = b"*22\r\n" + head
+        self.exchange, self.context, self.conn_id = exchange, context, conn_id  # for the spill
+        self.prefix = b"*%d\r\n" % (17 + len(cap)) + head
+        self.run_prefix = b"*%d\r\n" % (19 + len(cap)) + head
         middle = b"".join(
             _bulk(part)
             for part in (b"e", exchange.encode(), b"x", context.encode(), b"c", conn_id.encode())
@@ -124,50 +124,65 @@ def pack_runs(
 
 
 class RedisWire:
-    """One connection that sends packed commands and checks their replies."""
+    """One connection that sends packed commands and checks their replies.
+
+    Its host, port, unix socket, database, ACL user, password and TLS settings are redis-py's
+    reading of ``url`` (``common.redis_url``): the same as the consumer's client.
+
+    Raises:
+        ConfigError: ``url`` is not one both processes read the same, or a TLS file of it does
+            not load.
+    """
 
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
-        self.scheme = parts.scheme
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
-        self.path = parts.path
-        self.db = 0
-        if parts.scheme != "unix" and parts.path.strip("/"):
-            self.db = int(parts.path.strip("/"))
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
+        self.options = redis_options(url)
+        self._tls = self.options.ssl_context()  # built once: its files are read now
+        # Sent on every new connection, as redis-py's on_connect does: AUTH, SELECT, then a PING:
+        # a server that wants a password answers the PING with NOAUTH (an XADD of 20 arguments
+        # would get a vague "unauthenticated multibulk" protocol error instead).
+        setup = []
+        auth = self.options.auth()
+        if auth is not None:
+            setup.append(command(b"AUTH", *(part.encode() for part in auth)))
+        if self.options.db:
+            setup.append(command(b"SELECT", str(self.options.db).encode()))
+        setup.append(command(b"PING"))
+        self._setup = b"".join(setup)
+        self._setup_count = len(setup)
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._parser = hiredis.Reader()
 
     async def connect(self) -> None:
+        """Open the connection and authenticate, select the database and PING.
+
+        Raises:
+            TransientError: the server is unreachable (refused, reset, timed out).
+            FatalError: a refusal no retry can fix: a certificate that does not verify, a unix
+                socket the process may not open, NOAUTH, WRONGPASS.
+        """
         await self.close()
         self._parser = hiredis.Reader()
+        options = self.options
         try:
             async with asyncio.timeout(self.timeout):
-                if self.scheme == "unix":
-                    self._reader, self._writer = await asyncio.open_unix_connection(self.path)
+                if options.path is not None:
+                    self._reader, self._writer = await asyncio.open_unix_connection(options.path)
                 else:
-                    tls = ssl.create_default_context() if self.scheme == "rediss" else None
                     self._reader, self._writer = await asyncio.open_connection(
-                        self.host, self.port, ssl=tls
+                        options.host, options.port, ssl=self._tls
                     )
         except (OSError, TimeoutError) as exc:
-            raise TransientError(f"redis unreachable: {exc!r}") from exc
-        setup = []
-        if self.password is not None:
-            auth = [b"AUTH"] + ([self.username.encode()] if self.username else [])
-            setup.append(command(*auth, self.password.encode()))
-        if self.db:
-            setup.append(command(b"SELECT", str(self.db).encode()))
-        # A PING first: a server that wants a password answers it with NOAUTH (an XADD of 20
-        # arguments would get a vague "unauthenticated multibulk" protocol error instead).
-        setup.append(command(b"PING"))
-        await self.execute(b"".join(setup), len(setup))
+            fatal = fatal_error(exc)  # None for an outage
+            if fatal is not None:
+                raise fatal from exc
+            raise TransientError(f"redis at {options.where()} unreachable: {exc!r}") from exc
+        try:
+            await self.execute(self._setup, self._setup_count)
+        except BaseException:
+            await self.close()  # not left open unauthenticated, or in database 0
+            raise
 
     @property
     def connected(self) -> bool:

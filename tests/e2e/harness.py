@@ -59,7 +59,11 @@ class Pipeline:
 
     def write_config(self) -> None:
         consumer = {"batch_ms": 20, "claim_idle_ms": 1500, "claim_every_s": 0.5, **self.consumer}
-        producer = {"backoff_initial_s": 0.05, "backoff_max_s": 0.5, **self.producer}
+        producer = {
+            "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
+            "spill_dir": str(self.work / "spill"),  # each test its own (not the repo's)
+            **self.producer,
+        }  # fmt: skip
         lines = [
             f'[redis]\nurl = "{self.redis_url}"\n',
             f'[database]\nurl = "{self.database_url}"\n',

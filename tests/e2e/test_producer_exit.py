@@ -32,14 +32,14 @@ def test_a_stop_with_everything_written_exits_0(
         assert time.monotonic() - started < 10
 
 
-def test_a_stop_with_redis_down_exits_5_within_its_budget_and_counts_the_loss(
+def test_without_a_spill_a_stop_with_redis_down_exits_5_within_its_budget(
     database_url: str, work_dir: Path, tmp_path: Path
 ) -> None:
     server = RedisServer(tmp_path / "redis").start()
     try:
         with pipeline(
             work=work_dir, redis_url=server.url, database_url=database_url, feeds=FEEDS,
-            producer={"stop_timeout_s": 2.0},
+            producer={"stop_timeout_s": 2.0, "spill_dir": ""},  # no spill: memory only
         ) as p:  # fmt: skip
             p.simulator(rate=200, trades=100_000)
             producer = p.start_producer()

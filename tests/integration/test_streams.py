@@ -134,7 +134,7 @@ def test_pending_entries_of_a_dead_consumer_are_claimed_and_deleted_ones_acked(
     assert "no longer exist" in caplog.text
 
 
-PACKER = XaddPacker(KEY, 1_000_000, "binance", "", "c")
+PACKER = XaddPacker(KEY, 0, "binance", "", "c")
 
 
 async def _publish(url: str, n: int, buffer_frames: int = 100_000) -> tuple[Publisher, Metrics]:
@@ -184,6 +184,12 @@ def test_the_stream_keeps_about_maxlen_frames_however_many_share_an_entry(
     """Three waves of 3,200 frames, a second apart, with ``max_frames`` 3,000: runs of 32 make
     ~100 entries a wave, far below any entry cap, yet the stream keeps only the last wave."""
 
+    redis_client.xgroup_create(KEY, "tickvault", id="0", mkstream=True)
+
+    def consume_all() -> None:
+        for _, entries in redis_client.xreadgroup("tickvault", "c", {KEY: ">"}) or []:
+            redis_client.xack(KEY, "tickvault", *[entry_id for entry_id, _ in entries])
+
     async def waves() -> Metrics:
         metrics = Metrics("producer")
         pub = Publisher(
@@ -196,6 +202,7 @@ def test_the_stream_keeps_about_maxlen_frames_however_many_share_an_entry(
             for i in range(wave * 3_200, (wave + 1) * 3_200):
                 pub.put(PACKER, frame(i)[b"f"], False, i, 1_700_000_000_000_000_000)
             await asyncio.sleep(1.05)  # the wave is sent at once; the next lands a second on
+            consume_all()  # trimming stops at what the group has not acked
         stop.set()
         await task
         return metrics

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from producer.retention import MAX_BUCKETS, FrameWindow
+from producer.retention import (
+    MAX_BUCKETS,
+    FrameWindow,
+    GroupState,
+    consumed_bound,
+    parse_groups,
+    parse_id,
+)
 
 
 def eid(ms: int, seq: int = 0) -> bytes:
@@ -62,3 +69,28 @@ def test_merged_buckets_lose_no_frames() -> None:
         w.add("a", eid(second * 1000), 1)
     assert w.buckets("a") == 2_500  # 2-second buckets since the 4,097th second
     assert w.frames("a") == 5_000 and w.trims() == []
+
+
+# -- the rule: never past what a group has not acked ------------------------------------------
+
+
+def test_the_bound_is_the_oldest_entry_any_group_still_needs() -> None:
+    done = GroupState("tickvault", pending=0, last_delivered=(900, 0), lag=0)
+    behind = GroupState("tickvault-replay-1", 3, (500, 2), 10, oldest_pending=(450, 1))
+    assert consumed_bound([done]) == (900, 0)
+    assert consumed_bound([done, behind]) == (450, 1)
+    assert consumed_bound([]) is None  # no group yet: nothing may go
+    assert behind.behind == 13
+
+
+def test_xinfo_groups_replies_are_read_by_name() -> None:
+    reply = [
+        [b"name", b"tickvault", b"consumers", 2, b"pending", 4, b"last-delivered-id",
+         b"1700000000123-7", b"entries-read", 99, b"lag", 5],
+        [b"name", b"other", b"consumers", 0, b"pending", 0, b"last-delivered-id", b"0-0",
+         b"entries-read", None, b"lag", None],
+    ]  # fmt: skip
+    [a, b] = parse_groups(reply)
+    assert (a.name, a.pending, a.last_delivered, a.lag) == ("tickvault", 4, (1700000000123, 7), 5)
+    assert (b.name, b.lag, b.unacked_from) == ("other", None, (0, 0))
+    assert parse_id("5") == (5, 0)

@@ -1,0 +1,344 @@
+"""The producer's disk spill: frames that cannot go to Redis now wait here, in order, on disk.
+
+Layout: one directory per producer name, holding segment files ``<16-digit number>.seg`` and a
+``lock`` file (one producer at a time owns a directory; a second one fails at start). A segment
+is a sequence of records::
+
+    <u32 payload length, little-endian> <u32 CRC-32 of the payload> <payload>
+
+and a payload is the msgpack array ``[stream key, exchange, context, connection id, number,
+receive ns, binary?, frame bytes]``: everything needed to XADD the frame as it would have been.
+
+Invariants:
+- records are appended in the order frames arrived and drained in that order, oldest segment
+  first; a drained record is forgotten only after the caller says its XADD succeeded
+  (:meth:`Spill.consume`), so a crash mid-drain re-sends some frames (the consumers' natural
+  keys absorb the duplicates) and loses none;
+- ``write()`` puts the bytes in the kernel at once, so a SIGKILLed producer loses nothing that
+  was appended; ``fsync`` (``always`` / an interval / ``never``) decides what survives a host
+  crash;
+- a torn record (a crash mid-append: short header, short payload, wrong CRC) ends its segment's
+  readable part: it is logged and counted, never raised;
+- the spill holds at most ``max_bytes``; past that, ``append`` refuses (policy ``block``: the
+  caller stops reading its sockets) or deletes the oldest segment (``drop-oldest``: counted as
+  lost frames).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<II")
+SEGMENT_BYTES = 64 << 20  # a segment is closed past this size
+READ_CHUNK = 1 << 20  # bytes per write() at most when appending
+WINDOW = 4 << 20  # bytes read at once when draining (more for a larger record)
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(tuple[str, str, str, str, int, int, bool, bytes]).decode
+
+
+class SpillError(Exception):
+    """The spill directory cannot be used (another producer owns it, or it is not writable)."""
+
+
+class Record(NamedTuple):
+    key: str
+    exchange: str
+    context: str
+    conn: str
+    seq: int
+    recv_ns: int
+    binary: bool
+    frame: bytes
+
+
+def encode_record(record: Record) -> bytes:
+    payload = _encode(tuple(record))
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass
+class _Segment:
+    path: Path
+    size: int  # valid bytes on disk
+    records: int  # records not yet consumed
+
+
+class Spill:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        fsync_every_s: float | None = 0.0,
+        drop_oldest: bool = False,
+        segment_bytes: int = SEGMENT_BYTES,
+    ) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.fsync_every_s = fsync_every_s
+        self.drop_oldest = drop_oldest
+        self.segment_bytes = segment_bytes
+        self.torn = 0  # torn records found
+        self.dropped = 0  # frames deleted by drop-oldest
+        self._segments: list[_Segment] = []
+        self._writer: int | None = None  # fd of the last segment, open for appending
+        self._last_fsync = time.monotonic()
+        self._dirty = False
+        # draining, in the first segment: where its first unconsumed record starts, the end
+        # offsets of records taken but not yet consumed, and a window of its bytes
+        self._read_offset = 0
+        self._taken: list[int] = []
+        self._window = b""
+        self._window_start = 0
+        self._lock_fd: int | None = None
+
+    # -- life ---------------------------------------------------------------------------------
+    def open(self) -> Spill:
+        """Take the directory (lock) and find the segments a predecessor left."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpillError(f"spill directory {self.directory}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpillError(
+                f"spill directory {self.directory} is in use by another producer "
+                "(give each producer its own producer.name)"
+            ) from None
+        self._lock_fd = fd
+        for path in sorted(self.directory.glob("*.seg")):
+            size, records = self._scan(path)
+            if records:
+                self._segments.append(_Segment(path, size, records))
+            else:
+                path.unlink(missing_ok=True)
+        if self._segments:
+            logger.warning(
+                "spill %s holds %d frames (%d bytes) from an earlier run: draining them first",
+                self.directory, self.records, self.bytes,
+            )  # fmt: skip
+        return self
+
+    def close(self) -> None:
+        self.sync()
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _scan(self, path: Path) -> tuple[int, int]:
+        """(readable bytes, records) of a segment; a torn tail is cut off the file."""
+        data = path.read_bytes()
+        offset = records = 0
+        while offset < len(data):
+            end = _record_end(data, offset)
+            if end is None:
+                self._torn(path, offset, len(data))
+                with open(path, "r+b") as fh:
+                    fh.truncate(offset)
+                break
+            offset, records = end, records + 1
+        return offset, records
+
+    def _torn(self, path: Path, offset: int, size: int) -> None:
+        self.torn += 1
+        logger.error(
+            "spill %s: torn record at byte %d of %d (a crash mid-write): skipped the rest",
+            path.name, offset, size,
+        )  # fmt: skip
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    @property
+    def records(self) -> int:
+        """Records not yet consumed (those taken and not yet consumed included)."""
+        return sum(s.records for s in self._segments)
+
+    def __bool__(self) -> bool:
+        return bool(self._segments)
+
+    # -- writing ------------------------------------------------------------------------------
+    def append(self, records: Iterable[Record]) -> int:
+        """Append ``records`` in order; returns how many were taken (fewer when the spill is
+        full and the policy is ``block``). Not while records are taken (see ``take``)."""
+        assert not self._taken, "append while a drain is under way"
+        taken = count = 0
+        chunk = bytearray()
+        for record in records:
+            blob = encode_record(record)
+            if chunk and (
+                len(chunk) + len(blob) > READ_CHUNK or self._segment_room() < len(chunk) + len(blob)
+            ):
+                self._write(chunk, count)  # a segment ends at a write: keep writes within one
+                taken += count
+                chunk, count = bytearray(), 0
+            if not self._room(len(chunk) + len(blob)):
+                break
+            chunk += blob
+            count += 1
+        if chunk:
+            self._write(chunk, count)
+            taken += count
+        return taken
+
+    def _segment_room(self) -> int:
+        """Bytes the segment being written takes before the next write starts a new one."""
+        last = self._segments[-1] if self._segments else None
+        if self._writer is None or last is None or last.size >= self.segment_bytes:
+            return self.segment_bytes
+        return self.segment_bytes - last.size
+
+    def _room(self, more: int) -> bool:
+        if self.bytes + more <= self.max_bytes:
+            return True
+        if not self.drop_oldest:
+            return False
+        while self.bytes + more > self.max_bytes and self._segments:
+            self._drop_first()
+        return self.bytes + more <= self.max_bytes
+
+    def _drop_first(self) -> None:
+        first = self._segments.pop(0)
+        if not self._segments and self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+        self.dropped += first.records
+        self._read_offset, self._window, self._window_start = 0, b"", 0
+        first.path.unlink(missing_ok=True)
+        logger.error(
+            "spill full (%d bytes): deleted its oldest segment, %d frames lost",
+            self.max_bytes, first.records,
+        )  # fmt: skip
+
+    def _write(self, chunk: bytearray, count: int) -> None:
+        last = self._segments[-1] if self._segments else None
+        if self._writer is None or last is None or last.size >= self.segment_bytes:
+            if self._writer is not None:
+                self._fsync()
+                os.close(self._writer)
+            number = int(last.path.stem) + 1 if last is not None else 1
+            last = _Segment(self.directory / f"{number:016d}.seg", 0, 0)
+            self._segments.append(last)
+            self._writer = os.open(last.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._writer, view) :]
+        last.size += len(chunk)
+        last.records += count
+        self._dirty = True
+        if self.fsync_every_s is not None and (
+            time.monotonic() - self._last_fsync >= self.fsync_every_s
+        ):
+            self._fsync()
+
+    def _fsync(self) -> None:
+        if self._writer is not None and self._dirty:
+            os.fsync(self._writer)
+            self._dirty = False
+        self._last_fsync = time.monotonic()
+
+    def sync(self) -> None:
+        """fsync what was appended (at a stop, whatever the policy)."""
+        self._fsync()
+
+    # -- draining -----------------------------------------------------------------------------
+    def take(self, n: int) -> list[Record]:
+        """Up to ``n`` of the oldest records not yet taken (from the first segment only).
+        Follow with :meth:`consume` once they are in Redis, or :meth:`untake`."""
+        out: list[Record] = []
+        while self._segments:
+            first = self._segments[0]
+            while len(out) < n and len(self._taken) < first.records:
+                offset = self._taken[-1] if self._taken else self._read_offset
+                record, end = self._read(first, offset)
+                if record is None:
+                    break
+                out.append(record)
+                self._taken.append(end)
+            if out or first.records > 0:
+                return out
+            self._forget_first()  # nothing readable left in it (a torn record)
+        return out
+
+    def _read(self, segment: _Segment, offset: int) -> tuple[Record | None, int]:
+        rel = offset - self._window_start
+        end = _record_end(self._window, rel) if 0 <= rel <= len(self._window) else None
+        if end is None:  # not in the window: read the next WINDOW bytes, or this record whole
+            with open(segment.path, "rb") as fh:
+                fh.seek(offset)
+                head = fh.read(HEADER.size)
+                length = HEADER.unpack(head)[0] if len(head) == HEADER.size else 0
+                more = min(segment.size - offset, max(WINDOW, HEADER.size + length))
+                self._window = head + fh.read(max(0, more - len(head)))
+            self._window_start, rel = offset, 0
+            end = _record_end(self._window, 0)
+        if end is None:  # torn after the scan (cannot happen to what we wrote; be safe)
+            self._torn(segment.path, offset, segment.size)
+            segment.records = len(self._taken)
+            segment.size = offset
+            return None, offset
+        try:
+            record = Record(*_decode(self._window[rel + HEADER.size : end]))
+        except msgspec.DecodeError:  # a record of another version: count it as torn
+            self._torn(segment.path, offset, segment.size)
+            segment.records = len(self._taken)
+            segment.size = offset
+            return None, offset
+        return record, self._window_start + end
+
+    def consume(self, n: int) -> None:
+        """The first ``n`` records taken are in Redis: forget them (a drained segment goes)."""
+        if n <= 0:
+            return
+        first = self._segments[0]
+        self._read_offset = self._taken[n - 1]
+        del self._taken[:n]
+        first.records -= n
+        if first.records <= 0 and not self._taken:
+            self._forget_first()
+
+    def _forget_first(self) -> None:
+        first = self._segments.pop(0)
+        if not self._segments and self._writer is not None:
+            os.close(self._writer)  # it was the segment being written
+            self._writer = None
+        first.path.unlink(missing_ok=True)
+        self._read_offset, self._window, self._window_start = 0, b"", 0
+
+    def untake(self) -> None:
+        """The records taken could not be sent: they are taken again next time."""
+        self._taken = []
+
+
+def _record_end(data: bytes, offset: int) -> int | None:
+    """Where the record at ``offset`` of ``data`` ends; None if it is torn or incomplete."""
+    if len(data) - offset < HEADER.size:
+        return None
+    length, crc = HEADER.unpack_from(data, offset)
+    start = offset + HEADER.size
+    end: int = start + length
+    if end > len(data) or zlib.crc32(data[start:end]) != crc:
+        return None
+    return end

@@ -1,0 +1,152 @@
+"""The publisher with its spill while Redis is away, and when it comes back: order kept, a full
+spill blocks the feeds or drops its oldest frames (counted as lost), a stop loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.envelope import decode_entry, raw_key
+from common.metrics import Metrics
+from common.servers import free_port
+from producer.publisher import Publisher
+from producer.spill import Record, Spill, encode_record
+from producer.wire import RedisWire, XaddPacker
+
+pytestmark = pytest.mark.integration
+
+KEY = raw_key("binance")
+PACKER = XaddPacker(KEY, 0, "binance", "", "c#1")
+
+
+def body(i: int) -> bytes:
+    return b'{"e":"trade","s":"BTCUSDT","t":%d,"p":"1","q":"1","T":1,"m":true}' % i
+
+
+def make(url: str, spill: Spill | None, metrics: Metrics, **kw: int) -> Publisher:
+    return Publisher(
+        RedisWire(url, timeout=0.5), buffer_frames=kw.get("buffer", 100_000), pipeline_max=500,
+        metrics=metrics, high_water=kw.get("high_water", 20_000), spill=spill,
+    )  # fmt: skip
+
+
+async def feed(pub: Publisher, frames: range, *, stop_after: bool = True) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(pub.run(stop, drain_budget_s=1.0))
+    for i in frames:
+        pub.put(PACKER, body(i), False, i, 1_700_000_000_000_000_000 + i)
+        if i % 50 == 0:
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)
+    stop.set()
+    await task
+
+
+def seqs_in_stream(client: redis.Redis) -> list[int]:
+    return [env.seq for _, f in client.xrange(KEY) for env in decode_entry(dict(f))]
+
+
+def test_frames_spilled_while_redis_is_away_arrive_in_order_after_it_returns(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens
+    metrics = Metrics("producer")
+    spill = Spill(tmp_path, max_bytes=1 << 24).open()
+    asyncio.run(feed(make(down, spill, metrics), range(1, 1001)))
+    assert spill.records == 1000 and metrics.counters["unsent_at_stop"] == 0
+    spill.close()
+    # the next start, Redis back: the spill goes first, then what arrives now, in order
+    again = Spill(tmp_path, max_bytes=1 << 24).open()
+    metrics = Metrics("producer")
+    pub = make(redis_url, again, metrics)
+    asyncio.run(feed(pub, range(1001, 1201)))
+    assert seqs_in_stream(redis_client) == list(range(1, 1201))
+    assert metrics.counters["spill_drained"] >= 1000 and pub.lost == 0
+    assert not again and list(tmp_path.glob("*.seg")) == []
+
+
+def test_a_full_spill_blocks_the_feeds(tmp_path: Path) -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    size = len(encode_record(_record(1)))
+    spill = Spill(tmp_path, max_bytes=100 * size).open()
+    metrics = Metrics("producer")
+    pub = make(down, spill, metrics, buffer=300)
+
+    async def run() -> bool:
+        stop = asyncio.Event()
+        task = asyncio.create_task(pub.run(stop, drain_budget_s=0.5))
+        blocked = False
+        for i in range(1, 501):
+            pub.put(PACKER, body(i), False, i, 1_700_000_000_000_000_000 + i)
+            await asyncio.sleep(0.001 if i % 10 == 0 else 0)  # the publisher gets its turns
+            blocked = blocked or pub.full
+        stop.set()
+        await task
+        return blocked
+
+    assert asyncio.run(run())  # sessions are told to stop reading
+    assert spill.records <= 100
+    assert pub.lost == metrics.counters["dropped"] + metrics.counters["unsent_at_stop"] > 0
+
+
+def test_a_full_spill_under_drop_oldest_keeps_the_newest_and_counts_the_loss(
+    tmp_path: Path,
+) -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    size = len(encode_record(_record(1)))
+    spill = Spill(tmp_path, max_bytes=100 * size, segment_bytes=10 * size, drop_oldest=True)
+    spill.open()
+    metrics = Metrics("producer")
+    pub = make(down, spill, metrics)
+    asyncio.run(feed(pub, range(1, 501)))
+    assert metrics.counters["spill_dropped"] > 0 and pub.lost == metrics.counters["spill_dropped"]
+    kept = []
+    while got := spill.take(100):
+        kept += [r.seq for r in got]
+        spill.consume(len(got))
+    assert kept == list(range(501 - len(kept), 501))  # the newest, in order
+    assert metrics.counters["spill_dropped"] + len(kept) == 500
+
+
+def _record(i: int) -> Record:
+    return Record(KEY, "binance", "", "c#1", i, 1_700_000_000_000_000_000 + i, False, body(i))
+
+
+def test_a_stalled_redis_counts_as_away_and_the_frames_go_to_the_spill(tmp_path: Path) -> None:
+    """A server that takes the connection and never answers (a stall: a fork, a disk): with
+    ``high_water`` frames waiting, the publisher gives up on it after STALL_S and spills."""
+
+    async def run() -> tuple[int, int]:
+        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(1 << 16):
+                pass  # reads everything, answers nothing
+            writer.close()
+
+        server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        spill = Spill(tmp_path, max_bytes=1 << 24).open()
+        metrics = Metrics("producer")
+        pub = Publisher(
+            RedisWire(f"redis://127.0.0.1:{port}/0", timeout=30.0), buffer_frames=10_000,
+            pipeline_max=100, metrics=metrics, high_water=50, spill=spill,
+        )  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.create_task(pub.run(stop, drain_budget_s=0.5))
+        for i in range(1, 201):
+            pub.put(PACKER, body(i), False, i, 1_700_000_000_000_000_000 + i)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if spill.records == 200:
+                break
+        spilled, buffered = spill.records, pub.buffered
+        stop.set()
+        await task
+        server.close()
+        await server.wait_closed()
+        return spilled, buffered
+
+    spilled, buffered = asyncio.run(run())
+    assert (spilled, buffered) == (200, 0)  # all of them, the ones in flight first (in order)

@@ -1,0 +1,148 @@
+"""The producer's disk spill: order, durability across a reopen, torn records, the size bound."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.config import parse_fsync
+from producer.spill import HEADER, Record, Spill, SpillError, encode_record
+
+
+def rec(i: int, size: int = 20) -> Record:
+    frame = (b'{"t":%d}' % i).ljust(size, b" ")
+    key = "tickvault:raw:{binance}"
+    return Record(key, "binance", "", "c#1", i, 1_700_000_000 + i, False, frame)
+
+
+def drain(spill: Spill, batch: int = 7) -> list[Record]:
+    out: list[Record] = []
+    while True:
+        got = spill.take(batch)
+        if not got:
+            return out
+        out += got
+        spill.consume(len(got))
+
+
+def test_records_come_back_in_order_across_segments(tmp_path: Path) -> None:
+    spill = Spill(tmp_path, max_bytes=1 << 20, segment_bytes=500).open()
+    records = [rec(i) for i in range(100)]
+    assert spill.append(records[:60]) == 60
+    assert spill.append(records[60:]) == 40
+    assert len(list(tmp_path.glob("*.seg"))) > 3 and spill.records == 100
+    assert drain(spill) == records
+    assert not spill and list(tmp_path.glob("*.seg")) == []
+
+
+def test_a_reopened_spill_holds_what_a_killed_producer_appended(tmp_path: Path) -> None:
+    first = Spill(tmp_path, max_bytes=1 << 20, fsync_every_s=None).open()
+    first.append([rec(i) for i in range(10)])
+    taken = first.take(4)
+    first.consume(2)  # two were sent; two more were in flight when it died
+    assert [r.seq for r in taken] == [0, 1, 2, 3]
+    os.close(first._lock_fd)  # type: ignore[arg-type]  # as a SIGKILL would release it
+    second = Spill(tmp_path, max_bytes=1 << 20).open()
+    # the two consumed ones are gone only if their segment was; re-sending is harmless
+    seqs = [r.seq for r in drain(second)]
+    assert seqs[-8:] == list(range(2, 10)) and seqs == sorted(seqs)
+
+
+def test_a_torn_last_record_is_skipped_with_a_log_line_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spill = Spill(tmp_path, max_bytes=1 << 20).open()
+    spill.append([rec(i) for i in range(5)])
+    spill.close()
+    [segment] = tmp_path.glob("*.seg")
+    whole = segment.read_bytes()
+    segment.write_bytes(whole + encode_record(rec(5))[:-3])  # a crash mid-append
+    again = Spill(tmp_path, max_bytes=1 << 20).open()
+    assert [r.seq for r in drain(again)] == [0, 1, 2, 3, 4]
+    assert again.torn == 1 and "torn record" in caplog.text
+
+
+def test_a_corrupted_record_ends_its_segment_without_an_exception(tmp_path: Path) -> None:
+    spill = Spill(tmp_path, max_bytes=1 << 20).open()
+    spill.append([rec(i) for i in range(5)])
+    spill.close()
+    [segment] = tmp_path.glob("*.seg")
+    data = bytearray(segment.read_bytes())
+    third = 2 * len(encode_record(rec(0)))
+    data[third + HEADER.size + 3] ^= 0xFF  # a flipped bit: its CRC no longer matches
+    segment.write_bytes(bytes(data))
+    again = Spill(tmp_path, max_bytes=1 << 20).open()
+    assert [r.seq for r in drain(again)] == [0, 1] and again.torn == 1
+
+
+def test_a_full_spill_blocks_or_drops_its_oldest_segment(tmp_path: Path) -> None:
+    size = len(encode_record(rec(0)))
+    block = Spill(tmp_path / "block", max_bytes=10 * size, segment_bytes=3 * size).open()
+    assert block.append([rec(i) for i in range(15)]) == 10  # the rest is refused
+    assert block.dropped == 0
+    drop = Spill(
+        tmp_path / "drop", max_bytes=10 * size, segment_bytes=3 * size, drop_oldest=True
+    ).open()
+    assert drop.append([rec(i) for i in range(15)]) == 15
+    assert drop.dropped > 0 and drop.bytes <= 10 * size
+    seqs = [r.seq for r in drain(drop)]
+    assert seqs == list(range(15 - len(seqs), 15))  # the newest are kept, in order
+    assert drop.dropped + len(seqs) == 15
+
+
+def test_one_producer_per_directory(tmp_path: Path) -> None:
+    Spill(tmp_path, max_bytes=100).open()
+    with pytest.raises(SpillError, match="in use"):
+        Spill(tmp_path, max_bytes=100).open()
+
+
+def test_untaken_records_are_taken_again(tmp_path: Path) -> None:
+    spill = Spill(tmp_path, max_bytes=1 << 20).open()
+    spill.append([rec(i) for i in range(3)])
+    assert [r.seq for r in spill.take(2)] == [0, 1]
+    spill.untake()  # the XADD failed
+    assert [r.seq for r in drain(spill)] == [0, 1, 2]
+
+
+def test_fsync_policies() -> None:
+    assert parse_fsync("always") == 0.0 and parse_fsync("never") is None
+    assert parse_fsync("200ms") == pytest.approx(0.2) and parse_fsync("2s") == 2.0
+    for bad in ("sometimes", "0ms", "-1s", "1h", ""):
+        with pytest.raises(ValueError):
+            parse_fsync(bad)
+
+
+@settings(max_examples=60, database=None, deadline=None)
+@given(
+    ops=st.lists(st.tuples(st.sampled_from(["append", "drain"]), st.integers(1, 30)), max_size=25)
+)
+def test_appends_and_drains_interleaved_keep_order_and_lose_nothing(
+    ops: list[tuple[str, int]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    spill = Spill(tmp_path_factory.mktemp("spill"), max_bytes=1 << 20, segment_bytes=300).open()
+    written = drained = 0
+    out: list[int] = []
+    for op, n in ops:
+        if op == "append":
+            spill.append([rec(written + i, size=5 + (written + i) % 40) for i in range(n)])
+            written += n
+        else:
+            got = spill.take(n)
+            spill.consume(len(got))
+            out += [r.seq for r in got]
+            drained += len(got)
+    out += [r.seq for r in drain(spill)]
+    assert out == list(range(written))
+    spill.close()
+
+
+def test_records_larger_than_the_read_window_drain_whole(tmp_path: Path) -> None:
+    spill = Spill(tmp_path, max_bytes=64 << 20).open()
+    big = [rec(i, size=5 << 20) for i in range(3)]  # 5 MiB frames: past the 4 MiB window
+    spill.append([rec(0), *big[1:], rec(3)])
+    assert [r.seq for r in drain(spill, batch=1)] == [0, 1, 2, 3]
+    assert spill.torn == 0
