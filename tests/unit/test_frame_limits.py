@@ -22,10 +22,9 @@ from common.simulator.server import raw_frames
 from common.symbols import parse_symbol
 from common.venues import Channel, get_venue
 from producer.frames import FrameSplitter, TruncatedFrame
-from producer.publisher import Publisher
 from producer.session import FeedSession
-from producer.wire import RedisWire, XaddPacker
 from tests.conftest import SLOW
+from tests.recorder import Recorder
 
 MiB = 2**20
 
@@ -108,20 +107,6 @@ def test_a_frame_cut_short_by_eof_raises() -> None:
 
 
 # -- against real servers ----------------------------------------------------------------------
-
-
-class Recorder(Publisher):
-    """A publisher that keeps what it is given (no Redis)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__(
-            RedisWire("redis://127.0.0.1:1/0"), buffer_frames=10, pipeline_max=10, metrics=metrics
-        )
-        self.frames: list[tuple[bytes, bool]] = []
-
-    def put(self, packer: XaddPacker, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bool:
-        self.frames.append((frame, binary))
-        return True
 
 
 Handler = Callable[[ServerConnection, int], Awaitable[None]]

@@ -26,28 +26,13 @@ from common.metrics import Metrics
 from common.symbols import parse_symbol
 from common.venues import Channel, ConnectionPlan, get_venue
 from producer.liveness import LivenessRule
-from producer.publisher import Publisher
 from producer.session import FeedSession
-from producer.wire import RedisWire, XaddPacker
 from tests.conftest import SLOW
+from tests.recorder import Recorder
 
 FLOOR = 0.3
 RULE = LivenessRule(floor_s=FLOOR, ceiling_s=1.0, min_gaps=4)  # tick 0.075 s
 SLACK = 0.35 * SLOW  # scheduling and the close handshake on a shared 2-core machine
-
-
-class Recorder(Publisher):
-    """A publisher that keeps what it is given (no Redis)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__(
-            RedisWire("redis://127.0.0.1:1/0"), buffer_frames=10, pipeline_max=10, metrics=metrics
-        )
-        self.frames: list[tuple[bytes, bool]] = []
-
-    def put(self, packer: XaddPacker, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bool:
-        self.frames.append((frame, binary))
-        return True
 
 
 @dataclass
