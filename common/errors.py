@@ -157,9 +157,18 @@ REDIS_FIXES = {
 }
 
 
-def redis_reply_action(code: str) -> Action:
+# ERR replies that mean "not now" (redis-py raises ConnectionError for the first one; the
+# producer's raw connection reads the reply itself).
+REDIS_RETRY_ERR = ("max number of clients reached",)
+
+
+def redis_reply_action(code: str, message: str = "") -> Action:
     """The action for a Redis error reply's code (``OOM``, ``WRONGTYPE``, ...)."""
-    return Action.RETRY if code in REDIS_RETRY else Action.FATAL
+    if code in REDIS_RETRY:
+        return Action.RETRY
+    if code == "ERR" and any(text in message for text in REDIS_RETRY_ERR):
+        return Action.RETRY
+    return Action.FATAL
 
 
 _CODE = re.compile(r"[A-Z][A-Z_]+\Z")
@@ -178,7 +187,11 @@ def redis_code(exc: BaseException) -> str:
 # -- PostgreSQL ----------------------------------------------------------------------------------
 
 PG_RETRY_CLASSES = frozenset({"08", "40", "53"})
-PG_RETRY_STATES = frozenset({"57P01", "57P02", "57P03", "57P05", "57014", "55P03"})
+# 25P02/25P03: the session's transaction is aborted, or the server ended an idle one: a fresh
+# connection (the store reconnects on every retried error) clears both.
+PG_RETRY_STATES = frozenset(
+    {"57P01", "57P02", "57P03", "57P05", "57014", "55P03", "25P02", "25P03"}
+)
 PG_DATA_CLASSES = frozenset({"22", "23", "54"})
 
 PG_FIXES = {
@@ -253,7 +266,7 @@ def classify(exc: BaseException) -> Action:
     if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError)):
         return Action.FATAL
     if isinstance(exc, (rx.ResponseError, hiredis.ReplyError)):
-        return redis_reply_action(redis_code(exc))
+        return redis_reply_action(redis_code(exc), str(exc))
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)):
         return Action.RETRY  # includes BusyLoadingError (LOADING) and lost connections
     if isinstance(exc, UnicodeEncodeError):

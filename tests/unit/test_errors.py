@@ -50,6 +50,8 @@ def sql(state: str, message: str = "refused") -> psycopg.Error:
         ("57P02", Action.RETRY),
         ("57P03", Action.RETRY),  # cannot connect now
         ("55P03", Action.RETRY),  # lock not available
+        ("25P02", Action.RETRY),  # in a failed transaction: a fresh connection clears it
+        ("25P03", Action.RETRY),  # idle-in-transaction timeout: the server ended the session
         ("57014", Action.RETRY),  # query cancelled
         ("42501", Action.FATAL),  # insufficient privilege
         ("42P01", Action.FATAL),  # undefined table
@@ -85,6 +87,7 @@ REPLIES = [
     ("CLUSTERDOWN The cluster is down", Action.RETRY),
     ("BUSY Redis is busy running a script.", Action.RETRY),
     ("NOGROUP No such key 'x' or consumer group 'g'", Action.RETRY),
+    ("ERR max number of clients reached", Action.RETRY),
     ("WRONGTYPE Operation against a key holding the wrong kind of value", Action.FATAL),
     ("NOPERM this user has no permissions to run the 'xack' command", Action.FATAL),
     ("NOAUTH Authentication required.", Action.FATAL),
