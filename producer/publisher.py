@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 PROBE_S = 1.0  # while Redis is away, try it about this often
 STALL_S = 1.0  # behind by high_water frames and no reply this long: Redis counts as away
+CONNECT_S = 2.0  # the first connection's handshake (AUTH, SELECT, PING) at most this long
 
 
 class Publisher:
@@ -145,6 +146,7 @@ class Publisher:
         delays = None
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
+            await self._connect_at_start()
             while True:
                 now = time.monotonic()
                 if stop.is_set() and deadline is None:
@@ -185,6 +187,18 @@ class Publisher:
             if self.spill is not None:
                 self.spill.sync()
             await self.wire.close()
+
+    async def _connect_at_start(self) -> None:
+        """Connect before the first frame: a wrong password or certificate stops the producer
+        at start (FatalError), and a Redis that is away is known as such at once."""
+        try:
+            await asyncio.wait_for(self.wire.connect(), CONNECT_S)
+        except Exception as exc:
+            if classify(exc) is not Action.RETRY:
+                raise
+            await self.wire.close()
+            self._note_down(exc)
+            self._next_probe = time.monotonic() + PROBE_S
 
     async def _wait(self, stop_wait: asyncio.Future[Any], seconds: float) -> None:
         """Until a frame arrives, the stop, or ``seconds``."""

@@ -33,8 +33,10 @@ import trustme
 from common.config import settings_from_mapping
 from common.envelope import decode_entry, raw_key
 from common.errors import Action, ExitStatus, FatalError, classify, fatal_error
-from common.servers import find_redis_server, free_port
+from common.metrics import Metrics
+from common.servers import RedisServer, find_redis_server, free_port
 from consumer.__main__ import connect_redis
+from producer.publisher import Publisher
 from producer.wire import RedisWire, XaddPacker
 from tests.conftest import SLOW
 from tests.waiting import wait_for
@@ -416,3 +418,24 @@ def test_verification_off_is_honoured_by_both_processes(tls_server: Server, pki:
     """``ssl_cert_reqs=none`` (the URL's own choice) connects without a CA, in both."""
     port = tls_server.addr["port"]
     round_trip(tls_server, f"rediss://:secret@127.0.0.1:{port}/6?ssl_cert_reqs=none", db=6)
+
+
+def test_the_publisher_stops_at_start_without_the_password_before_any_frame(
+    tmp_path: Path,
+) -> None:
+    """A wrong password is a configuration error: the producer says so at start, not when the
+    first frame arrives (which on a quiet feed may be minutes later)."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        admin.config_set("requirepass", "secret")
+        admin.close()
+        pub = Publisher(
+            RedisWire(f"redis://127.0.0.1:{server.port}/0"), buffer_frames=10, pipeline_max=10,
+            metrics=Metrics("producer"),
+        )  # fmt: skip
+        with pytest.raises(FatalError) as info:
+            asyncio.run(asyncio.wait_for(pub.run(asyncio.Event()), 5))
+        assert info.value.code in ("NOAUTH", "WRONGPASS") and pub.buffered == 0
+    finally:
+        server.kill()

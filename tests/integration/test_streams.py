@@ -169,10 +169,8 @@ def test_publisher_pipelines_and_keeps_order(redis_client: redis.Redis, redis_ur
     # exactly the envelope the consumer reads, field order included (its fast path)
     redis_client.set_response_callback("XRANGE", lambda r, **_: r)
     names = {tuple(raw[::2]) for _, raw in redis_client.xrange(KEY)}
-    assert names == {
-        (b"f", b"k", b"e", b"x", b"c", b"n", b"t", b"l"),
-        (b"f", b"k", b"e", b"x", b"c", b"n", b"t"),
-    }
+    run = (b"f", b"k", b"e", b"x", b"c", b"n", b"t", b"l")
+    assert run in names and names <= {run, run[:-1]}  # a lone frame's entry has no "l"
     assert metrics.counters["published"] == 5000
     assert metrics.counters["entries"] == len(entries)
     assert metrics.counters["round_trips"] <= 5000 / 100  # batched, not one XADD per trip
