@@ -65,7 +65,6 @@ def build_sessions(settings: Settings, publisher: Publisher, metrics: Metrics) -
                     backoff_initial_s=p.backoff_initial_s,
                     backoff_max_s=p.backoff_max_s,
                     start_delay_s=n * CONNECT_SPACING_S,
-                    maxlen=0,  # no MAXLEN on XADD: the publisher's retention trims (see there)
                     fast_frames=p.fast_frames,
                     silence_s=p.silence_s,
                     max_frame_bytes=p.max_frame_bytes,

@@ -105,7 +105,6 @@ class FeedSession:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         start_delay_s: float = 0.0,
-        maxlen: int = 5_000_000,
         fast_frames: bool = True,
         silence_s: float = 0.0,
         liveness: LivenessRule | None = None,
@@ -114,7 +113,6 @@ class FeedSession:
         """``silence_s`` > 0 fixes the silence threshold; 0 derives it (``producer.liveness``,
         with the venue's heartbeat bound from ``plan.keepalive.silence_s``). ``liveness``
         replaces the whole rule (tests)."""
-        self.maxlen = maxlen
         self.venue = venue
         self.plan = plan
         self.publisher = publisher
@@ -281,7 +279,11 @@ class FeedSession:
         publisher, reply = self.publisher, self.venue.reply
         put = publisher.put
         packer = XaddPacker(
-            self.key, self.maxlen, self.venue.exchange, self.plan.context, gen.conn_id
+            self.key,
+            0,
+            self.venue.exchange,
+            self.plan.context,
+            gen.conn_id,  # no MAXLEN: see retention
         )
         answers: asyncio.Queue[str] = asyncio.Queue()
         tasks: set[asyncio.Future[None]] = set()
