@@ -85,7 +85,7 @@ async def _batched(url: str, frames: list[dict[bytes, bytes]]) -> float:
         RedisWire(url), buffer_frames=len(frames) + 1, pipeline_max=2000,
         metrics=Metrics("bench"), high_water=len(frames) + 1,
     )  # fmt: skip
-    packer = XaddPacker(KEY, 20_000_000, "binance", "", "b")
+    packer = XaddPacker(KEY, "binance", "", "b")
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(pub.run(stop))

@@ -304,7 +304,7 @@ class Publisher:
         if packer is None:
             if len(self._packers) > 10_000:
                 self._packers.clear()
-            packer = self._packers[ident] = XaddPacker(r.key, 0, r.exchange, r.context, r.conn)
+            packer = self._packers[ident] = XaddPacker(r.key, r.exchange, r.context, r.conn)
         return packer
 
     def _sent(self, frames: int, sizes: list[tuple[str, int]], replies: list[object]) -> None:

@@ -278,13 +278,8 @@ class FeedSession:
         bytes, text frames too (never decoded: no UTF-8 check can close the connection)."""
         publisher, reply = self.publisher, self.venue.reply
         put = publisher.put
-        packer = XaddPacker(
-            self.key,
-            0,
-            self.venue.exchange,
-            self.plan.context,
-            gen.conn_id,  # no MAXLEN: see retention
-        )
+        # no MAXLEN on XADD: the publisher's retention trims, never past unacked entries
+        packer = XaddPacker(self.key, self.venue.exchange, self.plan.context, gen.conn_id)
         answers: asyncio.Queue[str] = asyncio.Queue()
         tasks: set[asyncio.Future[None]] = set()
         paused = False

@@ -32,18 +32,17 @@ class XaddPacker:
     """Packs ``XADD key * f <frame> k t|b e <ex> x <ctx> c <conn> n <seq> t <ns>``, or for a run
     of frames the same with ``l <len,len,...>`` appended (see ``common.envelope``).
 
-    The field order is the consumer's fast path. There is no ``MAXLEN`` unless ``maxlen > 0``
-    is given: trimming is the publisher's, which never removes what a consumer group has not
-    acknowledged (``producer.retention``).
+    The field order is the consumer's fast path. There is no ``MAXLEN``: trimming is the
+    publisher's, which never removes what a consumer group has not acknowledged
+    (``producer.retention``).
     """
 
-    def __init__(self, key: str, maxlen: int, exchange: str, context: str, conn_id: str) -> None:
-        cap = (b"MAXLEN", b"~", str(maxlen).encode()) if maxlen > 0 else ()
-        head = b"".join(_bulk(part) for part in (b"XADD", key.encode(), *cap, b"*", b"f"))
+    def __init__(self, key: str, exchange: str, context: str, conn_id: str) -> None:
+        head = b"".join(_bulk(part) for part in (b"XADD", key.encode(), b"*", b"f"))
         self.key = key
         self.exchange, self.context, self.conn_id = exchange, context, conn_id  # for the spill
-        self.prefix = b"*%d\r\n" % (17 + len(cap)) + head
-        self.run_prefix = b"*%d\r\n" % (19 + len(cap)) + head
+        self.prefix = b"*17\r\n" + head
+        self.run_prefix = b"*19\r\n" + head
         middle = b"".join(
             _bulk(part)
             for part in (b"e", exchange.encode(), b"x", context.encode(), b"c", conn_id.encode())

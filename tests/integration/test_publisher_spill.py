@@ -19,7 +19,7 @@ from producer.wire import RedisWire, XaddPacker
 pytestmark = pytest.mark.integration
 
 KEY = raw_key("binance")
-PACKER = XaddPacker(KEY, 0, "binance", "", "c#1")
+PACKER = XaddPacker(KEY, "binance", "", "c#1")
 
 
 def body(i: int) -> bytes:

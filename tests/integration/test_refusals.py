@@ -451,7 +451,7 @@ def test_the_producer_process_exits_4_on_a_stream_key_of_another_type(
     assert redis_client.get(KEY) == b"not a stream"
 
 
-PACKER = XaddPacker(KEY, 1_000_000, EXCHANGE, "", "c")
+PACKER = XaddPacker(KEY, EXCHANGE, "", "c")
 
 
 def publisher(url: str, metrics: Metrics) -> Publisher:

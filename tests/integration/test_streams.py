@@ -134,7 +134,7 @@ def test_pending_entries_of_a_dead_consumer_are_claimed_and_deleted_ones_acked(
     assert "no longer exist" in caplog.text
 
 
-PACKER = XaddPacker(KEY, 0, "binance", "", "c")
+PACKER = XaddPacker(KEY, "binance", "", "c")
 
 
 async def _publish(url: str, n: int, buffer_frames: int = 100_000) -> tuple[Publisher, Metrics]:
@@ -263,7 +263,7 @@ def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_store
         for trade_id in ids
     ]
     if as_run:
-        packer = XaddPacker(okx_key, 1_000_000, "okx", "", "c")
+        packer = XaddPacker(okx_key, "okx", "", "c")
         payload, _ = pack_runs(
             (packer, body, False, n, ts_ms * 10**6) for n, body in enumerate(bodies)
         )

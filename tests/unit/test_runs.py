@@ -38,15 +38,15 @@ def body(i: int) -> bytes:
 
 def run_fields(frames: list[bytes], first_seq: int = 1) -> list[bytes]:
     """The flat field list XREADGROUP returns for one run entry, as the producer packs it."""
-    packer = XaddPacker(KEY, 100, "binance", "", "c1")
+    packer = XaddPacker(KEY, "binance", "", "c1")
     pending = [(packer, f, False, first_seq + i, NOW + i) for i, f in enumerate(frames)]
     payload, sizes = pack_runs(pending)
     assert len(sizes) == 1
     reader = hiredis.Reader()
     reader.feed(payload)
     command = reader.gets()
-    assert isinstance(command, list)
-    return command[6:]
+    assert isinstance(command, list) and command[:3] == [b"XADD", KEY.encode(), b"*"]
+    return command[3:]
 
 
 def test_split_run_refuses_lengths_that_do_not_add_up() -> None:

@@ -18,10 +18,10 @@ def _parse(payload: bytes) -> object:
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_packed_xadd_parses_back_to_the_command(binary: bool) -> None:
-    packer = XaddPacker("tickvault:raw:{upbit}", 5_000_000, "upbit", "ctx", "upbit/0#3@17")
+    packer = XaddPacker("tickvault:raw:{upbit}", "upbit", "ctx", "upbit/0#3@17")
     frame = b'\x00\r\n{"a":1}\xff' if binary else b'{"e":"trade"}'
     assert _parse(packer.pack(frame, binary, 42, 1_700_000_000_000_000_001)) == [
-        b"XADD", b"tickvault:raw:{upbit}", b"MAXLEN", b"~", b"5000000", b"*",
+        b"XADD", b"tickvault:raw:{upbit}", b"*",
         b"f", frame, b"k", b"b" if binary else b"t", b"e", b"upbit", b"x", b"ctx",
         b"c", b"upbit/0#3@17", b"n", b"42", b"t", b"1700000000000000001",
     ]  # fmt: skip
@@ -33,16 +33,14 @@ def _entries(payload: bytes) -> list[dict[bytes, bytes]]:
     reader.feed(payload)
     out = []
     while (cmd := reader.gets()) is not False:
-        assert isinstance(cmd, list) and cmd[:6] == [
-            b"XADD", b"tickvault:raw:{okx}", b"MAXLEN", b"~", b"100", b"*"
-        ]  # fmt: skip
-        out.append(dict(zip(cmd[6::2], cmd[7::2], strict=True)))
+        assert isinstance(cmd, list) and cmd[:3] == [b"XADD", b"tickvault:raw:{okx}", b"*"]
+        out.append(dict(zip(cmd[3::2], cmd[4::2], strict=True)))
     return out
 
 
 def test_back_to_back_frames_of_one_connection_share_an_entry() -> None:
-    a = XaddPacker("tickvault:raw:{okx}", 100, "okx", "", "conn-a")
-    b = XaddPacker("tickvault:raw:{okx}", 100, "okx", "", "conn-b")
+    a = XaddPacker("tickvault:raw:{okx}", "okx", "", "conn-a")
+    b = XaddPacker("tickvault:raw:{okx}", "okx", "", "conn-b")
     pending = [
         (a, b"a1", False, 1, 101), (a, b"a2\r\n", False, 2, 102), (a, b"", False, 3, 103),
         (b, b"b1", False, 7, 201),  # another connection: a new entry
@@ -69,7 +67,7 @@ def test_back_to_back_frames_of_one_connection_share_an_entry() -> None:
 
 
 def test_runs_are_capped() -> None:
-    a = XaddPacker("tickvault:raw:{okx}", 100, "okx", "", "c")
+    a = XaddPacker("tickvault:raw:{okx}", "okx", "", "c")
     payload, sizes = pack_runs([(a, b"x", False, i, i) for i in range(1, 11)], run_max=4)
     assert [n for _, n in sizes] == [4, 4, 2]
     assert [len(decode_entry(fields)) for fields in _entries(payload)] == [4, 4, 2]
