@@ -90,3 +90,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def work_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server for this test alone: it may be stopped, restarted, or have its ACL,
+    CONFIG and REPLICAOF changed (never the shared one, which may be the machine's own)."""
+    server = RedisServer(tmp_path / "own-redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import redis
+
 from tests.conftest import SLOW
 
 T = TypeVar("T")
@@ -25,3 +27,11 @@ def wait_for(
         time.sleep(interval)
         last = check()
     return last
+
+
+def redis_answers(client: redis.Redis) -> bool:
+    """Whether a (re)started Redis answers: listening, and done loading its AOF."""
+    try:
+        return bool(client.ping())
+    except (redis.BusyLoadingError, redis.ConnectionError):
+        return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,29 +16,12 @@ from common.servers import RedisServer
 from tests.conftest import SLOW
 from tests.e2e.harness import Feed, Pipeline, pipeline, settle
 from tests.e2e.test_pipeline import assert_exact, expected
-from tests.waiting import wait_for
+from tests.waiting import redis_answers, wait_for
 
 pytestmark = pytest.mark.e2e
 
 KEY = raw_key("binance")
 FEEDS = [Feed("binance", ["BTC-USDT"])]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own: it is stopped and started (never the shared one)."""
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except (redis.BusyLoadingError, redis.ConnectionError):
-        return False
 
 
 def _spilled_bytes(p: Pipeline) -> int:
@@ -97,7 +80,7 @@ def test_a_producer_stopped_while_redis_is_down_keeps_every_frame_in_its_spill(
         else:
             assert p.stop(producer, timeout=10 * SLOW) == 0, p.log("producer")
         own_redis.start()
-        wait_for(lambda: _answers(client), what="redis to load its AOF")
+        wait_for(lambda: redis_answers(client), what="redis to load its AOF")
         p.start_producer()  # drains the spill its predecessor left, before anything new
         p.wait_rows(n, timeout=60)
         assert_exact(p, expected("binance", ["BTC-USDT"], n))
@@ -124,7 +107,7 @@ def test_redis_back_after_25_s_is_written_to_within_2_s_without_a_stop(
         settle(25.0)
         own_redis.start()
         back = time.monotonic()
-        wait_for(lambda: _answers(client), what="redis to load its AOF")
+        wait_for(lambda: redis_answers(client), what="redis to load its AOF")
         before = client.xinfo_stream(KEY)["last-generated-id"]
         wait_for(
             lambda: client.xinfo_stream(KEY)["last-generated-id"] != before,

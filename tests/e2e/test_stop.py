@@ -17,7 +17,7 @@ from common.envelope import raw_key
 from tests.conftest import SLOW, Servers
 from tests.e2e.harness import Feed, pipeline
 from tests.e2e.test_pipeline import assert_exact, expected
-from tests.waiting import wait_for
+from tests.waiting import redis_answers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -30,13 +30,6 @@ def _pending(client: redis.Redis, key: str, consumer: str | None = None) -> list
         key, "tickvault", min="-", max="+", count=100_000, consumername=consumer
     )
     return list(rows)
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except (redis.BusyLoadingError, redis.ConnectionError):
-        return False  # still loading its AOF, or not listening yet
 
 
 @pytest.mark.parametrize("down", ["redis", "postgres"])
@@ -92,7 +85,7 @@ def test_sigterm_with_a_server_down_exits_in_budget_and_loses_nothing(
                 assert {row["times_delivered"] for row in held} == {0}, held[:3]
         finally:
             server.start()
-        wait_for(lambda: _answers(redis_client), what="redis to finish loading its AOF")
+        wait_for(lambda: redis_answers(redis_client), what="redis to finish loading its AOF")
         assert producer.poll() is None, p.log("producer")
         if down == "redis":
             assert _pending(redis_client, key, "c1"), "c1 held nothing it could not ack"

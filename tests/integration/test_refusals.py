@@ -505,16 +505,6 @@ def test_the_publisher_stops_on_wrongtype_and_keeps_its_buffer(
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis server for this test alone: ACL, CONFIG and REPLICAOF may change on it."""
-    server = RedisServer(tmp_path / "own-redis").start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
 def own_admin(own_redis: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(own_redis.url)
     yield client
