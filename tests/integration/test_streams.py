@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -303,3 +304,31 @@ def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_store
     second_id = redis_client.xrange(okx_key)[1 if not as_run else 0][0].decode()
     assert dead[b"origin"].decode() == (f"{first_id.decode()}/1" if as_run else second_id)
     assert redis_client.xpending(okx_key, "tickvault")["pending"] == 0
+
+
+def test_entries_of_a_killed_consumer_past_their_budget_are_dead_lettered_the_rest_stored(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    """A consumer that died holding entries (as a SIGKILL leaves them: pending, no error
+    recorded): those delivered ``max_deliveries`` times already are dead-lettered unprocessed by
+    the consumer that claims them, the others stored; all are acked."""
+    redis_client.xgroup_create(KEY, "tickvault", id="0", mkstream=True)
+    ids = [redis_client.xadd(KEY, frame(i)) for i in range(1, 7)]
+    redis_client.xreadgroup("tickvault", "killed", {KEY: ">"}, count=6)
+    redis_client.xclaim(KEY, "tickvault", "killed", 0, ids[:2], retrycount=5, justid=True)
+    redis_client.xclaim(KEY, "tickvault", "killed", 0, ids[2:], retrycount=1, justid=True)
+    time.sleep(1.1)  # idle past claim_idle_ms (1 s)
+    store = CountingStore(database_url)
+    worker = make_worker(redis_client, store, name="survivor")
+    try:
+        worker.run(Once(store, 4))
+    finally:
+        store.close()
+    with psycopg.connect(database_url) as conn:
+        stored = sorted(int(r[0]) for r in conn.execute("SELECT trade_id FROM trades"))
+    assert stored == [3, 4, 5, 6]
+    dead = redis_client.xrange("tickvault:dead:{binance}")
+    assert sorted(f[b"origin"] for _, f in dead) == sorted(ids[:2])
+    assert all(f[b"reason"].startswith(b"delivered 6 times: no error recorded") for _, f in dead)
+    assert redis_client.xpending(KEY, "tickvault")["pending"] == 0
+    assert worker.metrics.counters["over_budget"] == 2

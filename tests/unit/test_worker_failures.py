@@ -230,3 +230,21 @@ def test_a_clone_keeps_the_store_class_and_its_attributes() -> None:
     store = MemoryStore({"7": ValueError("x")})
     twin = store.clone()
     assert type(twin) is MemoryStore and twin is not store and twin.refuse is store.refuse
+
+
+def test_a_lease_renewal_resets_idle_time_without_counting_a_delivery(
+    r: fakeredis.FakeRedis,
+) -> None:
+    """A writer waiting for PostgreSQL touches its entries so that consumers stuck on the same
+    outage do not claim them from a live holder, and the touch spends none of their budget."""
+    from consumer.claims import Claims
+
+    ids = deliver(r, 3, times=1, to="w1")
+    time.sleep(0.02)
+    claims = Claims(r, GROUP, "w1")
+    claims.renew({KEY: [i.decode() for i in ids]}, min_idle_ms=1)
+    rows = pending(r)
+    assert [p["times_delivered"] for p in rows] == [1, 1, 1]
+    assert all(p["time_since_delivered"] < 20 for p in rows)
+    other = Claims(r, GROUP, "w2").claim(KEY, min_idle_ms=15, count=10)
+    assert other.entries == [] and {p["consumer"] for p in pending(r)} == {b"w1"}
