@@ -7,14 +7,23 @@ and quotes into the venue's frames. The server owns the sockets and the clock.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..venues.base import Channel
-from .engine import SimQuote, SimTrade
+from .engine import SimQuote, SimTrade, TradeBook
 
 Frame = str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RestReply:
+    """An answer of the venue's REST API: status, body (JSON text) and extra headers."""
+
+    status: int
+    body: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -68,6 +77,19 @@ class Dialect(abc.ABC):
     def heartbeat_frames(self, session: SimSession, now_ns: int) -> list[Frame]:
         """Application heartbeats due every ``heartbeat_s`` (Coinbase, Kraken)."""
         return []
+
+    def rest(
+        self,
+        path: str,
+        query: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+        book: TradeBook,
+    ) -> RestReply | None:
+        """Answer a GET on the venue's public REST API (``path`` without the query, ``query``
+        as ``urllib.parse.parse_qs`` gives it, header names lower case) from ``book``, the
+        trades streamed so far, in the venue's documented format; None: no such endpoint
+        (404). A venue without a REST trades endpoint keeps this default."""
+        return None
 
     def expected_trade_id(self, trade: SimTrade) -> str | None:
         """The trade id the venue parser must produce (None where it derives one)."""

@@ -6,7 +6,10 @@ what must be in PostgreSQL from the ids alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
@@ -103,3 +106,50 @@ class Pacer:
     @property
     def finished(self) -> bool:
         return bool(self.limit) and self.emitted >= self.limit
+
+
+@dataclass(slots=True)
+class TradeBook:
+    """Every trade the simulator has emitted, per symbol: what its REST endpoints serve.
+
+    Trade ``n`` of a symbol is ``make_trade(symbol, n, <its time>)``; only the times are kept
+    (8 bytes a trade), ids run from 1 and times never decrease."""
+
+    times: dict[str, array[int]] = field(default_factory=dict)
+
+    def record(self, symbol: str, first_id: int, count: int, ts_ns: int) -> None:
+        """Trades ``first_id .. first_id + count - 1`` of ``symbol`` happened at ``ts_ns``."""
+        stamps = self.times.get(symbol)
+        if stamps is None:
+            stamps = self.times[symbol] = array("q")
+        if first_id != len(stamps) + 1:
+            raise ValueError(f"{symbol}: trade {first_id} after {len(stamps)}")
+        stamps.extend([ts_ns] * count)
+
+    def last_id(self, symbol: str) -> int:
+        """The newest trade's id (0: none yet)."""
+        return len(self.times.get(symbol, ()))
+
+    def trade(self, symbol: str, trade_id: int) -> SimTrade:
+        return make_trade(symbol, trade_id, self.times[symbol][trade_id - 1])
+
+    def trades(self, symbol: str, first_id: int, last_id: int) -> list[SimTrade]:
+        """Trades ``first_id .. last_id`` (both included, clipped to what exists), oldest first."""
+        stamps = self.times.get(symbol)
+        if stamps is None:
+            return []
+        lo, hi = max(1, first_id), min(len(stamps), last_id)
+        return [make_trade(symbol, i, stamps[i - 1]) for i in range(lo, hi + 1)]
+
+    def first_id_at(self, symbol: str, ts_ns: int) -> int:
+        """The id of the first trade at or after ``ts_ns`` (last id + 1 if none)."""
+        stamps = self.times.get(symbol, array("q"))
+        return bisect.bisect_left(stamps, ts_ns) + 1
+
+    def first_id_after(self, symbol: str, ts_ns: int) -> int:
+        """The id of the first trade strictly after ``ts_ns`` (last id + 1 if none)."""
+        stamps = self.times.get(symbol, array("q"))
+        return bisect.bisect_right(stamps, ts_ns) + 1
+
+    def symbols(self) -> Iterator[str]:
+        return iter(self.times)

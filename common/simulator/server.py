@@ -1,8 +1,11 @@
-"""Serve one simulated venue over real WebSockets on 127.0.0.1.
+"""Serve one simulated venue over real WebSockets on 127.0.0.1, and its REST API on the same port.
 
 Trades start for a symbol when a client first subscribes to it, at ``rate`` per second per symbol,
-with consecutive ids from 1, and stop after ``trades`` per symbol (0: never). Every subscribed
-connection gets every trade, as on a real venue (so a make-before-break overlap sees duplicates).
+with consecutive ids from 1, and stop after ``trades`` per symbol (0: never). They go on while no
+client is connected (a venue does not wait for us). Every subscribed connection gets every trade,
+as on a real venue (so a make-before-break overlap sees duplicates). Every trade emitted is kept
+in a :class:`~.engine.TradeBook`, which a plain HTTP GET (no WebSocket upgrade) on the same port
+reads through the dialect's REST endpoints: a backfill fetches exactly what was streamed.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..venues.base import Channel
 from .dialect import Dialect, Frame, SimSession
-from .engine import Pacer, make_quote, make_trade
+from .engine import Pacer, TradeBook, make_quote, make_trade
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ class SimulatorConfig:
     quote_rate: float = 10.0  # quotes per second per symbol (0: none)
     max_connection_s: float = 0.0  # close each connection after this long (0: never)
     compress: bool = False  # offer permessage-deflate (RFC 7692), as some venues do
+    rest_faults: int = 0  # answer this many REST requests first with 429 (Retry-After: 0)
 
 
 @dataclass(slots=True)
@@ -82,6 +88,8 @@ class Simulator:
     quote_pacers: dict[str, Pacer] = field(default_factory=dict)
     sent_trades: int = 0
     connections: int = 0
+    book: TradeBook = field(default_factory=TradeBook)
+    rest_requests: int = 0
     _server: Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -123,9 +131,39 @@ class Simulator:
 
     # -- connections -------------------------------------------------------------------------
     def _check_path(self, conn: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return self._rest(request)
         if not self.dialect.accepts(request.path):
             return conn.respond(http.HTTPStatus.NOT_FOUND, f"no such path {request.path}\n")
         return None
+
+    def _rest(self, request: Request) -> Response:
+        """A plain GET: the venue's REST API, read from the trade book."""
+        self.rest_requests += 1
+        headers = Headers([("Content-Type", "application/json"), ("Connection", "close")])
+        if self.rest_requests <= self.config.rest_faults:
+            body = b'{"code":-1003,"msg":"Too many requests (simulated)."}'
+            headers["Retry-After"] = "0"
+            return self._response(429, "Too Many Requests", headers, body)
+        parts = urlsplit(request.path)
+        lower = {k.lower(): v for k, v in request.headers.raw_items()}
+        try:
+            reply = self.dialect.rest(parts.path, parse_qs(parts.query), lower, self.book)
+        except Exception:  # a dialect's bug is the simulator's 500, as a venue's would be
+            logger.exception("REST %s failed", request.path)
+            return self._response(500, "Internal Server Error", headers, b'{"error":"internal"}')
+        if reply is None:
+            return self._response(404, "Not Found", headers, b'{"error":"not found"}')
+        for name, value in reply.headers:
+            headers[name] = value
+        return self._response(
+            reply.status, http.HTTPStatus(reply.status).phrase, headers, reply.body.encode()
+        )
+
+    @staticmethod
+    def _response(status: int, phrase: str, headers: Headers, body: bytes) -> Response:
+        headers["Content-Length"] = str(len(body))
+        return Response(status, phrase, headers, body)
 
     async def _handle(self, ws: ServerConnection) -> None:
         session = SimSession(path=ws.request.path if ws.request else "/")
@@ -202,8 +240,11 @@ class Simulator:
                 continue
             ts = time.time_ns() // unit * unit
             first = pacer.emitted - count + 1
-            trades = [make_trade(symbol, i, ts) for i in range(first, first + count)]
+            self.book.record(symbol, first, count, ts)
             self.sent_trades += count
+            if not any((Channel.TRADES, symbol) in c.session.subscriptions for c in self.clients):
+                continue  # nobody listening: the trades happened all the same (the book has them)
+            trades = [make_trade(symbol, i, ts) for i in range(first, first + count)]
             for client in list(self.clients):
                 if (Channel.TRADES, symbol) not in client.session.subscriptions:
                     continue
