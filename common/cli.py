@@ -161,38 +161,21 @@ def _venues(argv: list[str]) -> int:
 
 
 def _gaps(argv: list[str]) -> int:
-    import datetime as dt
+    from consumer.completeness import gaps
 
-    import psycopg
+    return gaps(argv)
 
-    from consumer.gaps import checked_exchanges, find_gaps
 
-    parser = argparse.ArgumentParser(
-        prog="tickvault gaps",
-        description="list missing trade ids on venues whose ids are consecutive per symbol",
-    )
-    parser.add_argument("--config")
-    parser.add_argument("--since", help="ISO time (default: 24 hours ago)")
-    parser.add_argument("--exchange", action="append")
-    args = parser.parse_args(argv)
-    settings = load_settings(args.config)
-    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    if args.since:
-        try:
-            since = dt.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigError("--since", f"{args.since!r} is not an ISO time") from None
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=dt.UTC)
-    exchanges = checked_exchanges(args.exchange or list(settings.exchanges) or None)
-    with psycopg.connect(settings.database.url) as conn:
-        gaps = find_gaps(conn, since=since, exchanges=exchanges)
-    print(f"checked {', '.join(exchanges) or 'nothing'} since {since.isoformat()}: "
-          f"{len(gaps)} gap(s), {sum(g.missing for g in gaps)} missing trade(s)")  # fmt: skip
-    for g in gaps:
-        where = f"{g.exchange:<16} {g.symbol:<16} ids {g.first_missing}..{g.last_missing}"
-        print(f"  {where} ({g.missing}) between {g.after.isoformat()} and {g.before.isoformat()}")
-    return 1 if gaps else 0
+def _coverage(argv: list[str]) -> int:
+    from consumer.completeness import coverage
+
+    return coverage(argv)
+
+
+def _backfill(argv: list[str]) -> int:
+    from consumer.completeness import backfill
+
+    return backfill(argv)
 
 
 def _demo(argv: list[str]) -> int:
@@ -209,7 +192,9 @@ COMMANDS = {
     "migrate": (_migrate, "apply the database schema and partitions"),
     "replay": (_replay, "process a range of the stream again (no duplicates)"),
     "venues": (_venues, "list venues, channels, endpoints and limits"),
-    "gaps": (_gaps, "list missing trade ids (venues with consecutive ids); exit 1 if any"),
+    "gaps": (_gaps, "the gap ledger (--scan: scan stored ids); exit 1 if any unsettled"),
+    "coverage": (_coverage, "when each feed was blind, per exchange and symbol; exit 1 if any"),
+    "backfill": (_backfill, "find gaps and fetch the missing trades over the venues' REST"),
 }
 
 

@@ -116,7 +116,17 @@ class FeedSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
     symbols: list[str]
     channels: list[str] = msgspec.field(default_factory=lambda: ["trades"])
     url: str | None = None
+    rest_url: str | None = None  # the venue's REST API for backfill (default: the real one)
     options: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class BackfillSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    auto: bool = True  # consumers detect gaps and backfill them as they appear
+    every_s: float = 5.0  # how often a consumer looks for new gaps and open ones
+    settle_s: float = 10.0  # stored trades younger than this are not judged yet (late commits)
+    lookback: str = "24h"  # the first gap search reaches back this far
+    max_attempts: int = 6  # a gap the venue keeps failing is unfillable after this many tries
+    timeout_s: float = 10.0  # one REST request
 
 
 class _File(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -124,6 +134,7 @@ class _File(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     producer: ProducerSettings = msgspec.field(default_factory=ProducerSettings)
     consumer: ConsumerSettings = msgspec.field(default_factory=ConsumerSettings)
+    backfill: BackfillSettings = msgspec.field(default_factory=BackfillSettings)
     feeds: list[FeedSettings] = msgspec.field(default_factory=list)
 
 
@@ -135,6 +146,7 @@ class Feed(msgspec.Struct, frozen=True, kw_only=True):
     symbols: tuple[Symbol, ...]
     url: str | None
     options: Mapping[str, str]
+    rest_url: str | None = None
 
     @property
     def venue(self) -> Venue:
@@ -152,6 +164,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     producer: ProducerSettings
     consumer: ConsumerSettings
     feeds: tuple[Feed, ...]
+    backfill: BackfillSettings = msgspec.field(default_factory=BackfillSettings)
+
+    def rest_url(self, exchange: str) -> str | None:
+        """The configured REST base URL of ``exchange`` (its first feed's), else None."""
+        for feed in self.feeds:
+            if feed.exchange == exchange and feed.rest_url:
+                return feed.rest_url
+        return None
+
+    def trade_contexts(self, exchange: str) -> dict[str, str]:
+        """Canonical symbol -> the connection context its trades come from."""
+        out: dict[str, str] = {}
+        for feed in self.feeds:
+            if feed.exchange != exchange or Channel.TRADES not in feed.channels:
+                continue
+            for plan in feed.plans():
+                if Channel.TRADES in plan.channels:
+                    for name in plan.symbols:
+                        out.setdefault(name, plan.context)
+        return out
 
     @property
     def exchanges(self) -> tuple[str, ...]:
@@ -224,12 +256,15 @@ def _check_feed(i: int, raw: FeedSettings) -> Feed:
             )
     if raw.url is not None and not re.match(r"^wss?://[^/\s]+", raw.url):
         raise ConfigError(f"{key}.url", f"{raw.url!r} is not a ws:// or wss:// URL")
+    if raw.rest_url is not None and not re.match(r"^https?://[^/\s]+", raw.rest_url):
+        raise ConfigError(f"{key}.rest_url", f"{raw.rest_url!r} is not an http(s):// URL")
     feed = Feed(
         exchange=raw.exchange,
         channels=tuple(channels),
         symbols=tuple(symbols),
         url=raw.url,
         options=dict(raw.options),
+        rest_url=raw.rest_url,
     )
     try:
         feed.plans()  # a combination the venue cannot serve fails now, not at connect time
@@ -316,6 +351,9 @@ def settings_from_mapping(
         "consumer.stop_timeout_s": raw.consumer.stop_timeout_s,
         "producer.stop_timeout_s": raw.producer.stop_timeout_s,
         "producer.max_frame_bytes": raw.producer.max_frame_bytes,
+        "backfill.every_s": raw.backfill.every_s,
+        "backfill.max_attempts": raw.backfill.max_attempts,
+        "backfill.timeout_s": raw.backfill.timeout_s,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -330,12 +368,21 @@ def settings_from_mapping(
         redis.retention_s  # noqa: B018  (parsed here so that a typo fails at start)
     except ValueError as exc:
         raise ConfigError("redis.retention", str(exc), 'e.g. "24h"') from None
+    try:
+        if parse_duration(raw.backfill.lookback) <= 0:
+            raise ValueError("must be positive")
+    except ValueError as exc:
+        raise ConfigError("backfill.lookback", str(exc), 'e.g. "24h"') from None
+    if not raw.backfill.settle_s >= 0:
+        settle = raw.backfill.settle_s
+        raise ConfigError("backfill.settle_s", f"must be 0 or positive, got {settle}")
     return Settings(
         redis=redis,
         database=database,
         producer=raw.producer,
         consumer=raw.consumer,
         feeds=tuple(_check_feed(i, f) for i, f in enumerate(raw.feeds)),
+        backfill=raw.backfill,
     )
 
 

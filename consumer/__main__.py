@@ -74,8 +74,14 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or settings.consumer.name or default_name()
     streams = streams_for(settings, args.exchange)
     stop = threading.Event()
+    backfill_stop = threading.Event()
+
+    def request_stop(*_: object) -> None:  # only a request: the loop drains and exits
+        stop.set()
+        backfill_stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())  # only a request: the loop drains and exits
+        signal.signal(sig, request_stop)
     client = connect_redis(settings)
     store = Store(
         settings.database.url,
@@ -87,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.metrics_port:
         serve_metrics(worker.metrics, args.metrics_port)
+    backfill_thread = None
+    if settings.backfill.auto:
+        from .backfill import Backfiller, start_thread
+
+        backfiller = Backfiller(settings, store.clone(), worker.metrics)
+        backfill_thread = start_thread(backfiller, backfill_stop)
     # Long-lived startup objects need no more scans; batches make many short-lived objects.
     gc.collect()
     gc.freeze()
@@ -106,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         return fatal.status
     finally:
+        backfill_stop.set()
+        if backfill_thread is not None:
+            # its writes are idempotent and a claimed gap is taken over later: no long wait
+            backfill_thread.join(timeout=2.0)
         if worker.writers_finished:  # else a writer may still be using the connection
             store.close()
         client.close()

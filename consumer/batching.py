@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from common.envelope import frame_id, run_frame_fields
+from common.markers import Marker
 from common.records import Quote, Trade
 
 from .process import Fields, Outcome, control_kind
@@ -53,6 +54,7 @@ class Batch:
     spans: list[Span] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     controls: Counter[str] = field(default_factory=Counter)
+    markers: list[Marker] = field(default_factory=list)  # stored before the entries are acked
     entries: int = 0  # stream entries (acks)
     frames: int = 0  # frames in them
     started: float | None = None  # monotonic time of the first entry
@@ -98,6 +100,8 @@ class Batch:
             self.dead.append(DeadLetter(key, entry_id, as_dict(fields), out.dead))
         if out.control is not None:
             self.controls[control_kind(out.control)] += 1
+        if out.marker is not None:
+            self.markers.append(out.marker)
 
 
 @dataclass(slots=True)

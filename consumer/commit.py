@@ -79,6 +79,14 @@ class Committer:
         try:
             self._refresh_partitions(store)
             self._write(batch, store, renew)
+            if batch.markers:
+                markers = batch.markers
+                self.retrier.call(
+                    "ledger-write",
+                    lambda: store.write_markers(markers),
+                    on_wait=renew,
+                    max_sleep=self.lease_ms / 1000,
+                )
             if self.halted():
                 return False  # another writer hit a fatal error: ack nothing more
             lease = self.lease_ms / 1000

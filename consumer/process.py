@@ -14,6 +14,7 @@ import msgspec
 
 from common.envelope import decode_entry, frame_id, split_run
 from common.errors import PoisonFrame
+from common.markers import Marker, decode_marker
 from common.records import Quote, Trade
 from common.venues import FrameContext, Venue, all_venues
 
@@ -27,7 +28,18 @@ REASON_MAX = 500  # characters of a dead letter's reason
 
 # Control kinds counted in metrics: a fixed set, so that no frame can name a series.
 CONTROL_KINDS = frozenset(
-    {"ack", "connected", "deleted", "empty", "error", "heartbeat", "one-sided", "pong", "status"}
+    {
+        "ack",
+        "connected",
+        "deleted",
+        "empty",
+        "error",
+        "heartbeat",
+        "marker",
+        "one-sided",
+        "pong",
+        "status",
+    }
 )
 
 
@@ -60,6 +72,7 @@ class Outcome(msgspec.Struct, gc=False):
     dead: str | None = None  # reason, when the frame goes to the dead-letter stream
     recv_ns: int = 0
     frames: list[Outcome] | None = None  # a run entry: one outcome per frame, in order
+    marker: Marker | None = None  # a producer's coverage marker (``common.markers``)
 
 
 Fields = Mapping[bytes, bytes] | Sequence[bytes]  # a field map, or XREADGROUP's flat list
@@ -116,6 +129,8 @@ class Processor:
             ):  # fmt: skip
                 route = self._route(fields[5], fields[7])
                 if len(fields) == 14:
+                    if fields[3] == b"m":
+                        return self._marker(route, fields[9].decode(), fields[1], int(fields[13]))
                     return self._frame(entry_id, fields[1], route, int(fields[13]))
                 pairs = split_run(fields[1], fields[15], fields[13])
             else:
@@ -125,6 +140,10 @@ class Processor:
                 )  # fmt: skip
                 envs = decode_entry(mapping)
                 route = self._route(envs[0].exchange.encode(), envs[0].context.encode())
+                if mapping.get(b"k") == b"m":
+                    if b"l" in mapping:
+                        return Outcome(dead="bad envelope: a marker cannot be a run")
+                    return self._marker(route, envs[0].conn, envs[0].frame, envs[0].recv_ns)
                 if b"l" not in mapping:
                     return self._frame(entry_id, envs[0].frame, route, envs[0].recv_ns)
                 pairs = [(e.frame, e.recv_ns) for e in envs]
@@ -135,6 +154,15 @@ class Processor:
         one = self._frame
         outs = [one(frame_id(entry_id, i), f, route, ns) for i, (f, ns) in enumerate(pairs)]
         return Outcome(_NONE, _NONE, None, None, pairs[0][1], outs)
+
+    def _marker(self, route: Route, conn: str, frame: bytes, at_ns: int) -> Outcome:
+        exchange, context, venue, _ = route
+        if not EARLIEST_NS <= at_ns < LATEST_NS:
+            return Outcome(dead=f"marker time {bounded(str(at_ns), 40)} ns is out of range")
+        if venue is None:
+            return Outcome(dead=f"unknown exchange {bounded(exchange, 40)!r}", recv_ns=at_ns)
+        marker = decode_marker(exchange, context, conn, at_ns, frame)  # PoisonFrame: dead letter
+        return Outcome(_NONE, _NONE, "marker", None, at_ns, None, marker)
 
     def _frame(self, name: str, frame: bytes, route: Route, recv_ns: int) -> Outcome:
         """One frame's outcome; ``name`` is its entry id, or ``<entry id>/<index>`` in a run."""

@@ -50,6 +50,70 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE IF NOT EXISTS quotes_default PARTITION OF quotes DEFAULT;
         """,
     ),
+    (
+        2,
+        # The completeness ledgers (consumer.ledger, consumer.gaps): connections' lives from
+        # the producer's markers, and the gaps found in what is stored, with their backfill.
+        """
+        CREATE TABLE IF NOT EXISTS feed_sessions (
+            exchange        text        NOT NULL,
+            conn            text        NOT NULL,
+            context         text        NOT NULL DEFAULT '',
+            producer        text        NOT NULL,
+            run             text        NOT NULL,
+            symbols         text[]      NOT NULL DEFAULT '{}',
+            channels        text[]      NOT NULL DEFAULT '{}',
+            connected_at    timestamptz,
+            disconnected_at timestamptz,
+            reason          text        NOT NULL DEFAULT '',
+            PRIMARY KEY (exchange, conn)
+        );
+        CREATE INDEX IF NOT EXISTS feed_sessions_time ON feed_sessions (exchange, connected_at);
+
+        CREATE TABLE IF NOT EXISTS producer_runs (
+            exchange   text        NOT NULL,
+            producer   text        NOT NULL,
+            run        text        NOT NULL,
+            symbols    text[]      NOT NULL DEFAULT '{}',
+            started_at timestamptz,
+            stopped_at timestamptz,
+            PRIMARY KEY (exchange, producer, run)
+        );
+
+        CREATE TABLE IF NOT EXISTS gaps (
+            id             bigserial   PRIMARY KEY,
+            exchange       text        NOT NULL,
+            symbol         text        NOT NULL,
+            first_missing  bigint,
+            last_missing   bigint,
+            after_ts       timestamptz NOT NULL,
+            before_ts      timestamptz NOT NULL,
+            detected_at    timestamptz NOT NULL DEFAULT now(),
+            status         text        NOT NULL DEFAULT 'open' CHECK (status IN
+                           ('open', 'backfilling', 'filled', 'exchange-hole', 'unfillable')),
+            rows_recovered bigint      NOT NULL DEFAULT 0,
+            attempts       int         NOT NULL DEFAULT 0,
+            note           text        NOT NULL DEFAULT '',
+            updated_at     timestamptz NOT NULL DEFAULT now(),
+            CHECK ((first_missing IS NULL) = (last_missing IS NULL)),
+            CHECK (first_missing IS NULL OR first_missing <= last_missing)
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS gaps_by_id ON gaps (exchange, symbol, first_missing)
+            WHERE first_missing IS NOT NULL;
+        CREATE UNIQUE INDEX IF NOT EXISTS gaps_by_time ON gaps (exchange, symbol, after_ts)
+            WHERE first_missing IS NULL;
+        CREATE INDEX IF NOT EXISTS gaps_pending ON gaps (updated_at)
+            WHERE status IN ('open', 'backfilling');
+
+        CREATE TABLE IF NOT EXISTS gap_cursors (
+            exchange   text        NOT NULL,
+            symbol     text        NOT NULL,
+            checked_id bigint      NOT NULL,
+            checked_ts timestamptz NOT NULL,
+            PRIMARY KEY (exchange, symbol)
+        );
+        """,
+    ),
 ]
 
 # Serialises migrations and partition maintenance between consumers starting together.

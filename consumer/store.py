@@ -24,6 +24,7 @@ import psycopg
 from psycopg import pq
 
 from common.errors import Action, TransientError, classify
+from common.markers import Marker
 from common.records import Quote, Trade
 
 from .schema import migrate
@@ -301,6 +302,24 @@ class Store:
         new_trades = counts[0] if trades else 0
         new_quotes = counts[1 if trades else 0] if quotes else 0
         return new_trades, new_quotes
+
+    def write_markers(self, markers: Sequence[Marker]) -> None:
+        """Store coverage markers in ``feed_sessions`` (``consumer.ledger``), in one transaction.
+
+        Raises:
+            TransientError: as :meth:`write` (safe to write again: idempotent).
+            psycopg.Error: a refusal (``classify``).
+        """
+        from .ledger import write_markers
+
+        conn = self.conn
+        try:
+            write_markers(conn, markers)
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken or classify(exc) is Action.RETRY:
+                self.close()
+                raise TransientError(f"postgres write failed: {exc}") from exc
+            raise
 
     def _rollback(self) -> None:
         """After a failed write: end the aborted transaction (the staging rows go with it)."""

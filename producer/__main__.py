@@ -25,6 +25,7 @@ from common.errors import ConfigError, ExitStatus, FatalError
 from common.logs import setup_logging
 from common.metrics import Metrics, serve_metrics
 
+from .markers import Markers
 from .publisher import Publisher
 from .session import FeedSession
 from .spill import Spill, SpillError
@@ -42,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
-def build_sessions(settings: Settings, publisher: Publisher, metrics: Metrics) -> list[FeedSession]:
+def build_sessions(
+    settings: Settings, publisher: Publisher, metrics: Metrics, markers: Markers | None = None
+) -> list[FeedSession]:
     sessions = []
     per_exchange: dict[str, int] = {}
     p = settings.producer
@@ -68,6 +71,7 @@ def build_sessions(settings: Settings, publisher: Publisher, metrics: Metrics) -
                     fast_frames=p.fast_frames,
                     silence_s=p.silence_s,
                     max_frame_bytes=p.max_frame_bytes,
+                    markers=markers,
                 )
             )
     return sessions
@@ -95,7 +99,11 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         retention_s=settings.redis.retention_s,
         spill=spill,
     )
-    sessions = build_sessions(settings, publisher, metrics)
+    markers = Markers(publisher, producer_name(settings))
+    sessions = build_sessions(settings, publisher, metrics, markers)
+    symbols = exchange_symbols(settings)
+    for exchange, names in symbols.items():
+        markers.run_event("started", exchange, names)
     logger.info("producer: %d connections for %s", len(sessions), ", ".join(settings.exchanges))
     publisher_stop = asyncio.Event()
     fatal: FatalError | None = None
@@ -111,6 +119,8 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
             _, late = await asyncio.wait([*feeds, status], timeout=p.stop_timeout_s / 2)
             for task in late:
                 task.cancel()
+            for exchange, names in symbols.items():
+                markers.run_event("stopped", exchange, names)
             publisher.drain_budget_s = max(0.0, deadline - time.monotonic())
             publisher_stop.set()
             await pub
@@ -132,6 +142,15 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         logger.error("producer stopped having lost %d frames (see above)", publisher.lost)
         return ExitStatus.LOST
     return ExitStatus.OK
+
+
+def exchange_symbols(settings: Settings) -> dict[str, list[str]]:
+    """Each exchange's configured symbols (a run's markers name them)."""
+    out: dict[str, list[str]] = {}
+    for feed in settings.feeds:
+        names = out.setdefault(feed.exchange, [])
+        names += [str(s) for s in feed.symbols if str(s) not in names]
+    return out
 
 
 def producer_name(settings: Settings) -> str:

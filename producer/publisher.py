@@ -82,7 +82,7 @@ class Publisher:
         self._spill_full = False  # the spill refused frames (policy block): sessions wait
         self._last_drop_log = self._last_down_log = 0.0
         self._dropped_since_log = 0
-        self._packers: dict[tuple[str, str, str, str], XaddPacker] = {}
+        self._packers: dict[tuple[str, str, str, str, bool], XaddPacker] = {}
 
     @property
     def buffered(self) -> int:
@@ -105,6 +105,12 @@ class Publisher:
         while self.full:
             self._room.clear()
             await self._room.wait()
+
+    def mark(self, packer: XaddPacker, payload: bytes) -> None:
+        """Queue a coverage marker (``producer.markers``) in order with the frames. Never
+        refused: a marker says what was lost, so it may exceed the memory bound."""
+        self._buffer.append((packer, payload, False, 0, time.time_ns()))
+        self._wake.set()
 
     def put(self, packer: XaddPacker, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bool:
         """Queue one frame. Returns False (and counts a drop) when memory is full."""
@@ -299,12 +305,13 @@ class Publisher:
                 self._room.set()
 
     def _packer(self, r: Record) -> XaddPacker:
-        ident = (r.key, r.exchange, r.context, r.conn)
+        ident = (r.key, r.exchange, r.context, r.conn, r.marker)
         packer = self._packers.get(ident)
         if packer is None:
             if len(self._packers) > 10_000:
                 self._packers.clear()
-            packer = self._packers[ident] = XaddPacker(r.key, r.exchange, r.context, r.conn)
+            packer = XaddPacker(r.key, r.exchange, r.context, r.conn, marker=r.marker)
+            self._packers[ident] = packer
         return packer
 
     def _sent(self, frames: int, sizes: list[tuple[str, int]], replies: list[object]) -> None:
@@ -344,5 +351,13 @@ class Publisher:
 def _records(pending: Iterable[Pending]) -> Iterable[Record]:
     for packer, frame, binary, seq, recv_ns in pending:
         yield Record(
-            packer.key, packer.exchange, packer.context, packer.conn_id, seq, recv_ns, binary, frame
+            packer.key,
+            packer.exchange,
+            packer.context,
+            packer.conn_id,
+            seq,
+            recv_ns,
+            binary,
+            frame,
+            packer.marker,
         )

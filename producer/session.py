@@ -15,6 +15,10 @@ consumer dead-letters it) and the connection stays up.
 A venue that closes connections on schedule is rolled over make-before-break: a new connection
 is opened and subscribed, both run for ``overlap_s`` (the duplicates are removed by the
 consumer's natural keys), then the old one is closed.
+
+With :class:`~producer.markers.Markers`, every connection's life goes into the stream as
+coverage markers: ``subscribed`` once its subscriptions are sent, then ``lost`` (with the
+reason), ``rolled`` or ``closed`` when it ends.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from common.venues import ConnectionPlan, Venue
 
 from .frames import FastConnection, RawConnection, TruncatedFrame
 from .liveness import Liveness, LivenessRule, Watch
+from .markers import Markers
 from .publisher import Publisher
 from .wire import XaddPacker
 
@@ -61,6 +66,8 @@ class _Generation:
     started: float = field(default_factory=time.monotonic)
     frames: int = 0
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    subscribed: bool = False  # its ``subscribed`` marker was queued
+    close_reason: str = ""  # why the supervisor closes it ("rolled" or "closed")
 
 
 async def watch_liveness(watch: Watch, frames: Callable[[], int], tick_s: float) -> float:
@@ -109,6 +116,7 @@ class FeedSession:
         silence_s: float = 0.0,
         liveness: LivenessRule | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        markers: Markers | None = None,
     ) -> None:
         """``silence_s`` > 0 fixes the silence threshold; 0 derives it (``producer.liveness``,
         with the venue's heartbeat bound from ``plan.keepalive.silence_s``). ``liveness``
@@ -125,6 +133,7 @@ class FeedSession:
         self.start_delay_s = start_delay_s
         self.fast_frames = fast_frames  # plain data frames bypass websockets' parser
         self.max_frame_bytes = max_frame_bytes
+        self.markers = markers
         self.label = plan.name or venue.exchange
         if liveness is None:
             liveness = LivenessRule(fixed_s=silence_s or None, heartbeat_s=plan.keepalive.silence_s)
@@ -175,6 +184,7 @@ class FeedSession:
                 if new_gen.ready.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.overlap_s)
+                    gen.close_reason = "rolled"
                     gen.closing.set()
                     self.metrics.inc("rollovers")
                     current = (new_gen, new_task)
@@ -182,8 +192,10 @@ class FeedSession:
                     logger.warning(
                         "%s: rollover connection failed; keeping the old one", self.label
                     )
+                    new_gen.close_reason = "rolled"
                     new_gen.closing.set()
                     gen.started = time.monotonic() - (self.lifetime_s or 0) + self.overlap_s + 5
+            current[0].close_reason = "closed"
             current[0].closing.set()
 
     def _spawn(self, tg: asyncio.TaskGroup) -> tuple[_Generation, asyncio.Task[None]]:
@@ -195,6 +207,7 @@ class FeedSession:
     async def _connection(self, gen: _Generation) -> None:
         """One connection's life. Never raises: the supervisor decides what comes next."""
         plan, ka = self.plan, self.plan.keepalive
+        loss = "closed by the venue"
         try:
             async with connect(
                 plan.url,
@@ -218,7 +231,7 @@ class FeedSession:
                 )
                 async with asyncio.TaskGroup() as tg:
                     receiver = tg.create_task(self._receive(ws, gen), name=f"recv {gen.conn_id}")
-                    tg.create_task(self._subscribe(ws, watch), name=f"subscribe {gen.conn_id}")
+                    tg.create_task(self._subscribe(ws, watch, gen), name=f"subscribe {gen.conn_id}")
                     pinger = None
                     if ka.app_ping:
                         pinger = tg.create_task(self._ping(ws, ka.app_ping, ka.app_ping_s))
@@ -235,6 +248,7 @@ class FeedSession:
                         threshold, why = watch.threshold(now), self.liveness.explain(now)
                         watch.give_up()
                         self.metrics.inc("silence_timeouts")
+                        loss = f"silent {watchdog.result():.1f} s (threshold {threshold:.1f} s)"
                         logger.warning(
                             "%s: no frame for %.1f s (threshold %.1f s: %s), reconnecting",
                             self.label, watchdog.result(), threshold, why,
@@ -248,21 +262,41 @@ class FeedSession:
         ) as group:  # fmt: skip
             for exc in group.exceptions:
                 counter, reason = loss_reason(exc)
+                loss = reason
                 if counter is not None:
                     self.metrics.inc(counter)
                 logger.warning("%s: connection %s lost: %s", self.label, gen.conn_id, reason)
         except* Exception as others:  # never let one feed take the producer down
             for err in others.exceptions:
+                loss = f"failed: {err!r}"
                 logger.error("%s: connection %s failed", self.label, gen.conn_id, exc_info=err)
         finally:
             gen.closing.set()
+            if gen.subscribed and self.markers is not None:
+                event = gen.close_reason or "lost"
+                self._mark(event, gen, "" if gen.close_reason else loss[:500])
 
-    async def _subscribe(self, ws: ClientConnection, watch: Watch) -> None:
+    def _mark(self, event: str, gen: _Generation, reason: str = "") -> None:
+        assert self.markers is not None
+        self.markers.connection(
+            event,
+            exchange=self.venue.exchange,
+            context=self.plan.context,
+            conn=gen.conn_id,
+            symbols=self.plan.symbols,
+            channels=[str(c) for c in self.plan.channels],
+            reason=reason,
+        )
+
+    async def _subscribe(self, ws: ClientConnection, watch: Watch, gen: _Generation) -> None:
         for i, message in enumerate(self.plan.subscribe):
             if i and self.plan.subscribe_interval_s:
                 await asyncio.sleep(self.plan.subscribe_interval_s)
             await ws.send(message)
         watch.subscribed(time.monotonic())
+        if self.markers is not None:
+            gen.subscribed = True
+            self._mark("subscribed", gen)
         logger.info("%s: subscribed (%d messages)", self.label, len(self.plan.subscribe))
 
     async def _ping(self, ws: ClientConnection, message: str, every_s: float) -> None:

@@ -47,7 +47,6 @@ READ_CHUNK = 1 << 20  # bytes per write() at most when appending
 WINDOW = 4 << 20  # bytes read at once when draining (more for a larger record)
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(tuple[str, str, str, str, int, int, bool, bytes]).decode
 
 
 class SpillError(Exception):
@@ -63,6 +62,10 @@ class Record(NamedTuple):
     recv_ns: int
     binary: bool
     frame: bytes
+    marker: bool = False  # a coverage marker (``producer.markers``); absent in older segments
+
+
+_decode = msgspec.msgpack.Decoder(Record).decode
 
 
 def encode_record(record: Record) -> bytes:
@@ -300,7 +303,7 @@ class Spill:
             segment.size = offset
             return None, offset
         try:
-            record = Record(*_decode(self._window[rel + HEADER.size : end]))
+            record = _decode(self._window[rel + HEADER.size : end])
         except msgspec.DecodeError:  # a record of another version: count it as torn
             self._torn(segment.path, offset, segment.size)
             segment.records = len(self._taken)

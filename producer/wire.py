@@ -37,18 +37,24 @@ class XaddPacker:
     (``producer.retention``).
     """
 
-    def __init__(self, key: str, exchange: str, context: str, conn_id: str) -> None:
+    def __init__(
+        self, key: str, exchange: str, context: str, conn_id: str, *, marker: bool = False
+    ) -> None:
+        """``marker``: entries of kind ``m``, the producer's coverage markers
+        (``producer.markers``), instead of ``t``/``b`` frames."""
         head = b"".join(_bulk(part) for part in (b"XADD", key.encode(), b"*", b"f"))
         self.key = key
         self.exchange, self.context, self.conn_id = exchange, context, conn_id  # for the spill
+        self.marker = marker
         self.prefix = b"*17\r\n" + head
         self.run_prefix = b"*19\r\n" + head
         middle = b"".join(
             _bulk(part)
             for part in (b"e", exchange.encode(), b"x", context.encode(), b"c", conn_id.encode())
         )
-        self.text_middle = _bulk(b"k") + _bulk(b"t") + middle + _bulk(b"n")
-        self.binary_middle = _bulk(b"k") + _bulk(b"b") + middle + _bulk(b"n")
+        text, binary = (b"m", b"m") if marker else (b"t", b"b")
+        self.text_middle = _bulk(b"k") + _bulk(text) + middle + _bulk(b"n")
+        self.binary_middle = _bulk(b"k") + _bulk(binary) + middle + _bulk(b"n")
         self.t = _bulk(b"t")
 
     def pack(self, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bytes:

@@ -48,6 +48,7 @@ class Pipeline:
     feeds: Sequence[Feed]
     consumer: dict[str, Any] = field(default_factory=dict)
     producer: dict[str, Any] = field(default_factory=dict)
+    backfill: dict[str, Any] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -72,12 +73,17 @@ class Pipeline:
         lines += [f"{k} = {_toml_value(v)}" for k, v in consumer.items()]
         lines.append("\n[producer]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in producer.items()]
+        lines.append("\n[backfill]")
+        backfill = {"every_s": 1.0, "settle_s": 2.0, **self.backfill}
+        lines += [f"{k} = {_toml_value(v)}" for k, v in backfill.items()]
         for feed in self.feeds:
             lines.append("\n[[feeds]]")
             lines.append(f'exchange = "{feed.exchange}"')
             lines.append(f"symbols = {_toml_value(list(feed.symbols))}")
             lines.append(f"channels = {_toml_value(list(feed.channels))}")
             lines.append(f'url = "ws://127.0.0.1:{self.ports[feed.exchange]}"')
+            # the simulator serves the venue's REST API on the same port (backfill)
+            lines.append(f'rest_url = "http://127.0.0.1:{self.ports[feed.exchange]}"')
             if feed.options:
                 opts = ", ".join(f'{k} = "{v}"' for k, v in feed.options.items())
                 lines.append(f"options = {{ {opts} }}")
