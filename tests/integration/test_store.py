@@ -13,7 +13,7 @@ import pytest
 
 from common.records import Quote, Trade
 from consumer import store as store_module
-from consumer.schema import create_partition, ensure_partitions, migrate
+from consumer.schema import MIGRATIONS, create_partition, ensure_partitions, migrate
 from consumer.store import Store
 
 pytestmark = pytest.mark.integration
@@ -110,8 +110,9 @@ def test_ids_with_tabs_newlines_and_backslashes_are_stored_as_sent(database_url:
 
 def test_migrations_are_idempotent_and_partitions_daily(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
-        assert migrate(conn) == 1
-        assert migrate(conn) == 1
+        latest = MIGRATIONS[-1][0]
+        assert migrate(conn) == latest == 2
+        assert migrate(conn) == latest
         today = dt.datetime.now(dt.UTC).date()
         names = {
             r[0]
@@ -174,11 +175,12 @@ def test_gaps_command_reports_and_fails_on_a_gap(database_url: str, tmp_path: Pa
         '[[feeds]]\nexchange = "binance"\nsymbols = ["BTC-USDT"]\n'
     )
     done = subprocess.run(
-        [sys.executable, "-m", "common.cli", "gaps", f"--config={config}", "--since=2023-01-01"],
+        [sys.executable, "-m", "common.cli", "gaps", "--scan", f"--config={config}",
+         "--since=2023-01-01"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert "1 gap(s), 2 missing trade(s)" in done.stdout
+    assert "1 gap(s), 2 missing" in done.stdout
     assert "ids 2..3 (2)" in done.stdout
     config.write_text(config.read_text().replace(database_url, "postgresql://x@127.0.0.1:1/x"))
     down = subprocess.run(
