@@ -10,12 +10,12 @@ connection (``/ws``, ``/stream``) only gets ``/public`` streams.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ...venues.base import Channel, split_concatenated
-from ..dialect import Frame, SimSession
-from ..engine import SimQuote, SimTrade
+from ..dialect import Frame, RestReply, SimSession
+from ..engine import SimQuote, SimTrade, TradeBook
 from .binance import BinanceDialect
 
 _CHANNELS = {"aggTrade": Channel.TRADES, "bookTicker": Channel.QUOTES}
@@ -104,6 +104,24 @@ class BinanceFuturesDialect(BinanceDialect):
 
     def expected_trade_id(self, trade: SimTrade) -> str | None:
         return str(trade.trade_id)  # the plain aggregate id, no prefix on futures
+
+    def rest(
+        self,
+        path: str,
+        query: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+        book: TradeBook,
+    ) -> RestReply | None:
+        """``/fapi/v1/aggTrades`` only (times always ms: USD-M documents no time unit header);
+        each simulated trade is its own aggregate, as on the WebSocket."""
+        if path != "/fapi/v1/aggTrades":
+            return None
+        return self._agg_trades(query, book, 1_000_000)
+
+    def rest_canonical(self, venue_symbol: str) -> str | None:
+        if venue_symbol != venue_symbol.upper():
+            return None
+        return _canonical(venue_symbol)
 
 
 DIALECT = BinanceFuturesDialect()
