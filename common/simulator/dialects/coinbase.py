@@ -4,22 +4,34 @@ message per channel (``market_trades``, ``ticker``, ``heartbeats``), each answer
 ``snapshot`` event (empty here: the simulator has no history) and then batches several trades per
 ``update`` frame, newest first, with ``side`` as the MAKER's side and µs RFC 3339 times; tickers
 carry the best bid/ask and a ns frame timestamp. No protocol pings: Coinbase keeps connections
-alive with the heartbeats channel."""
+alive with the heartbeats channel.
+
+REST: ``GET /api/v3/brokerage/market/products/{product_id}/ticker?limit=&start=&end=`` (Get
+Public Market Trades) from the trade book: the newest ``limit`` (1..1000) trades with
+``start <= time < end`` (whole UNIX seconds, both optional), newest first, in the WebSocket's
+trade format (same ``trade_id``, maker ``side``, µs ``time``), plus ``best_bid``/``best_ask``.
+A missing or bad parameter is a 400 ``INVALID_ARGUMENT``; a product the book has no trades of
+gets an empty list.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from ...venues.base import Channel
-from ..dialect import Dialect, Frame, SimSession
-from ..engine import SimQuote, SimTrade
+from ..dialect import Dialect, Frame, RestReply, SimSession
+from ..engine import SimQuote, SimTrade, TradeBook
 
 _CHANNELS = {"market_trades": Channel.TRADES, "ticker": Channel.QUOTES}
 _KNOWN = {"market_trades", "ticker", "ticker_batch", "level2", "candles", "status", "heartbeats"}
 _MAKER = {"buy": "SELL", "sell": "BUY"}  # taker side -> the maker side Coinbase reports
+_TRADES_PATH = re.compile(r"/api/v3/brokerage/market/products/([A-Z0-9]+-[A-Z0-9]+)/ticker")
+_REST_LIMIT = 1000  # the most trades one market-trades answer holds
+_NS = 1_000_000_000
 
 
 def rfc3339(ns: int) -> str:
@@ -36,6 +48,29 @@ def _us(ns: int) -> str:
 
 def _error(message: str) -> Frame:
     return json.dumps({"type": "error", "message": message})
+
+
+def _rest_error(status: int, code: str, message: str) -> RestReply:
+    """An Advanced Trade REST error: ``{"error", "error_details", "message"}``."""
+    body = {"error": code, "error_details": message, "message": message}
+    return RestReply(status, json.dumps(body))
+
+
+def _int_param(query: Mapping[str, list[str]], name: str) -> int | None:
+    """The integer value of query parameter ``name`` (None: absent); ValueError when bad."""
+    values = query.get(name)
+    if not values:
+        return None
+    value = values[-1]
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _wire(t: SimTrade) -> dict[str, str]:
+    """One trade as both the WebSocket and the REST API send it."""
+    return {"trade_id": str(t.trade_id), "product_id": t.symbol, "price": t.price,
+            "size": t.amount, "side": _MAKER[t.side], "time": _us(t.ts_ns)}  # fmt: skip
 
 
 class CoinbaseDialect(Dialect):
@@ -92,11 +127,7 @@ class CoinbaseDialect(Dialect):
     def trade_frames(self, session: SimSession, trades: Sequence[SimTrade]) -> list[Frame]:
         if not trades:
             return []
-        rows = [
-            {"trade_id": str(t.trade_id), "product_id": t.symbol, "price": t.price,
-             "size": t.amount, "side": _MAKER[t.side], "time": _us(t.ts_ns)}
-            for t in reversed(trades)  # newest first, as the venue sends them
-        ]  # fmt: skip
+        rows = [_wire(t) for t in reversed(trades)]  # newest first, as the venue sends them
         newest = max(t.ts_ns for t in trades)
         return [
             self._envelope(session, "market_trades", newest, [{"type": "update", "trades": rows}])
@@ -114,6 +145,35 @@ class CoinbaseDialect(Dialect):
 
     def expected_trade_id(self, trade: SimTrade) -> str | None:
         return str(trade.trade_id)
+
+    def rest(
+        self,
+        path: str,
+        query: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+        book: TradeBook,
+    ) -> RestReply | None:
+        m = _TRADES_PATH.fullmatch(path)
+        if m is None:
+            return None
+        product = m.group(1)
+        try:
+            limit = _int_param(query, "limit")
+            start = _int_param(query, "start")
+            end = _int_param(query, "end")
+        except ValueError as exc:
+            return _rest_error(400, "INVALID_ARGUMENT", str(exc))
+        if limit is None or not 1 <= limit <= _REST_LIMIT:
+            return _rest_error(400, "INVALID_ARGUMENT", f"limit must be 1..{_REST_LIMIT}")
+        last = book.last_id(product)
+        lo = book.first_id_at(product, start * _NS) if start is not None else 1
+        hi = book.first_id_at(product, end * _NS) - 1 if end is not None else last
+        trades = book.trades(product, max(lo, hi - limit + 1), hi)
+        rows = [{**_wire(t), "bid": "", "ask": ""} for t in reversed(trades)]  # newest first
+        newest = book.trade(product, last) if last else None
+        best_bid, best_ask = (newest.price, newest.price) if newest else ("", "")
+        body = {"trades": rows, "best_bid": best_bid, "best_ask": best_ask}
+        return RestReply(200, json.dumps(body, separators=(",", ":")))
 
 
 DIALECT = CoinbaseDialect()

@@ -6,21 +6,33 @@ best bid/ask frames. The first frame of a channel after subscribing is typed ``s
 ``{"channel":"heartbeat"}`` about every second once subscribed. Not simulated: the 50-trade
 history in the real trade snapshot. Acks and
 pongs carry fixed ``time_in``/``time_out`` values because a dialect has no clock.
+
+REST: ``GET /0/public/Trades?pair=&since=&count=`` (Get Recent Trades) from the trade book: up
+to ``count`` (1..1000, default 1000) trades after ``since`` (ns, or whole seconds when it is
+short), oldest first, keyed by Kraken's internal pair name (``XXBTZUSD``) whatever name the
+request used (``XBTUSD``, ``BTCUSD``, ``BTC/USD``, ``XBT/USD``), with ``last`` (the newest
+returned trade's time in ns). Errors come in the ``error`` array with HTTP 200, as Kraken sends
+them. The venue's precision is reproduced: Kraken's engine clock is finer than the microsecond
+the WebSocket prints, and REST prints it as a float of seconds. The simulated engine time of a
+trade is its (microsecond) book time plus ``ENGINE_SUB_US_NS``, so the WebSocket (truncating to
+the microsecond) still shows the book time, while REST shows the shortest float repr of the
+engine time in seconds (``1688669597.8277364``), as Kraken's own example does. Prices and amounts
+are padded with zeros to 5 and 8 decimals, as Kraken pads them to the pair's decimals.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from ...symbols import canonical_asset
+from ...symbols import ASSET_ALIASES, canonical_asset
 from ...venues.base import Channel
-from ..dialect import Dialect, Frame, SimSession
-from ..engine import SimQuote, SimTrade
+from ..dialect import Dialect, Frame, RestReply, SimSession
+from ..engine import SimQuote, SimTrade, TradeBook
 
 _CHANNELS = {"trade": Channel.TRADES, "ticker": Channel.QUOTES}
 _TIME_IN = "2023-09-25T09:04:31.742599Z"
@@ -53,6 +65,47 @@ def _encode(message: dict[str, Any]) -> str:
 def _error(text: str, fields: dict[str, Any]) -> str:
     return _encode({"error": text, "success": False, "time_in": _TIME_IN, "time_out": _TIME_OUT,
                     **fields})  # fmt: skip
+
+
+# REST (see the module docstring).
+ENGINE_SUB_US_NS = 369  # the simulated engine time's part below the microsecond
+_REST_COUNT = 1000  # "Return specific number of trades, up to 1000"
+_V1 = {canonical: venue for venue, canonical in ASSET_ALIASES.items()}  # BTC -> XBT
+_X_ASSETS = frozenset({"XBT", "ETH", "LTC", "XRP", "XDG", "XLM", "ETC", "ZEC", "XMR", "REP"})
+_Z_ASSETS = frozenset({"USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF"})
+
+
+def _rest_error(*errors: str) -> RestReply:
+    """Kraken's REST errors: HTTP 200 with the ``error`` array ("HTTP status codes are generally
+    not used by the API to indicate request success or failure")."""
+    return RestReply(200, _encode({"error": list(errors)}))
+
+
+def _internal_pair(base: str, quote: str) -> str:
+    """Kraken's internal pair name, the key of a Trades answer: ``XXBTZUSD`` for BTC/USD (legacy
+    assets are prefixed X or Z), ``SOLUSD`` for newer ones."""
+    b, q = _V1.get(base, base), _V1.get(quote, quote)
+    if b in _X_ASSETS and (q in _Z_ASSETS or q in _X_ASSETS):
+        return f"X{b}{'Z' if q in _Z_ASSETS else 'X'}{q}"
+    return f"{b}{q}"
+
+
+def _rest_names(symbol: str) -> set[str]:
+    """The pair names Kraken's REST accepts for a canonical symbol, upper case."""
+    base, quote = symbol.split("-")[:2]
+    b, q = _V1.get(base, base), _V1.get(quote, quote)
+    return {f"{b}{q}", f"{base}{quote}", f"{b}/{q}", f"{base}/{quote}", _internal_pair(base, quote)}
+
+
+def _padded(text: str, decimals: int) -> str:
+    """``123.4`` -> ``123.40000``: Kraken pads REST decimals to the pair's precision."""
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.ljust(decimals, '0')}"
+
+
+def _seconds(ns: int) -> msgspec.Raw:
+    """A time as Kraken's REST prints it: the shortest repr of the float of seconds."""
+    return msgspec.Raw(repr(ns / 1_000_000_000).encode())
 
 
 def _canonical(venue: str) -> str:
@@ -162,6 +215,45 @@ class KrakenDialect(Dialect):
 
     def expected_trade_id(self, trade: SimTrade) -> str | None:
         return str(trade.trade_id)
+
+    def rest(
+        self,
+        path: str,
+        query: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+        book: TradeBook,
+    ) -> RestReply | None:
+        if path != "/0/public/Trades":
+            return None
+        pair = (query.get("pair") or [""])[-1].upper()
+        if not pair:
+            return _rest_error("EGeneral:Invalid arguments")
+        symbol = next((s for s in book.symbols() if pair in _rest_names(s)), None)
+        if symbol is None:
+            return _rest_error("EQuery:Unknown asset pair")
+        since_text = (query.get("since") or ["0"])[-1]
+        count_text = (query.get("count") or [str(_REST_COUNT)])[-1]
+        if not (since_text.isascii() and since_text.isdigit() and len(since_text) <= 19):
+            return _rest_error("EGeneral:Invalid arguments:since")
+        if not (count_text.isascii() and count_text.isdigit()):
+            return _rest_error("EGeneral:Invalid arguments:count")
+        since, count = int(since_text), int(count_text)
+        if not 1 <= count <= _REST_COUNT:
+            return _rest_error("EGeneral:Invalid arguments:count")
+        if since < 10**12:  # whole seconds (the docs' example), else nanoseconds
+            since *= 1_000_000_000
+        # Engine time = book time + ENGINE_SUB_US_NS; trades strictly after ``since``.
+        first = book.first_id_after(symbol, since - ENGINE_SUB_US_NS)
+        trades = book.trades(symbol, first, first + count - 1)
+        rows = [
+            [_padded(t.price, 5), _padded(t.amount, 8), _seconds(t.ts_ns + ENGINE_SUB_US_NS),
+             t.side[0], "m" if t.trade_id % 2 else "l", "", t.trade_id]
+            for t in trades
+        ]  # fmt: skip
+        last = trades[-1].ts_ns + ENGINE_SUB_US_NS if trades else since
+        base, quote = symbol.split("-")[:2]
+        result = {_internal_pair(base, quote): rows, "last": str(last)}
+        return RestReply(200, _encode({"error": [], "result": result}))
 
 
 DIALECT = KrakenDialect()
