@@ -80,6 +80,9 @@ _bbo = msgspec.json.Decoder(list[WireBbo])
 _SIDES = {"buy": "buy", "sell": "sell"}
 
 
+TRADES_ALL = "trades-all"  # the connection context of the business endpoint's plans
+
+
 class Okx(Venue):
     exchange = "okx"
     title = "OKX v5"
@@ -146,7 +149,8 @@ class Okx(Venue):
                         subscribe=messages,
                         symbols=tuple(insts),
                         channels=tuple(sorted({c for c, _ in group})),
-                        context="",
+                        # the trades variant: REST backfill can match trades-all rows only
+                        context=TRADES_ALL if path == "/ws/v5/business" else "",
                         subscribe_interval_s=SUBSCRIBE_INTERVAL_S,
                         keepalive=Keepalive(
                             protocol_ping_s=None, app_ping="ping", app_ping_s=20.0, silence_s=45.0

@@ -5,22 +5,37 @@ answered with the public pong, trades batched in ``publicTrade`` snapshots, leve
 
 Docs: https://bybit-exchange.github.io/docs/v5/ws/connect,
 https://bybit-exchange.github.io/docs/v5/websocket/public/trade and .../orderbook
+
+REST: ``GET /v5/market/recent-trade`` (https://bybit-exchange.github.io/docs/v5/market/recent-trade)
+serves only the newest trades of a symbol, newest first, no cursor: ``limit`` "spot: [1,60],
+default: 60; others: [1,1000], default: 500", times in ms as strings, ``execId`` the WebSocket
+``i``. A bad or missing parameter is ``retCode`` 10001 "Request parameter error"
+(https://bybit-exchange.github.io/docs/v5/error) with HTTP 200, as Bybit answers it: Bybit
+keeps HTTP errors for the transport (403 for a banned IP, 404 for an unknown route).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ...venues.base import Channel, split_concatenated
-from ..dialect import Dialect, Frame, SimSession
-from ..engine import SimQuote, SimTrade
+from ..dialect import Dialect, Frame, RestReply, SimSession
+from ..engine import SimQuote, SimTrade, TradeBook
 
 _PATHS = {"/v5/public/spot": "spot", "/v5/public/linear": "linear"}
 _TOPICS = {"publicTrade": Channel.TRADES, "orderbook": Channel.QUOTES}
 _SPOT_ARGS_PER_REQUEST = 10
 _CONN_ID = "sim-0000"
+RECENT_TRADE = "/v5/market/recent-trade"
+# category -> (default, maximum) of ``limit``: also how deep the endpoint reaches.
+_REST_LIMITS = {
+    "spot": (60, 60),
+    "linear": (500, 1000),
+    "inverse": (500, 1000),
+    "option": (500, 1000),
+}
 
 
 def _json(value: object) -> str:
@@ -153,6 +168,76 @@ class BybitDialect(Dialect):
 
     def expected_trade_id(self, trade: SimTrade) -> str | None:
         return str(trade.trade_id)
+
+    def rest(
+        self,
+        path: str,
+        query: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+        book: TradeBook,
+    ) -> RestReply | None:
+        if path != RECENT_TRADE:
+            return None
+        category = _param(query, "category")
+        if category not in _REST_LIMITS:
+            return _rest_error("params error: category invalid")
+        name = _param(query, "symbol")
+        if not name:
+            if category != "option":
+                return _rest_error("params error: symbol invalid")
+            name = ""
+        default, most = _REST_LIMITS[category]
+        text = _param(query, "limit")
+        if text is None:
+            limit = default
+        elif text.isascii() and text.isdigit() and 1 <= int(text) <= most:
+            limit = int(text)
+        else:
+            return _rest_error("params error: limit invalid")
+        rows: list[dict[str, object]] = []
+        symbol = _canonical(name, category)
+        if symbol is not None:
+            last = book.last_id(symbol)
+            for t in reversed(book.trades(symbol, last - limit + 1, last)):
+                rows.append(
+                    {
+                        "execId": str(t.trade_id),
+                        "symbol": name,
+                        "price": t.price,
+                        "size": t.amount,
+                        "side": "Buy" if t.side == "buy" else "Sell",
+                        "time": str(t.ts_ns // 1_000_000),
+                        "isBlockTrade": False,
+                        "isRPITrade": False,
+                    }
+                )
+        result: dict[str, object] = {"category": category, "list": rows}
+        return RestReply(200, _rest_answer(0, "OK", result))
+
+
+def _param(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _canonical(name: str, category: str) -> str | None:
+    """The book's symbol of a spot or linear name (None: the simulator streams no such one)."""
+    if category not in ("spot", "linear"):
+        return None
+    try:
+        base, quote = split_concatenated(name)
+    except ValueError:
+        return None
+    return f"{base}-{quote}-PERP" if category == "linear" else f"{base}-{quote}"
+
+
+def _rest_answer(code: int, msg: str, result: dict[str, object]) -> str:
+    # retExtInfo and time as in the docs' examples; the dialect has no clock, so time is 0.
+    return _json({"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": 0})
+
+
+def _rest_error(msg: str) -> RestReply:
+    return RestReply(200, _rest_answer(10001, msg, {}))
 
 
 DIALECT = BybitDialect()

@@ -1,14 +1,28 @@
 """OKX v5 as the simulator speaks it: ``/ws/v5/public`` and ``/ws/v5/business``, subscribe acks
-per argument, text ``ping`` -> ``pong``, one ``trades`` message per trade (count 1)."""
+per argument, text ``ping`` -> ``pong``, one ``trades`` message per trade (count 1).
+
+REST: ``GET /api/v5/market/history-trades`` from the trade book, as documented at
+https://www.okx.com/docs-v5/en/#order-book-trading-market-data-get-trades-history: ``type`` 1
+(``after``/``before`` are trade ids) or 2 (``after`` is a time in ms; "Do not support timestamp
+for pagination" for ``before``, which is then ignored), records strictly "earlier than" ``after``,
+newest first, ``limit`` at most 100 (larger values are served as 100), times in ms. The reach is
+"the last 3 months": here 90 days before the symbol's newest trade (the dialect has no clock).
+A missing ``instId`` or a malformed number is OKX's ``{"code": "51000", "msg": "Parameter {param0}
+error"}`` with HTTP 400 (https://www.okx.com/docs-v5/en/#error-code-rest-api-trade).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ...venues.base import Channel
-from ..dialect import Dialect, Frame, SimSession
-from ..engine import SimQuote, SimTrade
+from ..dialect import Dialect, Frame, RestReply, SimSession
+from ..engine import SimQuote, SimTrade, TradeBook
+
+HISTORY_TRADES = "/api/v5/market/history-trades"
+REST_PAGE_MAX = 100  # "The maximum and default both are 100"
+REST_REACH_NS = 90 * 86_400 * 1_000_000_000  # "from the last 3 months"
 
 _CHANNELS = {"trades": Channel.TRADES, "trades-all": Channel.TRADES, "bbo-tbt": Channel.QUOTES}
 
@@ -110,6 +124,70 @@ class OkxDialect(Dialect):
                 separators=(",", ":"),
             )
         ]
+
+    def rest(
+        self,
+        path: str,
+        query: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+        book: TradeBook,
+    ) -> RestReply | None:
+        if path != HISTORY_TRADES:
+            return None
+        inst = _param(query, "instId")
+        if not inst:
+            return _param_error("instId")
+        kind = _param(query, "type") or "1"
+        if kind not in ("1", "2"):
+            return _param_error("type")
+        numbers: dict[str, int] = {}
+        for name in ("after", "before", "limit"):
+            text = _param(query, name)
+            if text is None:
+                continue
+            if not (text.isascii() and text.isdigit()) or len(text) > 19:
+                return _param_error(name)
+            numbers[name] = int(text)
+        limit = min(numbers.get("limit", REST_PAGE_MAX), REST_PAGE_MAX)
+        if limit < 1:
+            return _param_error("limit")
+        symbol = _canonical(inst)
+        last = book.last_id(symbol)
+        rows: list[dict[str, str]] = []
+        if last:
+            oldest = book.first_id_at(symbol, book.trade(symbol, last).ts_ns - REST_REACH_NS)
+            hi, lo = last, oldest
+            if "after" in numbers:
+                if kind == "1":
+                    hi = min(hi, numbers["after"] - 1)
+                else:  # trades whose ms is before ``after``
+                    hi = min(hi, book.first_id_at(symbol, numbers["after"] * 1_000_000) - 1)
+            if kind == "1" and "before" in numbers:
+                lo = max(lo, numbers["before"] + 1)
+            for trade in reversed(book.trades(symbol, max(lo, hi - limit + 1), hi)):
+                rows.append(
+                    {
+                        "instId": inst,
+                        "side": trade.side,
+                        "sz": trade.amount,
+                        "source": "0",
+                        "px": trade.price,
+                        "tradeId": str(trade.trade_id),
+                        "ts": str(trade.ts_ns // 1_000_000),
+                    }
+                )
+        return RestReply(200, json.dumps({"code": "0", "msg": "", "data": rows}))
+
+
+def _param(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _param_error(name: str) -> RestReply:
+    return RestReply(
+        400, json.dumps({"code": "51000", "msg": f"Parameter {name} error", "data": []})
+    )
 
 
 DIALECT = OkxDialect()

@@ -1,0 +1,341 @@
+"""Bybit REST backfill (``common.rest.bybit``) and the simulator's ``recent-trade``.
+
+The docs' example (``tests/fixtures/bybit/rest_recent_trade_spot.json``) is the Response Example
+of https://bybit-exchange.github.io/docs/v5/market/recent-trade, whitespace removed, keys, order
+and values unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.records import Trade
+from common.rest.base import BadAnswer, Page, Span
+from common.rest.bybit import HISTORY, PATH
+from common.rest.fetch import Bucket, fetch_span
+from common.simulator.dialect import SimSession
+from common.simulator.dialects.bybit import DIALECT
+from common.simulator.engine import TradeBook
+from tests.rest_helpers import serving_rest
+from tests.venue_helpers import RECV_NS, fixture, parse
+
+PROPS = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+MS = 1_000_000
+T0 = 1_700_000_000_000 * MS
+
+
+def span(symbol: str = "BTC-USDT", *, after_ns: int, before_ns: int) -> Span:
+    context = "linear" if symbol.endswith("-PERP") else "spot"
+    return Span(
+        exchange="bybit",
+        symbol=symbol,
+        context=context,
+        first_id=None,
+        last_id=None,
+        after_ns=after_ns,
+        before_ns=before_ns,
+    )
+
+
+def key(t: Trade) -> Trade:
+    return msgspec.structs.replace(t, recv_ns=0)
+
+
+# -- the docs' example --------------------------------------------------------------------------
+
+DOCS_TRADE = Trade(
+    exchange="bybit",
+    symbol="BTC-USDT",
+    trade_id="2100000000007764263",
+    price="16618.49",
+    amount="0.00012",
+    side="buy",
+    ts_ns=1_672_052_955_758_000_000,
+    recv_ns=RECV_NS,
+)
+
+
+def test_docs_example_is_parsed_field_by_field() -> None:
+    body = fixture("bybit", "rest_recent_trade_spot.json")
+    s = span(after_ns=1_672_052_955_759 * MS, before_ns=1_672_052_956_000 * MS)
+    assert HISTORY.page(s, HISTORY.first(s), body, RECV_NS) == Page([DOCS_TRADE], None)
+    # a span starting at the trade's own ms: older trades of that ms may have been cut off
+    s = span(after_ns=1_672_052_955_758 * MS, before_ns=1_672_052_956_000 * MS)
+    page = HISTORY.page(s, HISTORY.first(s), body, RECV_NS)
+    assert page.trades == [DOCS_TRADE] and page.next is None and page.short is not None
+
+
+def test_docs_trade_has_the_same_key_as_the_websocket_row() -> None:
+    """The docs' REST trade as ``publicTrade`` pushes it on spot (fields as in the trade page:
+    ``i`` the trade id, ``T`` the fill time in ms, ``S`` the taker side)."""
+    frame = json.dumps(
+        {
+            "topic": "publicTrade.BTCUSDT",
+            "ts": 1672052955760,
+            "type": "snapshot",
+            "data": [
+                {"i": "2100000000007764263", "T": 1672052955758, "p": "16618.49", "v": "0.00012",
+                 "S": "Buy", "s": "BTCUSDT", "BT": False, "RPI": False, "seq": 7961638800}
+            ],
+        }
+    )  # fmt: skip
+    assert parse("bybit", frame.encode(), context="spot").trades == [DOCS_TRADE]
+
+
+def test_a_linear_trade_has_the_same_key_as_the_docs_websocket_row() -> None:
+    """The trade of the docs' linear ``publicTrade`` example as recent-trade would return it."""
+    [ws] = parse("bybit", fixture("bybit", "trade_linear.json"), context="linear").trades
+    row = {"execId": "20f43950-d8dd-5b31-9112-a178eb6023af", "symbol": "BTCUSDT",
+           "price": "16578.50", "size": "0.001", "side": "Buy", "time": "1672304486865",
+           "isBlockTrade": False, "isRPITrade": False}  # fmt: skip
+    result = {"category": "linear", "list": [row]}
+    body = json.dumps({"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}})
+    s = span("BTC-USDT-PERP", after_ns=ws.ts_ns - MS, before_ns=ws.ts_ns + MS)
+    assert HISTORY.page(s, HISTORY.first(s), body.encode(), RECV_NS).trades == [ws]
+
+
+# -- requests and answers (pure) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("symbol", "category", "limit"),
+    [("BTC-USDT", "spot", "60"), ("ETH-USDT-PERP", "linear", "1000")],
+)
+def test_the_one_request_asks_for_the_deepest_page(symbol: str, category: str, limit: str) -> None:
+    request = HISTORY.first(span(symbol, after_ns=T0, before_ns=T0 + MS))
+    assert request.path == PATH == "/v5/market/recent-trade"
+    name = symbol.removesuffix("-PERP").replace("-", "")
+    assert request.params == (("category", category), ("symbol", name), ("limit", limit))
+    assert request.weight == 1
+
+
+def answer(ids: range, ts_ms: int, symbol: str = "BTCUSDT") -> bytes:
+    rows = [
+        {"execId": str(i), "symbol": symbol, "price": "10", "size": "1", "side": "Sell",
+         "time": str(ts_ms + i), "isBlockTrade": False} for i in reversed(ids)
+    ]  # fmt: skip
+    result = {"category": "spot", "list": rows}
+    body = {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def test_an_answer_reaching_before_the_span_start_is_complete() -> None:
+    s = span(after_ns=(T0 // MS + 5) * MS, before_ns=T0 + 100 * MS)
+    page = HISTORY.page(s, HISTORY.first(s), answer(range(4, 64), T0 // MS), RECV_NS)
+    assert len(page.trades) == 60 and page.next is None and page.short is None
+
+
+# range(5, 65): the oldest trade is at the span's start, which is included: an older trade of
+# the same ms may be past the 60 served
+@pytest.mark.parametrize("ids", [range(5, 65), range(6, 66), range(0)])
+def test_an_answer_not_reaching_before_the_span_start_is_short(ids: range) -> None:
+    s = span(after_ns=(T0 // MS + 5) * MS, before_ns=T0 + 100 * MS)
+    page = HISTORY.page(s, HISTORY.first(s), answer(ids, T0 // MS), RECV_NS)
+    assert page.next is None and len(page.trades) == len(ids)
+    assert page.short is not None and "last 60 trades" in page.short
+
+
+def test_error_answers_are_bad_answers() -> None:
+    s = span(after_ns=T0, before_ns=T0 + MS)
+    for bad in (
+        b'{"retCode":10001,"retMsg":"params error: symbol invalid","result":{},"retExtInfo":{}}',
+        answer(range(1, 3), T0 // MS, symbol="ETHUSDT"),
+        answer(range(1, 3), T0 // MS).replace(b'"time":"', b'"time":"x'),
+        b'{"retCode":0,"retMsg":"OK","result":{"list":{}}}',
+        b'{"retCode":0,"retMsg":"OK"}',
+    ):
+        with pytest.raises(BadAnswer, match=r"^bybit: "):
+            HISTORY.page(s, HISTORY.first(s), bad, RECV_NS)
+
+
+def test_a_banned_ip_is_retried_later_and_other_refusals_are_final() -> None:
+    assert HISTORY.refusal(403, b"<html>Access Denied</html>") is None
+    assert HISTORY.refusal(404, b"not found") == "HTTP 404: not found"
+
+
+# -- the simulator ------------------------------------------------------------------------------
+
+
+def book_of(symbol: str, stamps: list[int]) -> TradeBook:
+    book = TradeBook()
+    for n, ts in enumerate(stamps, start=1):
+        book.record(symbol, n, 1, ts)
+    return book
+
+
+def ws_trade(book: TradeBook, symbol: str, n: int) -> Trade:
+    """Trade ``n`` of the book as the WebSocket parser makes it from the dialect's frame."""
+    category = "linear" if symbol.endswith("-PERP") else "spot"
+    [frame] = DIALECT.trade_frames(
+        SimSession(path=f"/v5/public/{category}"), [book.trade(symbol, n)]
+    )
+    assert isinstance(frame, str)
+    [trade] = parse("bybit", frame.encode(), context=category).trades
+    return trade
+
+
+def rest_get(book: TradeBook, **query: str) -> dict[str, object]:
+    reply = DIALECT.rest(PATH, {k: [v] for k, v in query.items()}, {}, book)
+    assert reply is not None and reply.status == 200
+    answer: dict[str, object] = json.loads(reply.body)
+    return answer
+
+
+@PROPS
+@given(
+    symbol=st.sampled_from(["BTC-USDT", "ETH-USDT-PERP"]),
+    gaps=st.lists(st.integers(0, 3 * MS), min_size=1, max_size=40),
+    data=st.data(),
+)
+def test_simulated_trades_have_the_same_key_both_ways(
+    symbol: str, gaps: list[int], data: st.DataObject
+) -> None:
+    stamps = [T0 + 123 + sum(gaps[: i + 1]) for i in range(len(gaps))]  # not on a ms boundary
+    book = book_of(symbol, stamps)
+    n = data.draw(st.integers(1, len(stamps)))
+    s = span(symbol, after_ns=0, before_ns=stamps[-1] + MS)
+    reply = DIALECT.rest(PATH, {k: [v] for k, v in HISTORY.first(s).params}, {}, book)
+    assert reply is not None and reply.status == 200
+    rest = HISTORY.page(s, HISTORY.first(s), reply.body.encode(), RECV_NS).trades
+    assert rest[len(stamps) - n] == ws_trade(book, symbol, n)  # newest first
+
+
+def test_simulated_recent_trade_is_shallow_like_the_docs() -> None:
+    book = book_of("BTC-USDT", [T0 + n * MS for n in range(2000)])
+    book.record("BTC-USDT-PERP", 1, 2000, T0)
+
+    def ids(**query: str) -> list[int]:
+        result = rest_get(book, **query)["result"]
+        assert isinstance(result, dict)
+        return [int(row["execId"]) for row in result["list"]]
+
+    assert ids(category="spot", symbol="BTCUSDT") == list(range(2000, 1940, -1))  # default 60
+    assert ids(category="spot", symbol="BTCUSDT", limit="3") == [2000, 1999, 1998]
+    assert len(ids(category="linear", symbol="BTCUSDT")) == 500  # default
+    assert ids(category="linear", symbol="BTCUSDT", limit="1000")[-1] == 1001
+    assert ids(category="linear", symbol="ETHUSDT") == []
+    assert ids(category="inverse", symbol="BTCUSD") == []
+    for bad in (
+        {"symbol": "BTCUSDT"},
+        {"category": "spot"},
+        {"category": "futures", "symbol": "BTCUSDT"},
+        {"category": "spot", "symbol": "BTCUSDT", "limit": "61"},
+        {"category": "linear", "symbol": "BTCUSDT", "limit": "1001"},
+        {"category": "linear", "symbol": "BTCUSDT", "limit": "0"},
+    ):
+        answer = rest_get(book, **bad)
+        assert answer["retCode"] == 10001 and answer["result"] == {}
+    assert DIALECT.rest("/v5/market/kline", {}, {}, book) is None
+
+
+def test_fetch_span_gets_exactly_the_span_within_reach() -> None:
+    stamps = [T0 + (n // 4) * MS for n in range(1500)]  # four trades a ms
+    book = book_of("BTC-USDT-PERP", stamps)
+    s = span("BTC-USDT-PERP", after_ns=stamps[899], before_ns=stamps[1400])
+    expected = [ws_trade(book, "BTC-USDT-PERP", n) for n in range(1, 1501)]
+    expected = [t for t in expected if s.after_ns <= t.ts_ns <= s.before_ns]
+    assert len(expected) == 508  # ms 224 .. 350, both ends included (trades 897 .. 1404)
+    with serving_rest("bybit", book) as (url, sim), httpx.Client(timeout=10) as client:
+        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
+        assert sim.rest_requests == fetched.requests == 1
+    assert fetched.short is None and fetched.refused is None
+    assert sorted(map(key, fetched.trades), key=lambda t: int(t.trade_id)) == list(
+        map(key, expected)
+    )
+
+
+def test_fetch_span_rides_out_rate_limit_answers() -> None:
+    stamps = [T0 + n * MS for n in range(100)]
+    book = book_of("BTC-USDT", stamps)
+    s = span(after_ns=stamps[59], before_ns=stamps[80])
+    with serving_rest("bybit", book, rest_faults=2) as (url, sim), httpx.Client(timeout=10) as c:
+        fetched = fetch_span(c, url, HISTORY, s, bucket=Bucket(100, 1.0), sleep=lambda _: None)
+        assert sim.rest_requests == 3 and fetched.requests == 1
+    # trades 60 and 81 are the stored neighbours: the span's ends are included
+    assert [t.trade_id for t in fetched.trades] == [str(n) for n in range(81, 59, -1)]
+    assert fetched.short is None
+
+
+def test_fetch_span_beyond_the_last_60_spot_trades_is_short() -> None:
+    stamps = [T0 + n * MS for n in range(200)]
+    book = book_of("BTC-USDT", stamps)
+    s = span(after_ns=stamps[99], before_ns=stamps[170])  # trades 100 .. 171; 141 .. 200 served
+    with serving_rest("bybit", book) as (url, _), httpx.Client(timeout=10) as client:
+        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
+    assert [t.trade_id for t in fetched.trades] == [str(n) for n in range(171, 140, -1)]
+    assert fetched.short is not None and "last 60 trades" in fetched.short
+
+
+def test_fetch_span_cut_inside_its_start_ms_is_short() -> None:
+    """Trades 141 .. 144 share ms 35 and the span starts at the stored 144: the last 60 spot
+    trades (143 .. 202) reach that ms but not 141 and 142, so the span is not complete."""
+    stamps = [T0 + (n // 4) * MS for n in range(202)]
+    book = book_of("BTC-USDT", stamps)
+    s = span(after_ns=stamps[143], before_ns=stamps[150])
+    with serving_rest("bybit", book) as (url, _), httpx.Client(timeout=10) as client:
+        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
+    # ms 35 .. 37 (trades 141 .. 152) is the span; 141 and 142 are beyond reach
+    assert [t.trade_id for t in fetched.trades] == [str(n) for n in range(152, 142, -1)]
+    assert fetched.short is not None and "last 60 trades" in fetched.short
+
+
+# -- any answer at all --------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+ROW = st.fixed_dictionaries(
+    {
+        "execId": st.text(max_size=5),
+        "symbol": st.sampled_from(["BTCUSDT", "ETHUSDT"]),
+        "price": st.text(max_size=5),
+        "size": st.text(max_size=5),
+        "side": st.sampled_from(["Buy", "Sell", "x"]),
+        "time": st.from_regex(r"[0-9]{1,25}", fullmatch=True) | JSON,
+        "isBlockTrade": st.booleans() | JSON,
+    }
+)
+ANSWERS = st.fixed_dictionaries(
+    {
+        "retCode": st.sampled_from([0, 10001]) | JSON,
+        "result": st.fixed_dictionaries({"list": st.lists(ROW, max_size=3) | JSON}) | JSON,
+    }
+)
+
+
+def check_any(body: bytes) -> None:
+    s = span(after_ns=T0, before_ns=T0 + MS)
+    try:
+        page = HISTORY.page(s, HISTORY.first(s), body, RECV_NS)
+    except BadAnswer as exc:
+        assert exc.reason.startswith("bybit: ")
+        return
+    assert isinstance(page, Page) and all(isinstance(t, Trade) for t in page.trades)
+
+
+@PROPS
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_are_a_bad_answer_or_a_page(body: bytes) -> None:
+    check_any(body)
+
+
+@PROPS
+@given(JSON | ANSWERS)
+def test_arbitrary_json_is_a_bad_answer_or_a_page(value: object) -> None:
+    check_any(json.dumps(value).encode())
