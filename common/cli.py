@@ -89,7 +89,8 @@ def _simulate(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="tickvault simulate",
-        description="run a local exchange on 127.0.0.1 speaking venues' WebSocket protocols",
+        description="run a local exchange on 127.0.0.1 speaking venues' WebSocket protocols "
+        "and serving their REST trade history on the same port (SIGUSR1 drops all clients)",
     )
     parser.add_argument(
         "--serve", action="append", metavar="EXCHANGE=PORT", required=True,
@@ -125,6 +126,15 @@ def _simulate(argv: list[str]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         sims = [Simulator(dialect, config) for dialect, _ in pairs]
+        tasks: set[asyncio.Task[None]] = set()
+
+        def drop_all() -> None:  # SIGUSR1: the venue cuts every connection (make chaos)
+            for sim in sims:
+                task = asyncio.ensure_future(sim.drop_all())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        loop.add_signal_handler(signal.SIGUSR1, drop_all)
         for sim, (_, port) in zip(sims, pairs, strict=True):
             await sim.start("127.0.0.1", port)
         print("simulator ready", flush=True)

@@ -30,7 +30,7 @@ class BadAnswer(PoisonFrame):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Span:
     """The trades one backfill fetches: one symbol, ids ``first_id..last_id`` (both included)
-    where the venue's ids are consecutive, and always the times ``after_ns < ts < before_ns``."""
+    where the venue's ids are consecutive, else the times ``after_ns <= ts <= before_ns``."""
 
     exchange: str
     symbol: str  # canonical (BTC-USDT)
@@ -51,7 +51,9 @@ class Span:
             if not trade.trade_id.isdigit() or len(trade.trade_id) > 19:
                 return False
             return self.first_id <= int(trade.trade_id) <= self.last_id
-        return self.after_ns < trade.ts_ns < self.before_ns
+        # both ends included: a missed trade may share its millisecond with a stored neighbour
+        # (the insert skips what is stored already)
+        return self.after_ns <= trade.ts_ns <= self.before_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,11 @@ class TradeHistory(abc.ABC):
         Raises:
             BadAnswer: the body is not the venue's documented answer.
         """
+
+    def cannot(self, span: Span) -> str | None:
+        """Why the venue's REST cannot give ``span`` the WebSocket rows' keys (a feed variant
+        whose rows REST does not serve), before any request; None: it can."""
+        return None
 
     def refusal(self, status: int, body: bytes) -> str | None:
         """For a non-200 answer that is final (not 429, 418 or 5xx, which the shell retries):

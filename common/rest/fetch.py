@@ -95,6 +95,9 @@ def fetch_span(
         BadAnswer: an answer the venue module cannot read.
     """
     out = Fetched()
+    out.refused = history.cannot(span)
+    if out.refused is not None:
+        return out
     seen: set[str] = set()
     asked: set[Request] = set()
     request: Request | None = history.first(span)

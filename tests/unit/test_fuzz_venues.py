@@ -278,9 +278,14 @@ INVALID_UTF8 = (
 
 @cache
 def fixture_frames(exchange: str) -> tuple[bytes, ...]:
-    """Every frame file of the venue's fixture folder (README files excluded)."""
+    """Every frame file of the venue's fixture folder (README files and REST answers
+    ``rest_*`` excluded: those are fuzzed by their own tests, ``test_rest_<venue>``)."""
     files = sorted((FIXTURES / exchange).iterdir())
-    return tuple(p.read_bytes().rstrip(b"\n") for p in files if p.suffix != ".md")
+    return tuple(
+        p.read_bytes().rstrip(b"\n")
+        for p in files
+        if p.suffix != ".md" and not p.name.startswith("rest_")
+    )
 
 
 @cache

@@ -1,0 +1,106 @@
+"""Completeness end to end: a producer killed and restarted, a feed cut by the venue, and a
+consumer killed, all while the venue goes on trading; the gaps are found from the stored ids,
+backfilled from the venue's REST (the simulator's, from the trades it streamed) and marked
+``filled``; the coverage ledger shows each blind interval with its reason."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import SLOW
+from tests.e2e.harness import Feed, pipeline, settle
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(config: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli", *args, f"--config={config}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("exchange", ["binance", "coinbase"])
+def test_a_killed_producer_leaves_a_gap_that_backfill_fills(
+    exchange: str, redis_url: str, database_url: str, work_dir
+) -> None:
+    symbol = {"binance": "BTC-USDT", "coinbase": "BTC-USD"}[exchange]
+    rate, total = 100, 1_500
+    with pipeline(
+        work=work_dir, redis_url=redis_url, database_url=database_url,
+        feeds=[Feed(exchange, [symbol])], backfill={"every_s": 0.5, "settle_s": 1.0},
+    ) as p:  # fmt: skip
+        p.simulator(rate=rate, trades=total)
+        consumer = p.start_consumer()
+        producer = p.start_producer()
+        p.wait_rows(200, timeout=30 * SLOW)
+        producer.kill()  # mid-stream: no stop marker, nothing sent for a while
+        producer.wait(10)
+        time.sleep(2.0)
+        producer = p.start_producer()
+
+        def complete() -> bool:
+            p.check_alive()
+            rows = p.query(
+                "SELECT count(DISTINCT trade_id), count(*) FROM trades WHERE symbol = %s",
+                (symbol,),
+            )
+            gaps = p.query("SELECT count(*) FROM gaps WHERE status <> 'filled'")
+            return rows[0] == (total, total) and gaps[0][0] == 0
+
+        wait_for(complete, timeout=60 * SLOW, what="every trade stored once, gaps filled")
+        gaps = p.query("SELECT first_missing, last_missing, status, rows_recovered, note FROM gaps")
+        assert len(gaps) >= 1, "the kill opened no gap"
+        missed = sum(g[1] - g[0] + 1 for g in gaps)
+        assert missed >= rate, gaps  # ~2 s of trades were never received
+        assert all(g[2] == "filled" for g in gaps)
+        assert sum(g[3] for g in gaps) >= rate  # most came from REST
+        ids = [int(r[0]) for r in p.query("SELECT trade_id FROM trades ORDER BY 1::int")]
+        assert sorted(ids) == list(range(1, total + 1))
+
+        coverage = cli(str(p.config), "coverage", "--since=1h")
+        assert coverage.returncode == 1, coverage.stderr  # a blind interval: exit 1
+        assert "blind" in coverage.stdout and "producer was restarted" in coverage.stdout
+        ledger = cli(str(p.config), "gaps")
+        assert ledger.returncode == 0, ledger.stdout  # every gap settled
+        assert "filled" in ledger.stdout
+        assert p.stop(producer) == 0 and p.stop(consumer) == 0
+        sessions = p.query("SELECT reason FROM feed_sessions ORDER BY connected_at")
+        assert [r[0] for r in sessions][-1] == "producer stopped"
+
+
+def test_a_cut_feed_and_a_killed_consumer_lose_nothing(
+    redis_url: str, database_url: str, work_dir
+) -> None:
+    total = 2_000
+    with pipeline(
+        work=work_dir, redis_url=redis_url, database_url=database_url,
+        feeds=[Feed("binance", ["BTC-USDT", "ETH-USDT"])],
+        backfill={"every_s": 0.5, "settle_s": 1.0},
+    ) as p:  # fmt: skip
+        sim = p.simulator(rate=150, trades=total)
+        c1, c2 = p.start_consumer("c1"), p.start_consumer("c2")
+        producer = p.start_producer()
+        p.wait_rows(300, timeout=30 * SLOW)
+        sim.send_signal(signal.SIGUSR1)  # the venue drops every connection
+        settle(0.5)
+        c1.kill()  # with whatever it held pending: c2 claims it
+        settle(1.0)
+        sim.send_signal(signal.SIGUSR1)
+
+        def complete() -> bool:
+            p.check_alive()
+            rows = p.query("SELECT count(DISTINCT (symbol, trade_id)), count(*) FROM trades")
+            unsettled = p.query("SELECT count(*) FROM gaps WHERE status <> 'filled'")
+            return rows[0] == (2 * total, 2 * total) and unsettled[0][0] == 0
+
+        wait_for(complete, timeout=60 * SLOW, what="every trade of both symbols stored once")
+        lost = p.query("SELECT count(*) FROM feed_sessions WHERE reason LIKE 'lost:%%'")
+        assert lost[0][0] >= 2  # both cuts are in the coverage ledger with their reason
+        assert p.stop(producer) == 0 and p.stop(c2) == 0
