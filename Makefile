@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test unit integration lint bench clean
+.PHONY: venv demo test unit integration lint bench chaos clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ integration: venv
 
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Random kills and server restarts for CHAOS_ARGS (default 120 s), then an exact count.
+chaos: venv
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .tickvault .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -102,6 +102,8 @@ class Chaos:
         self.producer: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.simulator: subprocess.Popen[bytes] | None = None
+        self.deck = list(self.events)  # every kind of failure once first, then at random
+        self.rng.shuffle(self.deck)
 
     def start(self, *, rate: float, trades: int) -> None:
         self.simulator = self.pipeline.simulator(rate=rate, trades=trades)
@@ -110,7 +112,7 @@ class Chaos:
         self.producer = self.pipeline.start_producer()
 
     def strike(self) -> str:
-        event = self.rng.choice(list(self.events))
+        event = self.deck.pop() if self.deck else self.rng.choice(list(self.events))
         logger.info("chaos: %s", event)
         if event == "kill-producer":
             assert self.producer is not None
@@ -129,8 +131,8 @@ class Chaos:
             time.sleep(self.rng.uniform(0.2, 2.0))
             self.redis.start()
         elif event == "restart-postgres":
-            if self.postgres is None:
-                return self.strike()
+            if self.postgres is None:  # a server given by URL is not ours to restart
+                return "skipped restart-postgres"
             self.postgres.stop()
             time.sleep(self.rng.uniform(0.2, 2.0))
             self.postgres.start()
@@ -207,6 +209,7 @@ def run(
     rest of the trades stream in undisturbed (a gap needs a later trade to be seen), then wait
     until every id is stored and every gap settled (or ``settle_timeout_s``)."""
     rng = random.Random(seed)
+    work.mkdir(parents=True, exist_ok=True)
     feeds = [Feed(ex, VENUES[ex][1], options=VENUES[ex][0]) for ex in exchanges]
     trades = int(rate * duration_s)
     pipeline = Pipeline(
