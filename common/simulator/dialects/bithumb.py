@@ -10,6 +10,10 @@
   ``contDtm`` in Korean time to the microsecond. No best bid/ask stream (the venue parser supports
   trades only on legacy).
 
+REST ``GET /v1/trades/ticks`` is Upbit's (see :mod:`.upbit`) with the parameter ``daysAgo``
+(https://apidocs.bithumb.com/reference/최근-체결-내역) and days, and ``to``, in Korean time: the
+docs do not say which zone they use, and the REST history must not depend on it.
+
 ``expected_trade_id`` is the v2 ``sequential_id``; legacy trades have derived ids instead.
 """
 
@@ -41,6 +45,8 @@ class BithumbDialect(UpbitDialect):
     trades_per_frame = 5  # legacy batches trades in content.list
     trade_keys: ClassVar[dict[str, str]] = {**TRADE_KEYS, "trade_date": "tdt"}
     zone: ClassVar[tzinfo] = KST  # "최근 거래 일자(KST)"
+    rest_days_param: ClassVar[str] = "daysAgo"
+    rest_day_offset_s: ClassVar[int] = 9 * 3_600  # KST (undocumented; see the module docstring)
 
     def accepts(self, path: str) -> bool:
         return path.split("?", 1)[0] in (self.path, LEGACY_PATH)

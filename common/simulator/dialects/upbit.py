@@ -4,6 +4,14 @@ types with ``codes``, ``format``) and no acknowledgement, BINARY data frames, te
 SIMPLE (abbreviated keys), JSON_LIST and SIMPLE_LIST (the same objects in a JSON array).
 Prices and volumes are written as JSON numbers, digit for digit.
 
+REST: ``GET /v1/trades/ticks`` (https://docs.upbit.com/kr/reference/list-pair-trades) from the
+trade book: the trades of one day ("일자 구분은 UTC를 기준"; ``days_ago`` 1..7 days before the
+request date: the wall clock, ``rest_now_ns``, the one impure part), newest first, before ``to``
+(``HHmmss`` or ``HH:mm:ss``, that day) and before the ``cursor`` trade, ``count`` (1..500,
+default 1) of them; ``sequential_id`` is the book's trade id and ``timestamp`` the trade's ms,
+as on the WebSocket. A bad parameter is a 400, an unknown market a 404, both with Upbit's
+``{"error": {"name", "message"}}`` (the messages are ours).
+
 Not simulated: the SNAPSHOT replay of the last trade / book right after a request (every frame is
 ``REALTIME``), the 10 s repeats of ``{"status":"UP"}`` (a dialect has no timer), the best bid/ask
 fields of trade messages and orderbook levels beyond the first. A new request replaces the
@@ -13,7 +21,9 @@ connection's subscriptions.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
@@ -22,8 +32,8 @@ import msgspec
 
 from ...symbols import canonical_asset
 from ...venues.base import Channel
-from ..dialect import Dialect, Frame, SimSession
-from ..engine import SimQuote, SimTrade
+from ..dialect import Dialect, Frame, RestReply, SimSession
+from ..engine import SimQuote, SimTrade, TradeBook
 
 _CHANNELS = {"trade": Channel.TRADES, "orderbook": Channel.QUOTES}
 FORMATS = ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST")
@@ -41,6 +51,34 @@ BOOK_KEYS = {
     "total_bid_size": "tbs", "orderbook_units": "obu", "stream_type": "st", "level": "lv",
 }  # fmt: skip
 UNIT_KEYS = {"ask_price": "ap", "bid_price": "bp", "ask_size": "as", "bid_size": "bs"}
+
+S_NS = 1_000_000_000
+DAY_NS = 86_400 * S_NS
+_MARKET = re.compile(r"[A-Z0-9]{1,20}-[A-Z0-9]{1,20}", re.ASCII)
+_TO = re.compile(r"([01]\d|2[0-3]):?([0-5]\d):?([0-5]\d)", re.ASCII)
+
+
+class _RestError(Exception):
+    """A refused REST request: its status and Upbit's error JSON."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        body = encode({"error": {"name": str(status), "message": message}})
+        self.reply = RestReply(status, body)
+
+
+def _rest_value(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _rest_int(query: Mapping[str, list[str]], name: str, low: int, high: int) -> int | None:
+    value = _rest_value(query, name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 19 and low <= int(value) <= high):
+        raise _RestError(400, f"{name} must be an integer from {low} to {high}")
+    return int(value)
 
 
 def number(text: str) -> msgspec.Raw:
@@ -165,6 +203,66 @@ class UpbitDialect(Dialect):
 
     def expected_trade_id(self, trade: SimTrade) -> str | None:
         return str(trade.trade_id)  # sequential_id
+
+    # -- REST ----------------------------------------------------------------------------------
+    rest_path: ClassVar[str] = "/v1/trades/ticks"
+    rest_days_param: ClassVar[str] = "days_ago"
+    rest_day_offset_s: ClassVar[int] = 0  # where a day of ``days_ago`` and ``to`` starts
+    rest_max_count: ClassVar[int] = 500  # "최대 500개 조회를 지원하며 기본 값은 1"
+    rest_max_days: ClassVar[int] = 7
+
+    def rest_now_ns(self) -> int:
+        """The request time: ``days_ago`` counts days back from its date ("요청 일자")."""
+        return time.time_ns()
+
+    def rest(
+        self,
+        path: str,
+        query: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+        book: TradeBook,
+    ) -> RestReply | None:
+        if path != self.rest_path:
+            return None
+        try:
+            code = _rest_value(query, "market")
+            if not code:
+                raise _RestError(400, "market is required")
+            symbol = self.canonical(code) if _MARKET.fullmatch(code) else None
+            if symbol is None or symbol not in book.times:
+                raise _RestError(404, "Code not found")
+            count = _rest_int(query, "count", 1, self.rest_max_count) or 1
+            days = _rest_int(query, self.rest_days_param, 1, self.rest_max_days) or 0
+            cursor = _rest_int(query, "cursor", 0, 2**63 - 1)  # a sequential_id
+            to = _rest_value(query, "to")
+            until = _TO.fullmatch(to) if to is not None else None
+            if to is not None and until is None:
+                raise _RestError(400, "to must be HHmmss or HH:mm:ss")
+        except _RestError as exc:
+            return exc.reply
+        offset = self.rest_day_offset_s * S_NS
+        start = ((self.rest_now_ns() + offset) // DAY_NS - days) * DAY_NS - offset
+        end = start + DAY_NS
+        if until is not None:
+            hours, minutes, seconds = (int(g) for g in until.groups())
+            end = start + (hours * 3_600 + minutes * 60 + seconds) * S_NS
+        first, last = book.first_id_at(symbol, start), book.first_id_at(symbol, end) - 1
+        if cursor is not None:
+            last = min(last, cursor - 1)
+        ids = range(last, max(first, last - count + 1) - 1, -1)
+        return RestReply(200, encode([self.tick_object(book.trade(symbol, i)) for i in ids]))
+
+    def tick_object(self, t: SimTrade) -> dict[str, Any]:
+        """One row of ``/v1/trades/ticks``: the trade as the WebSocket sends it (same
+        ``sequential_id``, ``timestamp`` = ``trade_timestamp`` in ms, same number text)."""
+        at = clock(t.ts_ns, UTC)
+        return {
+            "market": self.code(t.symbol), "trade_date_utc": at.strftime("%Y-%m-%d"),
+            "trade_time_utc": at.strftime("%H:%M:%S"), "timestamp": t.ts_ns // 1_000_000,
+            "trade_price": number(t.price), "trade_volume": number(t.amount),
+            "prev_closing_price": number("100.00"), "change_price": number("0.01"),
+            "ask_bid": "BID" if t.side == "buy" else "ASK", "sequential_id": t.trade_id,
+        }  # fmt: skip
 
 
 DIALECT = UpbitDialect()
