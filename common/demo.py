@@ -3,8 +3,12 @@
 Starts (unless URLs are given by ``TICKVAULT_REDIS_URL`` / ``TICKVAULT_DATABASE_URL``) an embedded
 Redis-protocol server and PostgreSQL under ``.tickvault/``, the simulator (Binance and OKX
 protocols), one producer and one consumer as separate processes, prints frames in, rows written
-and lag every second, then stops them in order (producer, consumer once the lag is 0) and prints
-a summary with per-symbol gap checks and a sample of the stored trades.
+and lag every second. Midway it kills the producer (SIGKILL) and starts it again two seconds
+later, as a crash would: the venue went on trading meanwhile, so the consumer finds the gap in the
+stored ids (or, on OKX, the coverage ledger's blind interval) and backfills it from the
+simulator's REST API. At the end it stops them in order (producer, consumer once the lag is 0 and
+the gaps are settled) and prints a summary: per-symbol counts, the gap ledger, the blind
+intervals, and a sample of the stored trades.
 """
 
 from __future__ import annotations
@@ -39,17 +43,24 @@ url = "{database}"
 [consumer]
 batch_ms = 20
 
+[backfill]
+every_s = 1.0
+settle_s = 2.0
+
 [[feeds]]
 exchange = "binance"
 channels = ["trades", "quotes"]
 symbols = ["BTC-USDT", "ETH-USDT"]
 url = "ws://127.0.0.1:{binance}"
+rest_url = "http://127.0.0.1:{binance}"
 
 [[feeds]]
 exchange = "okx"
 channels = ["trades", "quotes"]
 symbols = ["BTC-USDT", "ETH-USDT-PERP"]
 url = "ws://127.0.0.1:{okx}"
+rest_url = "http://127.0.0.1:{okx}"
+options = {{ trades = "trades-all" }}
 """
 
 
@@ -134,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="trades/s per symbol")
     parser.add_argument("--dir", default=".tickvault", help="state directory")
     parser.add_argument(
+        "--kill-at", type=float, default=-1.0,
+        help="kill the producer this many seconds in (default: 40 %% of --seconds; 0: never)",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep", action="store_true", help="keep the embedded servers' data from the last run"
     )
     args = parser.parse_args(argv)
@@ -185,10 +200,22 @@ def main(argv: list[str] | None = None) -> int:
             print(_ROW.format("time", "frames in", "trades", "quotes", "lag", "rows/s"))
             started = last_t = time.monotonic()
             last_rows = 0
+            kill_at = started + (args.kill_at if args.kill_at >= 0 else args.seconds * 0.4)
+            restart_at: float | None = None
             while not stop.requested and (
                 args.forever or time.monotonic() - started < args.seconds
             ):
                 time.sleep(1.0)
+                if kill_at and time.monotonic() >= kill_at:
+                    print("killing the producer (SIGKILL), as a crash would; the venue trades on")
+                    killed = procs.pop("producer")
+                    killed.kill()
+                    killed.wait(10)
+                    kill_at, restart_at = 0.0, time.monotonic() + 2.0
+                if restart_at is not None and time.monotonic() >= restart_at:
+                    print("starting the producer again: the gap is found and backfilled")
+                    procs["producer"] = _spawn(["producer"], logs / "producer.log", env)
+                    restart_at = None
                 for name, proc in procs.items():
                     if proc.poll() is not None:
                         print(f"{name} exited with {proc.returncode}; see {logs / name}.log")
@@ -202,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             print("stopping the producer, letting the consumer drain ...", flush=True)
-            _terminate(procs.pop("producer"))
+            _terminate(procs.pop("producer", None))
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and _counts(r, db, seen)[3] > 0:
                 time.sleep(0.2)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and _unsettled(db):
+                time.sleep(0.5)
             _terminate(procs.pop("consumer"))
             _terminate(procs.pop("simulator"))
             _summary(r, db, demo_started, seen)
@@ -243,6 +273,49 @@ def _wait_db(url: str) -> Any:
         conn.close()
 
 
+def _unsettled(db: psycopg.Connection[Any]) -> int:
+    """Gaps not settled yet, and blind intervals that have no gap yet (the detector waits
+    ``backfill.settle_s``)."""
+    row = db.execute("SELECT count(*) FROM gaps WHERE status IN ('open', 'backfilling')")
+    open_gaps = int((row.fetchone() or (0,))[0])
+    if open_gaps:
+        return open_gaps
+    # a fresh kill's gap appears only once its trades settle: wait for one per symbol at least
+    row = db.execute(
+        "SELECT count(*) FROM (SELECT exchange, symbol FROM trades WHERE trade_id ~ '^[0-9]+$' "
+        "GROUP BY 1, 2 HAVING max(trade_id::bigint) - min(trade_id::bigint) + 1 <> count(*)) t"
+    )
+    return int((row.fetchone() or (0,))[0])
+
+
+def _ledgers(db: psycopg.Connection[Any], since: float) -> None:
+    import datetime as dt
+
+    from consumer.gaps import read_gaps
+    from consumer.ledger import blind_intervals, read_sessions
+
+    start = dt.datetime.fromtimestamp(since, dt.UTC)
+    gaps = read_gaps(db, since=start)
+    print(f"\ngap ledger ({len(gaps)}): tickvault gaps --since 1h")
+    for g in gaps:
+        what = (
+            f"ids {g.first_missing}..{g.last_missing} ({g.missing})"
+            if g.first_missing is not None
+            else f"{g.after:%H:%M:%S.%f}"[:-3] + f"..{g.before:%H:%M:%S.%f}"[:-3]
+        )
+        print(f"  {g.exchange:<9} {g.symbol:<15} {what:<28} {g.status:<10} {g.note}")
+    sessions = read_sessions(db, since=start)
+    now = dt.datetime.now(dt.UTC)
+    pairs = sorted({(s.exchange, sym) for s in sessions for sym in s.symbols})
+    print("\nblind intervals (coverage ledger): tickvault coverage --since 1h")
+    for exchange, symbol in pairs:
+        for b in blind_intervals(sessions, exchange, symbol, since=start, now=now):
+            end = f"{b.end:%H:%M:%S.%f}"[:-3] if b.end else "now"
+            length = f"{b.seconds:.1f} s" if b.seconds is not None else "ongoing"
+            print(f"  {exchange:<9} {symbol:<15} {b.start:%H:%M:%S.%f}"[:-3]
+                  + f"..{end} ({length}): {b.reason}")  # fmt: skip
+
+
 def _summary(r: redis.Redis, db: psycopg.Connection[Any], since: float, seen: _FrameCount) -> None:
     frames, trades, quotes, lag = _counts(r, db, seen)
     dead = sum(int(r.xlen(f"tickvault:dead:{{{ex}}}")) for ex in EXCHANGES)
@@ -260,6 +333,7 @@ def _summary(r: redis.Redis, db: psycopg.Connection[Any], since: float, seen: _F
     print(_SYM.format("exchange", "symbol", "trades", "first id", "last id", "missing"))
     for ex, sym, n, lo, hi, _, _ in rows:
         print(_SYM.format(ex, sym, n, lo, hi, hi - lo + 1 - n))
+    _ledgers(db, since)
     print(
         "\nsample: SELECT exchange, symbol, trade_id, price, amount, side, ts FROM trades "
         "ORDER BY ts DESC, trade_id DESC LIMIT 5;"
