@@ -87,7 +87,14 @@ class Metrics:
             )
             lines.append(f"tickvault_{metric}_total{labels} {value}")
         for name, gauge in sorted(self.gauges.items()):
-            lines.append(f'tickvault_{name}{{process="{self.process}"}} {gauge:g}')
+            metric, _, label = name.partition(":")
+            process = escape_label(self.process)
+            labels = (
+                f'{{process="{process}",kind="{escape_label(label)}"}}'
+                if label
+                else f'{{process="{process}"}}'
+            )
+            lines.append(f"tickvault_{metric}{labels} {gauge:g}")
         h = self.latency
         cumulative = 0
         for bound, count in zip(h.buckets, h.counts, strict=False):

@@ -74,6 +74,16 @@ UPDATE gaps SET status = %s, rows_recovered = rows_recovered + %s, note = %s, up
 WHERE id = %s
 """
 
+# A time gap's span reaches from the last stored trade before the blind interval to the first
+# after it: a trade the venue sent while the connection was already closing, or before it had
+# taken the subscription, lies just outside the interval the markers give.
+_NEIGHBOURS = """
+SELECT (SELECT max(ts) FROM trades WHERE exchange = %(ex)s AND symbol = %(sym)s
+          AND ts <= %(start)s AND ts >= %(start)s - interval '1 hour'),
+       (SELECT min(ts) FROM trades WHERE exchange = %(ex)s AND symbol = %(sym)s
+          AND ts >= %(end)s AND ts <= %(end)s + interval '1 hour')
+"""
+
 _STORED_IDS = """
 SELECT count(DISTINCT trade_id) FROM trades
 WHERE exchange = %s AND symbol = %s AND ts >= %s AND ts <= %s
@@ -222,14 +232,22 @@ class Backfiller:
         if history is None:
             return Outcome(gap, "unfillable", 0, f"{gap.exchange} has no public REST trade history")
         contexts = self.settings.trade_contexts(gap.exchange)
+        after, before = gap.after, gap.before
+        if gap.first_missing is None:  # a blind interval: widen it to the stored neighbours
+            row = self.store.conn.execute(
+                _NEIGHBOURS, {"ex": gap.exchange, "sym": gap.symbol, "start": after, "end": before}
+            ).fetchone()
+            if row is not None:
+                after = row[0] or after  # type: ignore[index]
+                before = row[1] or before  # type: ignore[index]
         span = Span(
             exchange=gap.exchange,
             symbol=gap.symbol,
             context=contexts.get(gap.symbol, ""),
             first_id=gap.first_missing,
             last_id=gap.last_missing,
-            after_ns=_ns(gap.after),
-            before_ns=_ns(gap.before),
+            after_ns=_ns(after),
+            before_ns=_ns(before),
         )
         bucket = self.buckets.get(gap.exchange)
         if bucket is None:

@@ -111,20 +111,20 @@ def gaps(argv: list[str]) -> int:
     finally:
         store.close()
     by_status: dict[str, int] = {}
-    for g in rows:
-        by_status[g.status] = by_status.get(g.status, 0) + 1
+    for row in rows:
+        by_status[row.status] = by_status.get(row.status, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "none"
     print(f"gaps since {since.isoformat(timespec='seconds')}: {summary}")
-    for g in rows:
+    for row in rows:
         what = (
-            f"ids {g.first_missing}..{g.last_missing} ({g.missing})"
-            if g.first_missing is not None
-            else f"{g.after.isoformat(timespec='milliseconds')}.."
-            f"{g.before.isoformat(timespec='milliseconds')}"
+            f"ids {row.first_missing}..{row.last_missing} ({row.missing})"
+            if row.first_missing is not None
+            else f"{row.after.isoformat(timespec='milliseconds')}.."
+            f"{row.before.isoformat(timespec='milliseconds')}"
         )
-        print(f"{g.id:>6} {g.exchange:<16} {g.symbol:<14} {g.status:<13} {what} "
-              f"recovered {g.rows_recovered}: {g.note}")  # fmt: skip
-    unsettled = [g for g in rows if g.status not in ("filled", "exchange-hole")]
+        print(f"{row.id:>6} {row.exchange:<16} {row.symbol:<14} {row.status:<13} {what} "
+              f"recovered {row.rows_recovered}: {row.note}")  # fmt: skip
+    unsettled = [r for r in rows if r.status not in ("filled", "exchange-hole")]
     return 1 if unsettled else 0
 
 

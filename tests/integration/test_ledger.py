@@ -170,6 +170,21 @@ class IdHistory(TradeHistory):
         return Page(trades, Request("/trades", (("from", str(nxt)),)) if more else None, short)
 
 
+class TimeHistory(TradeHistory):
+    """A venue paging by time: ``/trades?after=NS&before=NS`` answers every trade between."""
+
+    exchange: ClassVar[str] = "okx"
+    default_url: ClassVar[str] = "http://unused"
+    limit: ClassVar[RateLimit] = RateLimit(1000, 1)
+    reach: ClassVar[str] = "test"
+
+    def first(self, span: Span) -> Request:
+        return Request("/trades", (("after", str(span.after_ns)), ("before", str(span.before_ns))))
+
+    def page(self, span: Span, request: Request, body: bytes, recv_ns: int) -> Page:
+        return Page([Trade(**t) for t in json.loads(body)["trades"]], None)
+
+
 @pytest.fixture
 def venue() -> Iterator[tuple[Venue, str]]:
     state = Venue()
@@ -182,8 +197,15 @@ def venue() -> Iterator[tuple[Venue, str]]:
                 body = b'{"msg":"no"}'
                 self.send_response(status)
                 self.send_header("Retry-After", "0")
+            elif "after" in (query := parse_qs(urlsplit(self.path).query)):
+                lo, hi = int(query["after"][0]), int(query["before"][0])
+                hits = [t for t in state.trades.values() if lo <= t.ts_ns <= hi]
+                body = json.dumps(
+                    {"trades": [{f: getattr(t, f) for f in Trade.__struct_fields__} for t in hits]}
+                ).encode()
+                self.send_response(200)
             else:
-                start = int(parse_qs(urlsplit(self.path).query)["from"][0])
+                start = int(query["from"][0])
                 ids = [i for i in range(start, start + 3) if i in state.trades]
                 payload: dict[str, Any] = {
                     "trades": [
@@ -225,13 +247,17 @@ def backfiller(database_url: str, rest_url: str, **backfill: Any) -> Backfiller:
         {
             "database": {"url": database_url},
             "backfill": {"max_attempts": 2, **backfill},
-            "feeds": [{"exchange": "binance", "symbols": ["BTC-USDT"], "rest_url": rest_url}],
+            "feeds": [
+                {"exchange": "binance", "symbols": ["BTC-USDT"], "rest_url": rest_url},
+                {"exchange": "okx", "symbols": ["BTC-USDT"], "rest_url": rest_url},
+            ],
         },
         env={},
     )
     store = Store(database_url)
     store.connect()
-    made = Backfiller(settings, store, Metrics("test"), histories={"binance": IdHistory()})
+    histories = {"binance": IdHistory(), "okx": TimeHistory()}
+    made = Backfiller(settings, store, Metrics("test"), histories=histories)
     _made.append(made)
     return made
 
@@ -262,13 +288,16 @@ def test_a_gap_the_venue_serves_is_filled_with_the_same_rows(
     state.answers = [429, 503]  # retried, honouring Retry-After
     open_gaps(store, *range(6, 14))
     b = backfiller(database_url, url)
+    b.count_open()
+    assert 'tickvault_gaps_open{process="test",kind="binance"} 1' in b.metrics.prometheus()
     [outcome] = b.backfill(now=True)
+    assert 'tickvault_gaps_open{process="test",kind="binance"} 0' in b.metrics.prometheus()
+    assert 'tickvault_gaps_filled_total{process="test",kind="binance"} 1' in b.metrics.prometheus()
     assert outcome.status == "filled" and outcome.recovered == 8
     assert stored_ids(store) == list(range(1, 21))
     assert gap_state(store) == [(6, 13, "filled", 8, "8 from REST")]
     assert b.metrics.counters["backfill_rows:binance"] == 8
     assert b.backfill(now=True) == []  # settled: nothing more to claim
-    b.close()
 
 
 def test_ids_the_venue_never_had_are_an_exchange_hole(
@@ -330,3 +359,27 @@ def test_a_claimed_gap_is_not_taken_by_another_backfiller(
     b.close()
 
 
+
+
+def test_a_blind_interval_is_fetched_from_its_stored_neighbours(
+    store: Store, venue: tuple[Venue, str], database_url: str
+) -> None:
+    """Trades the venue sent while the connection was already closing (before the ``lost``
+    marker) or before it took the subscription (after ``subscribed``) are fetched too."""
+    state, url = venue
+    everything = [trade(i, exchange="okx") for i in range(1, 41)]
+    state.trades = {int(t.trade_id): t for t in everything}
+    kept = [t for t in everything if not 15 <= int(t.trade_id) <= 30]
+    store.write(kept, [])
+    lost_at = (everything[16].ts_ns - ns(T0)) / 1e9  # trades 15 and 16 came before the marker
+    back_at = (everything[27].ts_ns - ns(T0)) / 1e9  # 29 and 30 after the next subscription
+    store.write_markers([
+        marker("subscribed", "a", 0, exchange="okx"),
+        marker("lost", "a", lost_at, reason="closed", exchange="okx"),
+        marker("subscribed", "b", back_at, exchange="okx"),
+    ])  # fmt: skip
+    b = backfiller(database_url, url, settle_s=0)
+    assert b.detect() == 1
+    [outcome] = b.backfill(now=True)
+    assert outcome.status == "filled" and outcome.recovered == 16
+    assert stored_ids(store) == list(range(1, 41))
