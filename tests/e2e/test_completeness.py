@@ -104,3 +104,39 @@ def test_a_cut_feed_and_a_killed_consumer_lose_nothing(
         lost = p.query("SELECT count(*) FROM feed_sessions WHERE reason LIKE 'lost:%%'")
         assert lost[0][0] >= 2  # both cuts are in the coverage ledger with their reason
         assert p.stop(producer) == 0 and p.stop(c2) == 0
+
+
+def test_backfill_on_demand_and_rollovers_leave_no_blind_interval(
+    redis_url: str, database_url: str, work_dir
+) -> None:
+    """``backfill.auto = false``: the consumers only record; ``tickvault backfill`` finds the
+    gap and fills it. Connections rolled over make-before-break leave nothing blind."""
+    total = 1_200
+    with pipeline(
+        work=work_dir, redis_url=redis_url, database_url=database_url,
+        feeds=[Feed("coinbase", ["BTC-USD"])],
+        backfill={"auto": False, "settle_s": 1.0},
+        producer={"rollover_after_s": 4.0, "rollover_overlap_s": 1.0},
+    ) as p:  # fmt: skip
+        p.simulator(rate=100, trades=total)
+        consumer = p.start_consumer()
+        producer = p.start_producer()
+        p.wait_rows(500, timeout=30 * SLOW)
+        producer.kill()
+        producer.wait(10)
+        time.sleep(1.5)
+        producer = p.start_producer()
+        p.wait_rows(total - 200, timeout=30 * SLOW)
+        settle(2.0)
+        assert p.query("SELECT count(*) FROM gaps") == [(0,)]  # nobody backfills by itself
+        done = cli(str(p.config), "backfill", "--since=1h")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "filled" in done.stdout, done.stdout
+        wait_for(lambda: p.count() == total, timeout=30 * SLOW, what="every trade")
+        assert cli(str(p.config), "gaps", "--since=1h").returncode == 0
+        rolled = p.query("SELECT count(*) FROM feed_sessions WHERE reason = 'rolled over'")
+        assert rolled[0][0] >= 1
+        coverage = cli(str(p.config), "coverage", "--since=1h")
+        blinds = [line for line in coverage.stdout.splitlines() if "    blind " in line]
+        assert len(blinds) == 1 and "producer was restarted" in blinds[0], coverage.stdout
+        assert p.stop(producer) == 0 and p.stop(consumer) == 0
