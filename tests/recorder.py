@@ -15,7 +15,11 @@ class Recorder(Publisher):
             RedisWire("redis://127.0.0.1:1/0"), buffer_frames=10, pipeline_max=10, metrics=metrics
         )
         self.frames: list[tuple[bytes, bool]] = []
+        self.markers: list[tuple[str, bytes]] = []  # (connection id, marker JSON)
 
     def put(self, packer: XaddPacker, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bool:
         self.frames.append((frame, binary))
         return True
+
+    def mark(self, packer: XaddPacker, payload: bytes) -> None:
+        self.markers.append((packer.conn_id, payload))

@@ -26,6 +26,7 @@ from common.metrics import Metrics
 from common.symbols import parse_symbol
 from common.venues import Channel, ConnectionPlan, get_venue
 from producer.liveness import LivenessRule
+from producer.markers import Markers
 from producer.session import FeedSession
 from tests.conftest import SLOW
 from tests.recorder import Recorder
@@ -100,7 +101,7 @@ def run(
             recorder = Recorder(metrics)
             session = FeedSession(
                 venue, plan, recorder, metrics, backoff_initial_s=0.01, backoff_max_s=0.02,
-                liveness=rule,
+                liveness=rule, markers=Markers(recorder, "p1", "1000"),
             )  # fmt: skip
             stop = asyncio.Event()
             task = asyncio.ensure_future(session.run(stop))
@@ -140,9 +141,19 @@ def test_binance_silent_after_subscribing_is_replaced_within_the_derived_thresho
                 await send(ws, conn, trade(i))
                 await asyncio.sleep(0.02)
 
-    metrics, server, _ = run("binance", handler, 2.5, keepalive={"protocol_ping_s": 0.1}, rule=RULE)
+    metrics, server, rec = run(
+        "binance", handler, 2.5, keepalive={"protocol_ping_s": 0.1}, rule=RULE
+    )
     first = server.conns[0]
     assert metrics.counters["silence_timeouts"] >= 1
+    # the coverage ledger hears of it: subscribed, lost (silent, with the threshold), the next
+    # connection subscribed, ..., closed at the stop
+    events = [(conn, json.loads(body)) for conn, body in rec.markers]
+    assert [e["event"] for _, e in events[:3]] == ["subscribed", "lost", "subscribed"]
+    assert events[0][0] == events[1][0] != events[2][0]
+    assert events[1][1]["reason"].startswith("silent ") and "threshold" in events[1][1]["reason"]
+    assert events[-1][1]["event"] == "closed"
+    assert all(e["symbols"] == ["BTC-USDT"] and e["producer"] == "p1" for _, e in events)
     assert len(server.conns) >= 2
     silence = first.closed - first.last_sent
     assert FLOOR <= silence <= FLOOR + 2 * RULE.tick_s + SLACK
