@@ -75,25 +75,21 @@ class Metrics:
             )
         return " ".join(parts)
 
+    def _series(self, name: str) -> tuple[str, str]:
+        """``name`` (``metric`` or ``metric:kind``) as the metric and its label set."""
+        metric, _, label = name.partition(":")
+        process = escape_label(self.process)
+        if label:
+            return metric, f'{{process="{process}",kind="{escape_label(label)}"}}'
+        return metric, f'{{process="{process}"}}'
+
     def prometheus(self) -> str:
         lines = []
         for name, value in sorted(self.counters.items()):
-            metric, _, label = name.partition(":")
-            process = escape_label(self.process)
-            labels = (
-                f'{{process="{process}",kind="{escape_label(label)}"}}'
-                if label
-                else f'{{process="{process}"}}'
-            )
+            metric, labels = self._series(name)
             lines.append(f"tickvault_{metric}_total{labels} {value}")
         for name, gauge in sorted(self.gauges.items()):
-            metric, _, label = name.partition(":")
-            process = escape_label(self.process)
-            labels = (
-                f'{{process="{process}",kind="{escape_label(label)}"}}'
-                if label
-                else f'{{process="{process}"}}'
-            )
+            metric, labels = self._series(name)
             lines.append(f"tickvault_{metric}{labels} {gauge:g}")
         h = self.latency
         cumulative = 0

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from ..errors import PoisonFrame
 from ..records import Trade
+from ..venues.base import FrameContext
 
 
 class BadAnswer(PoisonFrame):
@@ -104,6 +105,19 @@ class TradeHistory(abc.ABC):
         Raises:
             BadAnswer: the body is not the venue's documented answer.
         """
+
+    def frame_context(
+        self, span: Span, recv_ns: int, venue_symbol: str | None = None, *, context: str = ""
+    ) -> FrameContext:
+        """What the venue's WebSocket parser is given for the span's trades (the REST rows
+        are made by that parser: the same keys). ``context`` overrides the span's."""
+        return FrameContext(
+            exchange=self.exchange,
+            context=context or span.context,
+            recv_ns=recv_ns,
+            entry_id="",
+            symbols={} if venue_symbol is None else {venue_symbol: span.symbol},
+        )
 
     def cannot(self, span: Span) -> str | None:
         """Why the venue's REST cannot give ``span`` the WebSocket rows' keys (a feed variant

@@ -147,13 +147,7 @@ class BinanceHistory(TradeHistory):
 
     def context(self, span: Span, recv_ns: int) -> FrameContext:
         """What the WebSocket parser would know of the span's rows."""
-        return FrameContext(
-            exchange=self.exchange,
-            context=span.context,
-            recv_ns=recv_ns,
-            entry_id="",
-            symbols={self.venue_symbol(span): span.symbol},
-        )
+        return self.frame_context(span, recv_ns, self.venue_symbol(span))
 
     def by_id(self, span: Span, from_id: int) -> Request:
         return Request(

@@ -36,7 +36,7 @@ import msgspec
 
 from ..records import Trade
 from ..symbols import parse_symbol
-from ..venues.base import DECODE_ERRORS, FrameContext, epoch_int
+from ..venues.base import DECODE_ERRORS, epoch_int
 from ..venues.bybit import LINEAR, SPOT, VENUE, WireTrade
 from .base import BadAnswer, Page, RateLimit, Request, Span, TradeHistory
 
@@ -93,13 +93,7 @@ class BybitHistory(TradeHistory):
             raise BadAnswer(f"bybit: unreadable recent-trade answer: {exc}") from None
         category, name = _where(span)
         # The subscribed map pins the canonical symbol as the WebSocket parser's does.
-        ctx = FrameContext(
-            exchange=self.exchange,
-            context=category,
-            recv_ns=recv_ns,
-            entry_id="",
-            symbols={name: span.symbol},
-        )
+        ctx = self.frame_context(span, recv_ns, name, context=category)
         trades: list[Trade] = []
         for row in rows:
             if row.symbol != name:

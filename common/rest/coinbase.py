@@ -43,7 +43,7 @@ import msgspec
 
 from ..records import Trade
 from ..symbols import parse_symbol
-from ..venues.base import DECODE_ERRORS, FrameContext
+from ..venues.base import DECODE_ERRORS
 from ..venues.coinbase import VENUE, WireTrade
 from .base import BadAnswer, Page, RateLimit, Request, Span, TradeHistory
 
@@ -134,13 +134,7 @@ class CoinbaseHistory(TradeHistory):
             what = answer.message or answer.error or "no trades field"
             raise BadAnswer(f"coinbase: market trades answer without trades: {what}")
         product = product_id(span.symbol)
-        ctx = FrameContext(
-            exchange=self.exchange,
-            context=span.context,
-            recv_ns=recv_ns,
-            entry_id="",
-            symbols={product: span.symbol},
-        )
+        ctx = self.frame_context(span, recv_ns, product)
         out = []
         for wire in answer.trades:
             if wire.product_id != product:

@@ -42,7 +42,7 @@ import msgspec
 
 from ..records import Trade
 from ..symbols import parse_symbol
-from ..venues.base import DECODE_ERRORS, FrameContext
+from ..venues.base import DECODE_ERRORS
 from ..venues.okx import TRADES_ALL, VENUE, WireTrade
 from .base import BadAnswer, Page, RateLimit, Request, Span, TradeHistory
 
@@ -97,9 +97,7 @@ class OkxHistory(TradeHistory):
             raise BadAnswer(f"okx: history-trades error {answer.code[:20]}: {answer.msg[:200]}")
         if not answer.data:
             return Page([], None, short=_too_old(span, request))
-        ctx = FrameContext(
-            exchange=self.exchange, context=span.context, recv_ns=recv_ns, entry_id=""
-        )
+        ctx = self.frame_context(span, recv_ns)
         inst = _inst(span)
         trades: list[Trade] = []
         for row in answer.data:

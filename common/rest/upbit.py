@@ -215,13 +215,7 @@ class UpbitHistory(TradeHistory):
 
     def _trades(self, span: Span, rows: list[WireTick], recv_ns: int) -> list[Trade]:
         code = self.market(span)
-        ctx = FrameContext(
-            exchange=self.exchange,
-            context=span.context,
-            recv_ns=recv_ns,
-            entry_id="",
-            symbols={code: span.symbol},
-        )
+        ctx = self.frame_context(span, recv_ns, code)
         trades = []
         for row in rows:
             if row.market != code:
