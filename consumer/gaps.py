@@ -28,7 +28,9 @@ from common.venues import all_venues
 from .ledger import Session, blind_intervals
 
 STATUSES = ("open", "backfilling", "filled", "exchange-hole", "unfillable")
-CURSOR_MARGIN = dt.timedelta(minutes=5)  # re-read this much before the cursor (equal times)
+# Re-read this much before the cursor: ids and times rise together on these venues, give or
+# take trades sharing a time. Each detection reads only the trades since (a few seconds' worth).
+CURSOR_MARGIN = dt.timedelta(seconds=2)
 
 _GAPS = """
 SELECT exchange, symbol, prev_id + 1, trade_id - 1, trade_id - prev_id - 1, prev_ts, ts
@@ -193,10 +195,18 @@ def detect_time_gaps(
     ``now - settle``) as time gaps; returns how many were new."""
     new = 0
     with conn.transaction():
+        rows = conn.execute(
+            "SELECT symbol, after_ts FROM gaps"
+            " WHERE exchange = %s AND first_missing IS NULL AND after_ts >= %s",
+            (exchange, since),
+        ).fetchall()
+        recorded = {(str(r[0]), r[1]) for r in rows}  # type: ignore[index]
         for symbol in symbols:
             for blind in blind_intervals(sessions, exchange, symbol, since=since, now=now):
                 if blind.end is None or blind.end > now - settle or blind.end <= blind.start:
                     continue
+                if (symbol, blind.start) in recorded or blind.start <= since:
+                    continue  # recorded in an earlier round, or older than the lookback
                 note = f"feed blind {blind.seconds:.1f} s: {blind.reason}"[:500]
                 cur = conn.execute(
                     _INSERT_TIME_GAP, (exchange, symbol, blind.start, blind.end, note)

@@ -22,7 +22,7 @@ from common.records import Trade
 from common.rest import Page, RateLimit, Request, Span, TradeHistory
 from consumer.backfill import Backfiller
 from consumer.gaps import detect_id_gaps, detect_time_gaps, read_gaps
-from consumer.ledger import UNSEEN_END, blind_intervals, read_sessions, write_markers
+from consumer.ledger import UNSEEN_END, blind_intervals, read_sessions
 from consumer.store import Store
 
 pytestmark = pytest.mark.integration
@@ -40,8 +40,16 @@ def trade(i: int, *, symbol: str = "BTC-USDT", exchange: str = "binance") -> Tra
     return Trade(exchange, symbol, str(i), "100.5", "0.25", "buy", ts, ts + 3_000_000)
 
 
-def marker(event: str, conn: str, at_s: float, *, run: str = "1000", reason: str = "",
-           exchange: str = "binance", symbols: tuple[str, ...] = ("BTC-USDT",)) -> Marker:  # fmt: skip
+def marker(
+    event: str,
+    conn: str,
+    at_s: float,
+    *,
+    run: str = "1000",
+    reason: str = "",
+    exchange: str = "binance",
+    symbols: tuple[str, ...] = ("BTC-USDT",),
+) -> Marker:
     body = MarkerBody(event, "p1", run, list(symbols), ["trades"], reason)
     return Marker(exchange, "", conn, ns(T0) + int(at_s * 1e9), body)
 
@@ -357,8 +365,6 @@ def test_a_claimed_gap_is_not_taken_by_another_backfiller(
     assert b._claim(None, None, None, True, []) is not None
     a.close()
     b.close()
-
-
 
 
 def test_a_blind_interval_is_fetched_from_its_stored_neighbours(
