@@ -151,9 +151,11 @@ def _simulate(argv: list[str]) -> int:
 
 
 def _venues(argv: list[str]) -> int:
+    from .rest import all_histories
     from .venues import all_venues
 
     argparse.ArgumentParser(prog="tickvault venues").parse_args(argv)
+    histories = all_histories()
     for venue in all_venues().values():
         kinds = ", ".join(sorted(k.value for k in venue.kinds))
         channels = ", ".join(sorted(c.value for c in venue.channels))
@@ -167,6 +169,9 @@ def _venues(argv: list[str]) -> int:
             print(f"{'':<16} options:  {opts}")
         if venue.caveats:
             print(f"{'':<16} caveats:  {venue.caveats}")
+        history = histories.get(venue.exchange)
+        backfill = f"{history.default_url} ({history.reach})" if history else "none"
+        print(f"{'':<16} backfill: {backfill}")
     return 0
 
 

@@ -1,15 +1,109 @@
-"""A simulated venue's REST API on 127.0.0.1, served from a trade book the test fills."""
+"""Helpers of the REST backfill tests: a simulated venue's REST API on 127.0.0.1 served from a
+trade book the test fills, fetches against it, in-process answers of a dialect, and the property
+every reading of an answer keeps (a Page of Trades, or a BadAnswer)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
+import httpx
+import msgspec
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from common.records import Trade
+from common.rest.base import BadAnswer, Page, Request, Span, TradeHistory
+from common.rest.fetch import Bucket, Fetched, fetch_span
+from common.simulator.dialect import Dialect, RestReply
 from common.simulator.dialects import get_dialect
 from common.simulator.engine import TradeBook
 from common.simulator.server import Simulator, SimulatorConfig
+from tests.venue_helpers import RECV_NS
+
+# The property tests' settings: reproducible, no example database, no deadline.
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+# Any JSON value, NaN and the infinities included (``json.dumps`` writes them as JavaScript does).
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def page_or_bad_answer(
+    history: TradeHistory,
+    span: Span,
+    body: object,
+    *,
+    later: Iterable[Request] = (),
+    now: int = RECV_NS,
+) -> None:
+    """``history`` reads ``body`` (bytes as they are, any other value as its JSON) as the answer to the first
+    request of ``span`` and to each ``later`` one: a Page of Trades, or a BadAnswer whose reason
+    starts with the exchange, and nothing else. ``now`` is the receive time."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    for request in (history.first(span), *later):
+        try:
+            page = history.page(span, request, data, now)
+        except BadAnswer as exc:
+            assert exc.reason.startswith(f"{history.exchange}: "), exc.reason
+            continue
+        assert isinstance(page, Page) and all(isinstance(t, Trade) for t in page.trades)
+
+
+# -- the simulator ------------------------------------------------------------------------------
+
+
+def book_of(symbol: str, stamps: Iterable[int]) -> TradeBook:
+    """A book whose trade n (from 1) of ``symbol`` happened at the n-th of ``stamps``
+    (non-decreasing)."""
+    book = TradeBook()
+    for n, ts in enumerate(stamps, start=1):
+        book.record(symbol, n, 1, ts)
+    return book
+
+
+def sim_get(
+    dialect: Dialect,
+    path: str,
+    book: TradeBook,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> RestReply:
+    """The dialect's in-process answer to a GET of ``path`` (which it must serve)."""
+    query = {k: [v] for k, v in (params or {}).items()}
+    reply = dialect.rest(path, query, {k.lower(): v for k, v in (headers or {}).items()}, book)
+    assert reply is not None, path
+    return reply
+
+
+def simulated_page(
+    history: TradeHistory,
+    dialect: Dialect,
+    book: TradeBook,
+    span: Span,
+    request: Request | None = None,
+    *,
+    now: int = RECV_NS,
+) -> Page:
+    """``history``'s reading of the dialect's in-process answer (a 200) to ``request``, by
+    default the span's first."""
+    request = request or history.first(span)
+    reply = sim_get(dialect, request.path, book, dict(request.params), dict(request.headers))
+    assert reply.status == 200, reply
+    return history.page(span, request, reply.body.encode(), now)
 
 
 @contextmanager
@@ -41,3 +135,30 @@ def serving_rest(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def fetch_from(
+    history: TradeHistory, book: TradeBook, span: Span, *, faults: int = 0
+) -> tuple[Fetched, int]:
+    """``fetch_span`` of ``span`` over HTTP from the simulated venue serving ``book``, which
+    first answers ``faults`` requests with a 429 (retried without sleeping; the rate limit
+    never waits): what was fetched, and how many requests the simulator got."""
+    with serving_rest(history.exchange, book, rest_faults=faults) as (url, sim):
+        with httpx.Client(timeout=10) as client:
+            bucket = Bucket(units=10_000, per_s=1.0)
+            fetched = fetch_span(client, url, history, span, bucket=bucket, sleep=lambda _s: None)
+        return fetched, sim.rest_requests
+
+
+# -- comparing trades ---------------------------------------------------------------------------
+
+
+def ids(trades: Iterable[Trade]) -> list[int]:
+    """The trades' ids as numbers, in the trades' order."""
+    return [int(t.trade_id) for t in trades]
+
+
+def by_id(trades: Iterable[Trade]) -> list[Trade]:
+    """The trades in id order without their receive times (REST and the WebSocket receive at
+    other times)."""
+    return sorted((msgspec.structs.replace(t, recv_ns=0) for t in trades), key=lambda t: int(t.trade_id))

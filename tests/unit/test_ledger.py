@@ -167,3 +167,20 @@ def test_a_spilled_marker_keeps_its_kind_and_old_segments_still_read() -> None:
     assert _decode(payload) == record
     old = msgspec.msgpack.encode(("k", "binance", "", "c", 3, NS, True, b"x"))  # 8 fields
     assert _decode(old) == Record("k", "binance", "", "c", 3, NS, True, b"x", False)
+
+
+def test_every_venue_has_a_rest_history_and_venues_says_how_far_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from common.cli import main
+    from common.rest import all_histories
+    from common.venues import all_venues
+
+    histories = all_histories()
+    assert set(histories) == set(all_venues())
+    for history in histories.values():
+        assert history.default_url.startswith("https://") and history.reach
+        assert history.limit.units > 0 and history.limit.per_s > 0
+    assert main(["venues"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("backfill: https://") == len(histories)
