@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import httpx
 import msgspec
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,38 @@ ANY_JSON = st.recursive(
 )
 
 
+def make_span(
+    exchange: str,
+    symbol: str,
+    after_ns: int,
+    before_ns: int,
+    *,
+    first_id: int | None = None,
+    last_id: int | None = None,
+    context: str = "",
+) -> Span:
+    """A span of ``symbol``'s trades: ids ``first_id..last_id`` where given, else the times
+    ``after_ns..before_ns``; ``context`` is the WebSocket rows' connection context."""
+    return Span(
+        exchange=exchange,
+        symbol=symbol,
+        context=context,
+        first_id=first_id,
+        last_id=last_id,
+        after_ns=after_ns,
+        before_ns=before_ns,
+    )
+
+
+def bad_answer(history: TradeHistory, span: Span, body: bytes) -> str:
+    """The reason of the BadAnswer ``history`` must raise for ``body`` as the answer to the
+    span's first request, which starts with the exchange."""
+    with pytest.raises(BadAnswer) as caught:
+        history.page(span, history.first(span), body, RECV_NS)
+    assert caught.value.reason.startswith(f"{history.exchange}: "), caught.value.reason
+    return caught.value.reason
+
+
 def page_or_bad_answer(
     history: TradeHistory,
     span: Span,
@@ -50,9 +83,9 @@ def page_or_bad_answer(
     later: Iterable[Request] = (),
     now: int = RECV_NS,
 ) -> None:
-    """``history`` reads ``body`` (bytes as they are, any other value as its JSON) as the answer to the first
-    request of ``span`` and to each ``later`` one: a Page of Trades, or a BadAnswer whose reason
-    starts with the exchange, and nothing else. ``now`` is the receive time."""
+    """``history`` reads ``body`` (bytes as they are, any other value as its JSON) as the answer
+    to the first request of ``span`` and to each ``later`` one: a Page of Trades, or a BadAnswer
+    whose reason starts with the exchange, and nothing else. ``now`` is the receive time."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     for request in (history.first(span), *later):
         try:
@@ -150,10 +183,48 @@ def fetch_from(
         return fetched, sim.rest_requests
 
 
+def fetch_whole(
+    history: TradeHistory,
+    book: TradeBook,
+    span: Span,
+    *,
+    requests: int | None = None,
+    faults: int = 0,
+) -> list[Trade]:
+    """The trades ``fetch_from`` gets of ``span``, which must be whole (neither short nor
+    refused), in ``requests`` requests where given (and the simulator, ``faults`` more)."""
+    fetched, served = fetch_from(history, book, span, faults=faults)
+    assert fetched.short is None and fetched.refused is None, (fetched.short, fetched.refused)
+    if requests is not None:
+        assert (fetched.requests, served) == (requests, requests + faults)
+    return fetched.trades
+
+
+def fetch_by_id(
+    history: TradeHistory,
+    symbol: str,
+    times: list[int],
+    first: int,
+    last: int,
+    *,
+    requests: int,
+    faults: int = 0,
+) -> dict[str, Trade]:
+    """Trades ``first..last`` of a book of ``symbol`` whose trade n happened at ``times[n - 1]``,
+    fetched whole (``fetch_whole``) as an id span between its stored neighbours' times: exactly
+    those trades, each once; by trade id."""
+    span = make_span(
+        history.exchange, symbol, times[first - 2], times[last], first_id=first, last_id=last
+    )
+    trades = fetch_whole(history, book_of(symbol, times), span, requests=requests, faults=faults)
+    assert sorted(trade_ids(trades)) == list(range(first, last + 1))
+    return {t.trade_id: t for t in trades}
+
+
 # -- comparing trades ---------------------------------------------------------------------------
 
 
-def ids(trades: Iterable[Trade]) -> list[int]:
+def trade_ids(trades: Iterable[Trade]) -> list[int]:
     """The trades' ids as numbers, in the trades' order."""
     return [int(t.trade_id) for t in trades]
 
@@ -161,4 +232,6 @@ def ids(trades: Iterable[Trade]) -> list[int]:
 def by_id(trades: Iterable[Trade]) -> list[Trade]:
     """The trades in id order without their receive times (REST and the WebSocket receive at
     other times)."""
-    return sorted((msgspec.structs.replace(t, recv_ns=0) for t in trades), key=lambda t: int(t.trade_id))
+    return sorted(
+        (msgspec.structs.replace(t, recv_ns=0) for t in trades), key=lambda t: int(t.trade_id)
+    )

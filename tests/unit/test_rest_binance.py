@@ -14,54 +14,41 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs
 
-import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from common.records import Trade
-from common.rest import BadAnswer, Page, Request, Span, all_histories
+from common.rest import Page, Request, Span, all_histories
 from common.rest.binance import HISTORY
-from common.rest.fetch import Bucket, fetch_span
 from common.simulator.dialect import RestReply, SimSession
 from common.simulator.dialects import get_dialect
 from common.simulator.engine import TradeBook
-from tests.rest_helpers import serving_rest
+from tests.rest_helpers import (
+    FUZZ,
+    bad_answer,
+    fetch_from,
+    fetch_whole,
+    make_span,
+    page_or_bad_answer,
+    sim_get,
+    simulated_page,
+    trade_ids,
+)
 from tests.venue_helpers import RECV_NS, fixture, parse
 
 SYMBOL = "BTC-USDT"
 T0 = 1_700_000_000_000_000_000
-PROPS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 def id_span(first: int, last: int, *, context: str = "", after: int = 0, before: int = 0) -> Span:
-    return Span(
-        exchange="binance",
-        symbol=SYMBOL,
-        context=context,
-        first_id=first,
-        last_id=last,
-        after_ns=after,
-        before_ns=before or 2**62,
+    return make_span(
+        "binance", SYMBOL, after, before or 2**62, first_id=first, last_id=last, context=context
     )
 
 
 def time_span(after: int, before: int, *, context: str = "") -> Span:
-    return Span(
-        exchange="binance",
-        symbol=SYMBOL,
-        context=context,
-        first_id=None,
-        last_id=None,
-        after_ns=after,
-        before_ns=before,
-    )
+    return make_span("binance", SYMBOL, after, before, context=context)
 
 
 def rows(first: int, count: int, time: int = 1_700_000_000_000) -> bytes:
@@ -138,8 +125,7 @@ def test_same_key_as_the_websocket_trade_event(context: str) -> None:
 def test_error_object_is_a_bad_answer_and_a_reasoned_refusal() -> None:
     span = id_span(1, 2)
     body = fixture("binance", "rest_error.json")
-    with pytest.raises(BadAnswer):
-        HISTORY.page(span, HISTORY.first(span), body, RECV_NS)
+    bad_answer(HISTORY, span, body)
     assert HISTORY.refusal(400, body) == "HTTP 400: Binance error -1121: Invalid symbol."
     assert HISTORY.refusal(403, b"<html>WAF</html>") is None  # may be a rate limit: retry later
     assert HISTORY.refusal(404, b"not json") == "HTTP 404: not json"
@@ -206,16 +192,10 @@ def test_ids_the_venue_skips_make_the_span_short() -> None:
     ],
 )
 def test_unreadable_answers_are_bad(body: bytes) -> None:
-    span = id_span(500, 2600)
-    with pytest.raises(BadAnswer):
-        HISTORY.page(span, HISTORY.first(span), body, RECV_NS)
+    bad_answer(HISTORY, id_span(500, 2600), body)
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner),
-    max_leaves=20,
-)
+# answers shaped like historicalTrades' (any answer at all: test_rest_all.py)
 ROW = st.fixed_dictionaries(
     {
         "id": st.integers(-1, 2**64) | st.text(max_size=3),
@@ -227,29 +207,11 @@ ROW = st.fixed_dictionaries(
 )
 
 
-def _page_or_bad(span: Span, request: Request, body: bytes) -> None:
-    try:
-        page = HISTORY.page(span, request, body, RECV_NS)
-    except BadAnswer:
-        return
-    assert isinstance(page, Page) and all(isinstance(t, Trade) for t in page.trades)
-
-
-@PROPS
-@given(body=st.binary(max_size=200))
-def test_any_bytes_give_a_page_or_bad_answer(body: bytes) -> None:
-    span = id_span(500, 2600)
-    for request in (HISTORY.first(span), HISTORY.by_id(span, 2000)):
-        _page_or_bad(span, request, body)
-
-
-@PROPS
-@given(value=JSON | st.lists(ROW, max_size=4))
-def test_any_json_gives_a_page_or_bad_answer(value: object) -> None:
-    body = json.dumps(value).encode()
+@FUZZ
+@given(value=st.lists(ROW, max_size=4))
+def test_answer_shaped_json_gives_a_page_or_bad_answer(value: object) -> None:
     span = id_span(0, 2600)
-    for request in (HISTORY.first(span), HISTORY.by_id(span, 2000)):
-        _page_or_bad(span, request, body)
+    page_or_bad_answer(HISTORY, span, value, later=[HISTORY.by_id(span, 2000)])
 
 
 # -- the simulator ------------------------------------------------------------------------------
@@ -271,13 +233,10 @@ def stored_ns(book: TradeBook, n: int, context: str) -> int:
 def sim_rest(
     book: TradeBook, params: dict[str, str], headers: dict[str, str] | None = None
 ) -> RestReply:
-    query = {k: [v] for k, v in params.items()}
-    reply = get_dialect("binance").rest("/api/v3/historicalTrades", query, headers or {}, book)
-    assert reply is not None
-    return reply
+    return sim_get(get_dialect("binance"), "/api/v3/historicalTrades", book, params, headers)
 
 
-@PROPS
+@FUZZ
 @given(
     n=st.integers(1, 40),
     ts=st.integers(1_500_000_000_000_000_000, 4_000_000_000_000_000_000),
@@ -291,16 +250,7 @@ def test_same_key_for_simulated_trades(n: int, ts: int, context: str) -> None:
     [frame] = dialect.trade_frames(SimSession(path=path), [book.trade(SYMBOL, n)])
     frame_bytes = frame.encode() if isinstance(frame, str) else frame
     [ws] = parse("binance", frame_bytes, context=context).trades
-    span = id_span(n, n, context=context)
-    request = HISTORY.first(span)
-    reply = dialect.rest(
-        request.path,
-        {k: [v] for k, v in request.params},
-        {k.lower(): v for k, v in request.headers},
-        book,
-    )
-    assert reply is not None and reply.status == 200
-    [rest] = HISTORY.page(span, request, reply.body.encode(), RECV_NS).trades
+    [rest] = simulated_page(HISTORY, dialect, book, id_span(n, n, context=context)).trades
     assert rest == ws
 
 
@@ -344,20 +294,6 @@ def test_simulator_answers_in_the_docs_shape() -> None:
     assert [type(sim[k]) for k in doc] == [type(doc[k]) for k in doc]
 
 
-def _fetch(url: str, span: Span) -> list[Trade]:
-    with httpx.Client(timeout=10) as client:
-        fetched = fetch_span(
-            client,
-            url,
-            HISTORY,
-            span,
-            bucket=Bucket(HISTORY.limit.units, HISTORY.limit.per_s),
-            sleep=lambda s: None,
-        )
-    assert fetched.short is None and fetched.refused is None
-    return fetched.trades
-
-
 @pytest.mark.parametrize("context", ["", "microsecond"])
 @pytest.mark.parametrize("faults", [0, 2])
 def test_fetch_span_by_id_from_the_simulator(context: str, faults: int) -> None:
@@ -369,10 +305,8 @@ def test_fetch_span_by_id_from_the_simulator(context: str, faults: int) -> None:
         after=stored_ns(book, 1233, context),
         before=stored_ns(book, 3457, context),
     )
-    with serving_rest("binance", book, rest_faults=faults) as (url, sim):
-        trades = _fetch(url, span)
-        assert sim.rest_requests == 3 + faults  # 1234.., 2234.., 3234..
-    assert [t.trade_id for t in trades] == [str(i) for i in range(1234, 3457)]
+    trades = fetch_whole(HISTORY, book, span, requests=3, faults=faults)  # 1234.., 2234.., 3234..
+    assert trade_ids(trades) == list(range(1234, 3457))
     for trade in trades:
         want = book.trade(SYMBOL, int(trade.trade_id))
         assert (trade.price, trade.amount, trade.side) == (want.price, want.amount, want.side)
@@ -382,11 +316,8 @@ def test_fetch_span_by_id_from_the_simulator(context: str, faults: int) -> None:
 def test_fetch_time_span_is_refused_without_a_request() -> None:
     book = book_of(100)
     span = time_span(stored_ns(book, 10, ""), stored_ns(book, 20, ""))
-    with serving_rest("binance", book) as (url, sim), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(
-            client, url, HISTORY, span, bucket=Bucket(3000, 60), sleep=lambda s: None
-        )
-        assert sim.rest_requests == 0
+    fetched, served = fetch_from(HISTORY, book, span)
+    assert served == 0
     assert fetched.refused == HISTORY.cannot(span) and fetched.trades == []
 
 
@@ -400,9 +331,6 @@ def test_fetch_refused_for_an_unknown_symbol() -> None:
         after_ns=0,
         before_ns=2**62,
     )
-    with serving_rest("binance", book_of(10)) as (url, _), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(
-            client, url, HISTORY, span, bucket=Bucket(3000, 60), sleep=lambda s: None
-        )
+    fetched, _ = fetch_from(HISTORY, book_of(10), span)
     assert fetched.refused == "HTTP 400: Binance error -1121: Invalid symbol."
     assert fetched.trades == []

@@ -12,57 +12,43 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from common.records import Trade
-from common.rest import BadAnswer, Page, Request, Span, all_histories
+from common.rest import Page, Request, Span, all_histories
 from common.rest.binance_futures import HISTORY
-from common.rest.fetch import Bucket, fetch_span
 from common.simulator.dialect import RestReply, SimSession
 from common.simulator.dialects import get_dialect
 from common.simulator.engine import TradeBook
-from tests.rest_helpers import serving_rest
+from tests.rest_helpers import (
+    FUZZ,
+    bad_answer,
+    fetch_whole,
+    make_span,
+    page_or_bad_answer,
+    sim_get,
+    simulated_page,
+    trade_ids,
+)
 from tests.venue_helpers import RECV_NS, fixture, parse
 
 SYMBOL = "BTC-USDT-PERP"
 T0 = 1_700_000_000_000_000_000
 HOUR_NS = 3_600_000_000_000
-PROPS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 def id_span(
     first: int, last: int, *, symbol: str = SYMBOL, after: int = 0, before: int = 0
 ) -> Span:
-    return Span(
-        exchange="binance-futures",
-        symbol=symbol,
-        context="",
-        first_id=first,
-        last_id=last,
-        after_ns=after,
-        before_ns=before or 2**62,
+    return make_span(
+        "binance-futures", symbol, after, before or 2**62, first_id=first, last_id=last
     )
 
 
 def time_span(after: int, before: int) -> Span:
-    return Span(
-        exchange="binance-futures",
-        symbol=SYMBOL,
-        context="",
-        first_id=None,
-        last_id=None,
-        after_ns=after,
-        before_ns=before,
-    )
+    return make_span("binance-futures", SYMBOL, after, before)
 
 
 def row(agg_id: int, time: int) -> dict[str, object]:
@@ -140,8 +126,7 @@ def test_quarterly_contract_symbol() -> None:
 def test_error_object_is_a_bad_answer_and_a_reasoned_refusal() -> None:
     span = id_span(1, 2)
     body = fixture("binance-futures", "rest_error.json")
-    with pytest.raises(BadAnswer):
-        HISTORY.page(span, HISTORY.first(span), body, RECV_NS)
+    bad_answer(HISTORY, span, body)
     assert HISTORY.refusal(400, body) == "HTTP 400: Binance error -1121: Invalid symbol."
     assert HISTORY.refusal(403, b"") is None
 
@@ -224,16 +209,10 @@ def test_id_paging() -> None:
     ],
 )
 def test_unreadable_answers_are_bad(body: bytes) -> None:
-    span = id_span(500, 2600)
-    with pytest.raises(BadAnswer):
-        HISTORY.page(span, HISTORY.first(span), body, RECV_NS)
+    bad_answer(HISTORY, id_span(500, 2600), body)
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner),
-    max_leaves=20,
-)
+# answers shaped like aggTrades' (any answer at all: test_rest_all.py)
 ROW = st.fixed_dictionaries(
     {
         "a": st.integers(-1, 2**64) | st.text(max_size=3),
@@ -246,38 +225,25 @@ ROW = st.fixed_dictionaries(
 )
 
 
-def _page_or_bad(span: Span, request: Request, body: bytes) -> None:
-    try:
-        page = HISTORY.page(span, request, body, RECV_NS)
-    except BadAnswer:
-        return
-    assert isinstance(page, Page) and all(isinstance(t, Trade) for t in page.trades)
-
-
-@PROPS
-@given(body=st.binary(max_size=200) | (JSON | st.lists(ROW, max_size=4)).map(json.dumps))
-def test_anything_gives_a_page_or_bad_answer(body: bytes | str) -> None:
-    data = body.encode() if isinstance(body, str) else body
+@FUZZ
+@given(value=st.lists(ROW, max_size=4))
+def test_answer_shaped_json_gives_a_page_or_bad_answer(value: object) -> None:
     for span in (id_span(0, 2600), time_span(0, 2**62)):
-        for request in (HISTORY.first(span), HISTORY.by_id(span, 0)):
-            _page_or_bad(span, request, data)
+        page_or_bad_answer(HISTORY, span, value, later=[HISTORY.by_id(span, 0)])
 
 
 # -- the simulator ------------------------------------------------------------------------------
 
 
 def sim_rest(book: TradeBook, params: dict[str, str]) -> RestReply:
-    query = {k: [v] for k, v in params.items()}
-    reply = get_dialect("binance-futures").rest("/fapi/v1/aggTrades", query, {}, book)
-    assert reply is not None
-    return reply
+    return sim_get(get_dialect("binance-futures"), "/fapi/v1/aggTrades", book, params)
 
 
 def stored_ns(book: TradeBook, n: int) -> int:
     return book.trade(SYMBOL, n).ts_ns // 1_000_000 * 1_000_000
 
 
-@PROPS
+@FUZZ
 @given(n=st.integers(1, 40), ts=st.integers(1_500_000_000_000_000_000, 4_000_000_000_000_000_000))
 def test_same_key_for_simulated_trades(n: int, ts: int) -> None:
     book = TradeBook()
@@ -285,11 +251,7 @@ def test_same_key_for_simulated_trades(n: int, ts: int) -> None:
     dialect = get_dialect("binance-futures")
     [frame] = dialect.trade_frames(SimSession(path="/market/stream"), [book.trade(SYMBOL, n)])
     [ws] = parse("binance-futures", frame.encode() if isinstance(frame, str) else frame).trades
-    span = id_span(n, n)
-    request = HISTORY.first(span)
-    reply = dialect.rest(request.path, {k: [v] for k, v in request.params}, {}, book)
-    assert reply is not None and reply.status == 200
-    [rest] = HISTORY.page(span, request, reply.body.encode(), RECV_NS).trades
+    [rest] = simulated_page(HISTORY, dialect, book, id_span(n, n)).trades
     assert rest == ws
 
 
@@ -328,30 +290,14 @@ def test_simulator_answers_in_the_docs_shape() -> None:
     assert [type(sim[k]) for k in doc] == [type(doc[k]) for k in doc]
 
 
-def _fetch(url: str, span: Span) -> tuple[list[Trade], int]:
-    with httpx.Client(timeout=10) as client:
-        fetched = fetch_span(
-            client,
-            url,
-            HISTORY,
-            span,
-            bucket=Bucket(HISTORY.limit.units, HISTORY.limit.per_s),
-            sleep=lambda s: None,
-        )
-    assert fetched.short is None and fetched.refused is None
-    return fetched.trades, fetched.requests
-
-
 @pytest.mark.parametrize("faults", [0, 2])
 def test_fetch_span_by_id_from_the_simulator(faults: int) -> None:
     book = TradeBook()
     for i in range(1, 5001):
         book.record(SYMBOL, i, 1, T0 + i * 1_234_567)
     span = id_span(1234, 3456, after=stored_ns(book, 1233), before=stored_ns(book, 3457))
-    with serving_rest("binance-futures", book, rest_faults=faults) as (url, sim):
-        trades, requests = _fetch(url, span)
-        assert (requests, sim.rest_requests) == (3, 3 + faults)
-    assert [t.trade_id for t in trades] == [str(i) for i in range(1234, 3457)]
+    trades = fetch_whole(HISTORY, book, span, requests=3, faults=faults)
+    assert trade_ids(trades) == list(range(1234, 3457))
     for trade in trades:
         want = book.trade(SYMBOL, int(trade.trade_id))
         assert (trade.price, trade.amount, trade.side) == (want.price, want.amount, want.side)
@@ -365,9 +311,7 @@ def test_fetch_time_span_across_quiet_hours() -> None:
     for i in range(1, 4001):
         book.record(SYMBOL, i, 1, T0 + i * 1_000_000 + (3 * HOUR_NS if i > 2000 else 0))
     span = time_span(stored_ns(book, 1499), stored_ns(book, 3501))
-    with serving_rest("binance-futures", book) as (url, _):
-        trades, requests = _fetch(url, span)
-    # Both ends included (a missed trade may share a stored neighbour's ms).
-    assert [t.trade_id for t in trades] == [str(i) for i in range(1499, 3502)]
     # window 1 (1499..2000, short), windows 2-3 (quiet), window 4 (full), by id from 3001.
-    assert requests == 5
+    trades = fetch_whole(HISTORY, book, span, requests=5)
+    # Both ends included (a missed trade may share a stored neighbour's ms).
+    assert trade_ids(trades) == list(range(1499, 3502))

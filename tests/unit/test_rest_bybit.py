@@ -9,48 +9,39 @@ from __future__ import annotations
 
 import json
 
-import httpx
-import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from common.records import Trade
-from common.rest.base import BadAnswer, Page, Span
+from common.rest.base import Page, Span
 from common.rest.bybit import HISTORY, PATH
-from common.rest.fetch import Bucket, fetch_span
 from common.simulator.dialect import SimSession
 from common.simulator.dialects.bybit import DIALECT
 from common.simulator.engine import TradeBook
-from tests.rest_helpers import serving_rest
+from tests.rest_helpers import (
+    ANY_JSON,
+    FUZZ,
+    bad_answer,
+    book_of,
+    by_id,
+    fetch_from,
+    fetch_whole,
+    make_span,
+    page_or_bad_answer,
+    sim_get,
+    simulated_page,
+    trade_ids,
+)
 from tests.venue_helpers import RECV_NS, fixture, parse
 
-PROPS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 MS = 1_000_000
 T0 = 1_700_000_000_000 * MS
 
 
 def span(symbol: str = "BTC-USDT", *, after_ns: int, before_ns: int) -> Span:
     context = "linear" if symbol.endswith("-PERP") else "spot"
-    return Span(
-        exchange="bybit",
-        symbol=symbol,
-        context=context,
-        first_id=None,
-        last_id=None,
-        after_ns=after_ns,
-        before_ns=before_ns,
-    )
-
-
-def key(t: Trade) -> Trade:
-    return msgspec.structs.replace(t, recv_ns=0)
+    return make_span("bybit", symbol, after_ns, before_ns, context=context)
 
 
 # -- the docs' example --------------------------------------------------------------------------
@@ -156,8 +147,7 @@ def test_error_answers_are_bad_answers() -> None:
         b'{"retCode":0,"retMsg":"OK","result":{"list":{}}}',
         b'{"retCode":0,"retMsg":"OK"}',
     ):
-        with pytest.raises(BadAnswer, match=r"^bybit: "):
-            HISTORY.page(s, HISTORY.first(s), bad, RECV_NS)
+        bad_answer(HISTORY, s, bad)
 
 
 def test_a_banned_ip_is_retried_later_and_other_refusals_are_final() -> None:
@@ -166,13 +156,6 @@ def test_a_banned_ip_is_retried_later_and_other_refusals_are_final() -> None:
 
 
 # -- the simulator ------------------------------------------------------------------------------
-
-
-def book_of(symbol: str, stamps: list[int]) -> TradeBook:
-    book = TradeBook()
-    for n, ts in enumerate(stamps, start=1):
-        book.record(symbol, n, 1, ts)
-    return book
 
 
 def ws_trade(book: TradeBook, symbol: str, n: int) -> Trade:
@@ -187,13 +170,13 @@ def ws_trade(book: TradeBook, symbol: str, n: int) -> Trade:
 
 
 def rest_get(book: TradeBook, **query: str) -> dict[str, object]:
-    reply = DIALECT.rest(PATH, {k: [v] for k, v in query.items()}, {}, book)
-    assert reply is not None and reply.status == 200
+    reply = sim_get(DIALECT, PATH, book, query)
+    assert reply.status == 200
     answer: dict[str, object] = json.loads(reply.body)
     return answer
 
 
-@PROPS
+@FUZZ
 @given(
     symbol=st.sampled_from(["BTC-USDT", "ETH-USDT-PERP"]),
     gaps=st.lists(st.integers(0, 3 * MS), min_size=1, max_size=40),
@@ -206,9 +189,7 @@ def test_simulated_trades_have_the_same_key_both_ways(
     book = book_of(symbol, stamps)
     n = data.draw(st.integers(1, len(stamps)))
     s = span(symbol, after_ns=0, before_ns=stamps[-1] + MS)
-    reply = DIALECT.rest(PATH, {k: [v] for k, v in HISTORY.first(s).params}, {}, book)
-    assert reply is not None and reply.status == 200
-    rest = HISTORY.page(s, HISTORY.first(s), reply.body.encode(), RECV_NS).trades
+    rest = simulated_page(HISTORY, DIALECT, book, s).trades
     assert rest[len(stamps) - n] == ws_trade(book, symbol, n)  # newest first
 
 
@@ -247,34 +228,24 @@ def test_fetch_span_gets_exactly_the_span_within_reach() -> None:
     expected = [ws_trade(book, "BTC-USDT-PERP", n) for n in range(1, 1501)]
     expected = [t for t in expected if s.after_ns <= t.ts_ns <= s.before_ns]
     assert len(expected) == 508  # ms 224 .. 350, both ends included (trades 897 .. 1404)
-    with serving_rest("bybit", book) as (url, sim), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
-        assert sim.rest_requests == fetched.requests == 1
-    assert fetched.short is None and fetched.refused is None
-    assert sorted(map(key, fetched.trades), key=lambda t: int(t.trade_id)) == list(
-        map(key, expected)
-    )
+    assert by_id(fetch_whole(HISTORY, book, s, requests=1)) == by_id(expected)
 
 
 def test_fetch_span_rides_out_rate_limit_answers() -> None:
     stamps = [T0 + n * MS for n in range(100)]
     book = book_of("BTC-USDT", stamps)
     s = span(after_ns=stamps[59], before_ns=stamps[80])
-    with serving_rest("bybit", book, rest_faults=2) as (url, sim), httpx.Client(timeout=10) as c:
-        fetched = fetch_span(c, url, HISTORY, s, bucket=Bucket(100, 1.0), sleep=lambda _: None)
-        assert sim.rest_requests == 3 and fetched.requests == 1
+    trades = fetch_whole(HISTORY, book, s, requests=1, faults=2)
     # trades 60 and 81 are the stored neighbours: the span's ends are included
-    assert [t.trade_id for t in fetched.trades] == [str(n) for n in range(81, 59, -1)]
-    assert fetched.short is None
+    assert trade_ids(trades) == list(range(81, 59, -1))
 
 
 def test_fetch_span_beyond_the_last_60_spot_trades_is_short() -> None:
     stamps = [T0 + n * MS for n in range(200)]
     book = book_of("BTC-USDT", stamps)
     s = span(after_ns=stamps[99], before_ns=stamps[170])  # trades 100 .. 171; 141 .. 200 served
-    with serving_rest("bybit", book) as (url, _), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
-    assert [t.trade_id for t in fetched.trades] == [str(n) for n in range(171, 140, -1)]
+    fetched, _ = fetch_from(HISTORY, book, s)
+    assert trade_ids(fetched.trades) == list(range(171, 140, -1))
     assert fetched.short is not None and "last 60 trades" in fetched.short
 
 
@@ -284,22 +255,14 @@ def test_fetch_span_cut_inside_its_start_ms_is_short() -> None:
     stamps = [T0 + (n // 4) * MS for n in range(202)]
     book = book_of("BTC-USDT", stamps)
     s = span(after_ns=stamps[143], before_ns=stamps[150])
-    with serving_rest("bybit", book) as (url, _), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
+    fetched, _ = fetch_from(HISTORY, book, s)
     # ms 35 .. 37 (trades 141 .. 152) is the span; 141 and 142 are beyond reach
-    assert [t.trade_id for t in fetched.trades] == [str(n) for n in range(152, 142, -1)]
+    assert trade_ids(fetched.trades) == list(range(152, 142, -1))
     assert fetched.short is not None and "last 60 trades" in fetched.short
 
 
-# -- any answer at all --------------------------------------------------------------------------
+# -- answers shaped like recent-trade's (any answer at all: test_rest_all.py) -------------------
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 ROW = st.fixed_dictionaries(
     {
         "execId": st.text(max_size=5),
@@ -307,35 +270,19 @@ ROW = st.fixed_dictionaries(
         "price": st.text(max_size=5),
         "size": st.text(max_size=5),
         "side": st.sampled_from(["Buy", "Sell", "x"]),
-        "time": st.from_regex(r"[0-9]{1,25}", fullmatch=True) | JSON,
-        "isBlockTrade": st.booleans() | JSON,
+        "time": st.from_regex(r"[0-9]{1,25}", fullmatch=True) | ANY_JSON,
+        "isBlockTrade": st.booleans() | ANY_JSON,
     }
 )
 ANSWERS = st.fixed_dictionaries(
     {
-        "retCode": st.sampled_from([0, 10001]) | JSON,
-        "result": st.fixed_dictionaries({"list": st.lists(ROW, max_size=3) | JSON}) | JSON,
+        "retCode": st.sampled_from([0, 10001]) | ANY_JSON,
+        "result": st.fixed_dictionaries({"list": st.lists(ROW, max_size=3) | ANY_JSON}) | ANY_JSON,
     }
 )
 
 
-def check_any(body: bytes) -> None:
-    s = span(after_ns=T0, before_ns=T0 + MS)
-    try:
-        page = HISTORY.page(s, HISTORY.first(s), body, RECV_NS)
-    except BadAnswer as exc:
-        assert exc.reason.startswith("bybit: ")
-        return
-    assert isinstance(page, Page) and all(isinstance(t, Trade) for t in page.trades)
-
-
-@PROPS
-@given(st.binary(max_size=200))
-def test_arbitrary_bytes_are_a_bad_answer_or_a_page(body: bytes) -> None:
-    check_any(body)
-
-
-@PROPS
-@given(JSON | ANSWERS)
-def test_arbitrary_json_is_a_bad_answer_or_a_page(value: object) -> None:
-    check_any(json.dumps(value).encode())
+@FUZZ
+@given(ANSWERS)
+def test_answer_shaped_json_is_a_bad_answer_or_a_page(value: object) -> None:
+    page_or_bad_answer(HISTORY, span(after_ns=T0, before_ns=T0 + MS), value)

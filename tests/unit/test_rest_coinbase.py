@@ -17,33 +17,36 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from itertools import accumulate
 
-import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from common.records import Trade
 from common.rest import all_histories
-from common.rest.base import BadAnswer, Page, Request, Span
+from common.rest.base import Page, Request, Span
 from common.rest.coinbase import HISTORY, LIMIT, trades_path
-from common.rest.fetch import Bucket, fetch_span
 from common.simulator.dialect import SimSession
 from common.simulator.dialects.coinbase import DIALECT
-from common.simulator.engine import TradeBook, make_trade
-from tests.rest_helpers import serving_rest
+from common.simulator.engine import make_trade
+from tests.rest_helpers import (
+    ANY_JSON,
+    FUZZ,
+    bad_answer,
+    book_of,
+    fetch_by_id,
+    fetch_from,
+    make_span,
+    page_or_bad_answer,
+    simulated_page,
+    trade_ids,
+)
 from tests.venue_helpers import RECV_NS, fixture, parse
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS  # a whole second
 PATH = "/api/v3/brokerage/market/products/BTC-USD/ticker"
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 def _epoch_ns(y: int, mo: int, d: int, h: int, mi: int, sec: int) -> int:
@@ -52,15 +55,7 @@ def _epoch_ns(y: int, mo: int, d: int, h: int, mi: int, sec: int) -> int:
 
 
 def _span(first_id: int | None, last_id: int | None, after_ns: int, before_ns: int) -> Span:
-    return Span(
-        exchange="coinbase",
-        symbol="BTC-USD",
-        context="",
-        first_id=first_id,
-        last_id=last_id,
-        after_ns=after_ns,
-        before_ns=before_ns,
-    )
+    return make_span("coinbase", "BTC-USD", after_ns, before_ns, first_id=first_id, last_id=last_id)
 
 
 def _cb_trade(trade_id: str, ts_ns: int, *, side: str = "sell") -> Trade:
@@ -177,22 +172,15 @@ def test_same_key_for_simulated_trades(
 ) -> None:
     """The dialect's WebSocket frame of book trade n, parsed by the venue module, equals the
     dialect's REST answer holding trade n, parsed by HISTORY.page."""
-    book = TradeBook()
-    ts = start_us * 1_000
-    for i, gap in enumerate(gaps_us, start=1):
-        ts += gap * 1_000  # the simulator's book holds µs times for Coinbase
-        book.record(symbol, i, 1, ts)
+    times_us = list(accumulate(gaps_us, initial=start_us))[1:]
+    book = book_of(symbol, [us * 1_000 for us in times_us])  # the book holds µs times for Coinbase
     n = pick % len(gaps_us) + 1
     trade = book.trade(symbol, n)
     frames = DIALECT.trade_frames(SimSession(path="/"), [trade])
     ws = parse("coinbase", str(frames[0]).encode()).trades
     span = Span(exchange="coinbase", symbol=symbol, context="", first_id=n, last_id=n,
                 after_ns=trade.ts_ns - 1, before_ns=trade.ts_ns + 1)  # fmt: skip
-    request = HISTORY.first(span)
-    reply = DIALECT.rest(request.path, {k: [v] for k, v in request.params}, {}, book)
-    assert reply is not None and reply.status == 200
-    page = HISTORY.page(span, request, reply.body.encode(), RECV_NS)
-    rest = [t for t in page.trades if t.trade_id == str(n)]
+    rest = [t for t in simulated_page(HISTORY, DIALECT, book, span).trades if t.trade_id == str(n)]
     assert rest == ws  # every field: key, price, amount, side (recv_ns is the test's)
 
 
@@ -260,29 +248,18 @@ def test_a_second_with_more_than_a_page_cannot_be_paged() -> None:
 
 def test_error_and_foreign_answers_are_bad() -> None:
     span = _span(1, 2, T0, T0 + NS)
-    request = HISTORY.first(span)
-    with pytest.raises(BadAnswer, match="limit must be"):
-        HISTORY.page(span, request, fixture("coinbase", "rest_error.json"), RECV_NS)
+    assert "limit must be" in bad_answer(HISTORY, span, fixture("coinbase", "rest_error.json"))
     other = fixture("coinbase", "rest_market_trades.json").replace(b"BTC-USD", b"ETH-USD")
-    with pytest.raises(BadAnswer, match="ETH-USD"):
-        HISTORY.page(span, request, other, RECV_NS)
+    assert "ETH-USD" in bad_answer(HISTORY, span, other)
     bad_time = fixture("coinbase", "rest_market_trades.json").replace(b"23:05:35", b"25:05:35")
-    with pytest.raises(BadAnswer, match="518078015"):
-        HISTORY.page(span, request, bad_time, RECV_NS)
+    assert "518078015" in bad_answer(HISTORY, span, bad_time)
 
 
 # -- the simulator's endpoint -------------------------------------------------------------------
 
 
-def _book(times: list[int], symbol: str = "BTC-USD") -> TradeBook:
-    book = TradeBook()
-    for i, ts in enumerate(times, start=1):
-        book.record(symbol, i, 1, ts)
-    return book
-
-
 def test_simulator_answer_format_and_errors() -> None:
-    book = _book([T0 + i * 10_000_000 for i in range(1, 301)])  # 100 a second
+    book = book_of("BTC-USD", [T0 + i * 10_000_000 for i in range(1, 301)])  # 100 a second
     reply = DIALECT.rest(PATH, {"limit": ["2"], "start": ["1700000001"], "end": ["1700000002"]},
                          {}, book)  # fmt: skip
     assert reply is not None and reply.status == 200
@@ -304,25 +281,12 @@ def test_simulator_answer_format_and_errors() -> None:
     assert empty is not None and json.loads(empty.body)["trades"] == []
 
 
-def _fast() -> Bucket:
-    return Bucket(units=1_000, per_s=1.0)
-
-
 @pytest.mark.parametrize("faults", [0, 2])
 def test_fetch_span_from_the_simulator(faults: int) -> None:
     """A span in the middle of a 5000-trade book (100 trades a second): three pages, exactly the
     span's trades, each once; two 429s first change nothing."""
     times = [T0 + i * 10_000_000 for i in range(1, 5001)]
-    book = _book(times)
-    span = _span(1234, 3456, times[1233 - 1], times[3457 - 1])
-    with serving_rest("coinbase", book, rest_faults=faults) as (url, sim):
-        with httpx.Client(timeout=10) as client:
-            fetched = fetch_span(client, url, HISTORY, span, bucket=_fast(), sleep=lambda s: None)
-    assert fetched.short is None and fetched.refused is None
-    assert sorted(int(t.trade_id) for t in fetched.trades) == list(range(1234, 3457))
-    assert fetched.requests == 3
-    assert sim.rest_requests == 3 + faults
-    by_id = {t.trade_id: t for t in fetched.trades}
+    by_id = fetch_by_id(HISTORY, "BTC-USD", times, 1234, 3456, requests=3, faults=faults)
     assert by_id["1234"].ts_ns == times[1233] and by_id["3456"].ts_ns == times[3455]
 
 
@@ -331,60 +295,26 @@ def test_fetch_span_short_where_a_second_holds_more_than_a_page() -> None:
     times += [T0 + 5 * NS] * 1500  # ids 101..1600 in one instant
     times += [T0 + 6 * NS + i * 1_000_000 for i in range(1, 101)]  # ids 1601..1700
     span = _span(50, 1650, times[49 - 1], times[1651 - 1])
-    with serving_rest("coinbase", _book(times)) as (url, _sim):
-        with httpx.Client(timeout=10) as client:
-            fetched = fetch_span(client, url, HISTORY, span, bucket=_fast(), sleep=lambda s: None)
+    fetched, _ = fetch_from(HISTORY, book_of("BTC-USD", times), span)
     assert fetched.short is not None and "more than 1000 trades" in fetched.short
-    assert sorted(int(t.trade_id) for t in fetched.trades) == list(range(601, 1651))
+    assert sorted(trade_ids(fetched.trades)) == list(range(601, 1651))
 
 
-# -- anything in, BadAnswer or a Page out -------------------------------------------------------
+# -- answers shaped like market trades' (any answer at all: test_rest_all.py) -------------------
 
-_SPAN = _span(5, 10, T0, T0 + 10 * NS)
-_SCALAR = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
-)
-_JSON = st.recursive(
-    _SCALAR,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 _TEXT = st.text(max_size=30) | st.sampled_from(
     ["BUY", "SELL", "BTC-USD", "7", "2023-04-04T23:05:34.492746Z"]
 )
 _TRADE = st.fixed_dictionaries(
     {},
     optional={
-        k: _TEXT | _JSON for k in ("trade_id", "product_id", "price", "size", "side", "time")
+        k: _TEXT | ANY_JSON for k in ("trade_id", "product_id", "price", "size", "side", "time")
     },
 )
-
-
-def _check(body: bytes) -> None:
-    try:
-        page = HISTORY.page(_SPAN, HISTORY.first(_SPAN), body, RECV_NS)
-    except BadAnswer as exc:
-        assert exc.reason.startswith("coinbase: ")
-        return
-    assert isinstance(page, Page)
-    assert all(isinstance(t, Trade) for t in page.trades)
-
-
-@FUZZ
-@given(st.binary(max_size=200))
-def test_page_on_arbitrary_bytes(body: bytes) -> None:
-    _check(body)
-
-
-@FUZZ
-@given(_JSON)
-def test_page_on_arbitrary_json(value: object) -> None:
-    _check(json.dumps(value).encode())
 
 
 @FUZZ
 @given(st.lists(_TRADE, max_size=4), st.booleans())
 def test_page_on_answer_shaped_json(trades: list[dict[str, object]], wrap: bool) -> None:
-    _check(json.dumps({"trades": trades} if wrap else trades).encode())
+    answer = {"trades": trades} if wrap else trades
+    page_or_bad_answer(HISTORY, _span(5, 10, T0, T0 + 10 * NS), answer)

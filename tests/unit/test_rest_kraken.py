@@ -14,16 +14,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import accumulate
 
-import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from common.records import Trade
 from common.rest import all_histories
-from common.rest.base import BadAnswer, Page, Request, Span
-from common.rest.fetch import Bucket, fetch_span
+from common.rest.base import Page, Request, Span
 from common.rest.kraken import (
     COUNT,
     HISTORY,
@@ -36,33 +35,30 @@ from common.rest.kraken import (
 from common.simulator.dialect import SimSession
 from common.simulator.dialects.kraken import DIALECT, ENGINE_SUB_US_NS
 from common.simulator.engine import TradeBook
-from tests.rest_helpers import serving_rest
+from tests.rest_helpers import (
+    ANY_JSON,
+    FUZZ,
+    bad_answer,
+    book_of,
+    fetch_by_id,
+    fetch_from,
+    fetch_whole,
+    make_span,
+    page_or_bad_answer,
+    simulated_page,
+    trade_ids,
+)
 from tests.venue_helpers import RECV_NS, fixture, parse
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 # 2023-07-06T18:53:17Z, the second of the docs' first trade, computed independently.
 T_185317 = int(datetime(2023, 7, 6, 18, 53, 17, tzinfo=UTC).timestamp())
 assert T_185317 == 1_688_669_597
 
 
 def _span(first_id: int | None, last_id: int | None, after_ns: int, before_ns: int) -> Span:
-    return Span(
-        exchange="kraken",
-        symbol="BTC-USD",
-        context="",
-        first_id=first_id,
-        last_id=last_id,
-        after_ns=after_ns,
-        before_ns=before_ns,
-    )
+    return make_span("kraken", "BTC-USD", after_ns, before_ns, first_id=first_id, last_id=last_id)
 
 
 DOCS_SPAN = _span(61_044_952, 61_044_956, T_185317 * NS, (T_185317 + 10) * NS)
@@ -146,13 +142,6 @@ def test_key_against_the_websocket_docs_example() -> None:
     assert [r.ts_ns - w.ts_ns for r, w in zip(rest, ws, strict=True)] == [900, 200, 0]
 
 
-def _book(times: list[int], symbol: str = "BTC-USD") -> TradeBook:
-    book = TradeBook()
-    for i, ts in enumerate(times, start=1):
-        book.record(symbol, i, 1, ts)
-    return book
-
-
 def _ws_and_rest(book: TradeBook, symbol: str, n: int) -> tuple[Trade, Trade]:
     """Book trade n as the venue module parses the dialect's WebSocket frame, and as HISTORY
     parses the dialect's REST answer to the span of just that trade."""
@@ -160,10 +149,7 @@ def _ws_and_rest(book: TradeBook, symbol: str, n: int) -> tuple[Trade, Trade]:
     ws = parse("kraken", str(DIALECT.trade_frames(SimSession(path="/v2"), [trade])[0]).encode())
     span = Span(exchange="kraken", symbol=symbol, context="", first_id=n, last_id=n,
                 after_ns=trade.ts_ns - 1, before_ns=trade.ts_ns + 1)  # fmt: skip
-    request = HISTORY.first(span)
-    reply = DIALECT.rest(request.path, {k: [v] for k, v in request.params}, {}, book)
-    assert reply is not None and reply.status == 200
-    page = HISTORY.page(span, request, reply.body.encode(), RECV_NS)
+    page = simulated_page(HISTORY, DIALECT, book, span)
     (rest,) = [t for t in page.trades if t.trade_id == str(n)]
     (ws_trade,) = ws.trades
     return ws_trade, rest
@@ -185,12 +171,8 @@ def test_same_trade_for_simulated_trades(
     amount (as values: the simulator's WebSocket writes the book's text, ``100.10``, where Kraken
     would trim it, and REST is trimmed), and a ``ts_ns`` within a microsecond of the WebSocket's
     (see the strict xfail below for the exact key)."""
-    ts = start_us * 1_000
-    times = []
-    for gap in gaps_us:
-        ts += gap * 1_000  # the simulator's book holds µs times for Kraken
-        times.append(ts)
-    book = _book(times, symbol)
+    times_us = list(accumulate(gaps_us, initial=start_us))[1:]
+    book = book_of(symbol, [us * 1_000 for us in times_us])  # the book holds µs times for Kraken
     n = pick % len(gaps_us) + 1
     ws, rest = _ws_and_rest(book, symbol, n)
     assert (rest.exchange, rest.symbol, rest.trade_id, rest.side, rest.recv_ns) == (
@@ -209,7 +191,7 @@ def test_same_trade_for_simulated_trades(
     "natural key (exchange, symbol, ts, trade_id) of a trade seen both ways differs",
 )
 def test_rest_key_equals_the_websocket_key() -> None:
-    book = _book([T0 + 123_456_000, T0 + 123_456_000, T0 + 2 * NS + 7_000])
+    book = book_of("BTC-USD", [T0 + 123_456_000, T0 + 123_456_000, T0 + 2 * NS + 7_000])
     for n in (1, 2, 3):
         ws, rest = _ws_and_rest(book, "BTC-USD", n)
         assert (rest.exchange, rest.symbol, rest.ts_ns, rest.trade_id) == (
@@ -312,9 +294,8 @@ def test_the_answers_pair_key_is_taken_whatever_it_is() -> None:
 
 
 def test_error_and_malformed_answers_are_bad() -> None:
-    request = HISTORY.first(DOCS_SPAN)
-    with pytest.raises(BadAnswer, match="EQuery:Unknown asset pair"):
-        HISTORY.page(DOCS_SPAN, request, fixture("kraken", "rest_error.json"), 1)
+    error = bad_answer(HISTORY, DOCS_SPAN, fixture("kraken", "rest_error.json"))
+    assert "EQuery:Unknown asset pair" in error
     good = fixture("kraken", "rest_trades.json")
     for body in (
         good.replace(b'"last":"1688671969993150842"', b'"last":"x"'),
@@ -325,15 +306,14 @@ def test_error_and_malformed_answers_are_bad() -> None:
         good.replace(b",61044952]", b"]"),
         b'{"error":[]}',
     ):
-        with pytest.raises(BadAnswer, match=r"^kraken: "):
-            HISTORY.page(DOCS_SPAN, request, body, 1)
+        bad_answer(HISTORY, DOCS_SPAN, body)
 
 
 # -- the simulator's endpoint -------------------------------------------------------------------
 
 
 def test_simulator_answer_format_and_errors() -> None:
-    book = _book([T0 + 1_000, T0 + 1_000, T0 + 2 * NS])
+    book = book_of("BTC-USD", [T0 + 1_000, T0 + 1_000, T0 + 2 * NS])
     reply = DIALECT.rest(TRADES_PATH, {"pair": ["xbtusd"], "count": ["2"]}, {}, book)
     assert reply is not None and reply.status == 200
     t1, t2 = book.trade("BTC-USD", 1), book.trade("BTC-USD", 2)
@@ -370,24 +350,12 @@ def test_simulator_answer_format_and_errors() -> None:
     assert DIALECT.rest("/0/public/Ticker", {}, {}, book) is None
 
 
-def _fast() -> Bucket:
-    return Bucket(units=1_000, per_s=1.0)
-
-
 @pytest.mark.parametrize("faults", [0, 2])
 def test_fetch_span_from_the_simulator(faults: int) -> None:
     """A span in the middle of a 5000-trade book (100 trades a second): three pages, exactly the
     span's trades, each once; two 429s first change nothing."""
     times = [T0 + i * 10_000_000 for i in range(1, 5001)]
-    span = _span(1234, 3456, times[1233 - 1], times[3457 - 1])
-    with serving_rest("kraken", _book(times), rest_faults=faults) as (url, sim):
-        with httpx.Client(timeout=10) as client:
-            fetched = fetch_span(client, url, HISTORY, span, bucket=_fast(), sleep=lambda s: None)
-    assert fetched.short is None and fetched.refused is None
-    assert sorted(int(t.trade_id) for t in fetched.trades) == list(range(1234, 3457))
-    assert len(fetched.trades) == 3456 - 1234 + 1
-    assert fetched.requests == 3 and sim.rest_requests == 3 + faults
-    by_id = {t.trade_id: t for t in fetched.trades}
+    by_id = fetch_by_id(HISTORY, "BTC-USD", times, 1234, 3456, requests=3, faults=faults)
     assert 0 < by_id["1234"].ts_ns - times[1233] < 1_000  # REST's float time, not the µs
 
 
@@ -396,11 +364,8 @@ def test_fetch_span_keeps_trades_that_share_a_time_across_pages() -> None:
     ``last - 1`` cursor still returns every trade."""
     times = [T0 + (i // 7) * 1_000_000 for i in range(2500)]
     span = _span(2, 2499, times[0], times[2499])
-    with serving_rest("kraken", _book(times)) as (url, _sim):
-        with httpx.Client(timeout=10) as client:
-            fetched = fetch_span(client, url, HISTORY, span, bucket=_fast(), sleep=lambda s: None)
-    assert fetched.short is None
-    assert sorted(int(t.trade_id) for t in fetched.trades) == list(range(2, 2500))
+    trades = fetch_whole(HISTORY, book_of("BTC-USD", times), span)
+    assert sorted(trade_ids(trades)) == list(range(2, 2500))
 
 
 def test_fetch_span_short_where_an_instant_holds_more_than_a_page() -> None:
@@ -408,57 +373,24 @@ def test_fetch_span_short_where_an_instant_holds_more_than_a_page() -> None:
     times += [T0 + 5 * NS] * 1500  # ids 11..1510 at one instant
     times += [T0 + 6 * NS + i * 1_000_000 for i in range(1, 91)]  # ids 1511..1600
     span = _span(5, 1550, times[4 - 1], times[1551 - 1])
-    with serving_rest("kraken", _book(times)) as (url, _sim):
-        with httpx.Client(timeout=10) as client:
-            fetched = fetch_span(client, url, HISTORY, span, bucket=_fast(), sleep=lambda s: None)
+    fetched, _ = fetch_from(HISTORY, book_of("BTC-USD", times), span)
     assert fetched.short is not None and "does not move" in fetched.short
-    assert sorted(int(t.trade_id) for t in fetched.trades) == list(range(5, 1011))
+    assert sorted(trade_ids(fetched.trades)) == list(range(5, 1011))
 
 
-# -- anything in, BadAnswer or a Page out -------------------------------------------------------
+# -- answers shaped like Trades' (any answer at all: test_rest_all.py) ---------------------------
 
-_SCALAR = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
-)
-_JSON = st.recursive(
-    _SCALAR,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-_ELEMENT = _JSON | st.sampled_from(["30243.40000", "b", "s", "m", "", 61044952, 1688669597.8])
-
-
-def _check(body: bytes) -> None:
-    try:
-        page = HISTORY.page(DOCS_SPAN, HISTORY.first(DOCS_SPAN), body, RECV_NS)
-    except BadAnswer as exc:
-        assert exc.reason.startswith("kraken: ")
-        return
-    assert isinstance(page, Page)
-    assert all(isinstance(t, Trade) for t in page.trades)
-
-
-@FUZZ
-@given(st.binary(max_size=200))
-def test_page_on_arbitrary_bytes(body: bytes) -> None:
-    _check(body)
-
-
-@FUZZ
-@given(_JSON)
-def test_page_on_arbitrary_json(value: object) -> None:
-    _check(json.dumps(value).encode())
+_ELEMENT = ANY_JSON | st.sampled_from(["30243.40000", "b", "s", "m", "", 61044952, 1688669597.8])
 
 
 @FUZZ
 @given(
     st.lists(st.lists(_ELEMENT, min_size=6, max_size=8), max_size=3),
-    _JSON | st.sampled_from(["1688671969993150842", 5, "-1"]),
+    ANY_JSON | st.sampled_from(["1688671969993150842", 5, "-1"]),
     st.lists(st.text(max_size=5), max_size=2),
 )
 def test_page_on_answer_shaped_json(
     rows: list[list[object]], last: object, error: list[str]
 ) -> None:
-    _check(json.dumps({"error": error, "result": {"XXBTZUSD": rows, "last": last}}).encode())
+    answer = {"error": error, "result": {"XXBTZUSD": rows, "last": last}}
+    page_or_bad_answer(HISTORY, DOCS_SPAN, answer)

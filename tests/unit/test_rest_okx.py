@@ -9,31 +9,33 @@ from __future__ import annotations
 
 import json
 
-import httpx
-import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from common.records import Trade
-from common.rest.base import BadAnswer, Page, Request, Span
-from common.rest.fetch import Bucket, fetch_span
+from common.rest.base import Page, Request, Span
 from common.rest.okx import HISTORY, PATH
 from common.simulator.dialect import SimSession
 from common.simulator.dialects.okx import DIALECT, REST_REACH_NS
 from common.simulator.engine import TradeBook
 from common.venues import Channel
 from common.venues.okx import TRADES_ALL
-from tests.rest_helpers import serving_rest
+from tests.rest_helpers import (
+    ANY_JSON,
+    FUZZ,
+    bad_answer,
+    book_of,
+    by_id,
+    fetch_from,
+    fetch_whole,
+    make_span,
+    page_or_bad_answer,
+    sim_get,
+    trade_ids,
+)
 from tests.venue_helpers import RECV_NS, fixture, parse
 
-PROPS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 MS = 1_000_000
 T0 = 1_700_000_000_000 * MS  # a round ms
 
@@ -47,24 +49,14 @@ def span(
     context: str = TRADES_ALL,
 ) -> Span:
     """A span of a ``trades-all`` feed (the only one okx's REST can fill) unless told."""
-    return Span(
-        exchange="okx",
-        symbol=symbol,
-        context=context,
-        first_id=ids[0] if ids else None,
-        last_id=ids[1] if ids else None,
-        after_ns=after_ns,
-        before_ns=before_ns,
+    first_id, last_id = ids or (None, None)
+    return make_span(
+        "okx", symbol, after_ns, before_ns, first_id=first_id, last_id=last_id, context=context
     )
 
 
 def params(request: Request) -> dict[str, str]:
     return dict(request.params)
-
-
-def key(t: Trade) -> Trade:
-    """The stored row without its receive time (REST and WebSocket receive at other times)."""
-    return msgspec.structs.replace(t, recv_ns=0)
 
 
 # -- the docs' example --------------------------------------------------------------------------
@@ -198,19 +190,10 @@ def test_an_unknown_instrument_is_short_and_other_errors_are_bad_answers() -> No
         answer(range(1, 3), T0 // MS).replace(b'"ts":"', b'"ts":"-'),
         b'{"code":"0","msg":"","data":{}}',
     ):
-        with pytest.raises(BadAnswer, match=r"^okx: "):
-            HISTORY.page(s, HISTORY.first(s), bad, RECV_NS)
+        bad_answer(HISTORY, s, bad)
 
 
 # -- the simulator ------------------------------------------------------------------------------
-
-
-def book_of(symbol: str, stamps: list[int]) -> TradeBook:
-    """A book whose trade n (from 1) happened at ``stamps[n - 1]`` (non-decreasing)."""
-    book = TradeBook()
-    for n, ts in enumerate(stamps, start=1):
-        book.record(symbol, n, 1, ts)
-    return book
 
 
 def ws_trade(book: TradeBook, symbol: str, n: int, channel: str = "trades-all") -> Trade:
@@ -224,12 +207,11 @@ def ws_trade(book: TradeBook, symbol: str, n: int, channel: str = "trades-all") 
 
 
 def rest_get(book: TradeBook, **query: str) -> tuple[int, bytes]:
-    reply = DIALECT.rest(PATH, {k: [v] for k, v in query.items()}, {}, book)
-    assert reply is not None
+    reply = sim_get(DIALECT, PATH, book, query)
     return reply.status, reply.body.encode()
 
 
-@PROPS
+@FUZZ
 @given(
     symbol=st.sampled_from(["BTC-USDT", "ETH-USDT-PERP", "BTC-USD-250627"]),
     gaps=st.lists(st.integers(0, 3 * MS), min_size=1, max_size=40),
@@ -291,13 +273,7 @@ def test_fetch_span_gets_exactly_the_span_from_the_simulator() -> None:
     # the stored neighbour 401 and trades 402, 403
     assert len(expected) == 355
     assert {"49", "403"} <= {t.trade_id for t in expected}
-    with serving_rest("okx", book) as (url, sim), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
-        assert sim.rest_requests == fetched.requests == 4
-    assert fetched.short is None and fetched.refused is None
-    assert sorted(map(key, fetched.trades), key=lambda t: int(t.trade_id)) == list(
-        map(key, expected)
-    )
+    assert by_id(fetch_whole(HISTORY, book, s, requests=4)) == by_id(expected)
 
 
 def test_fetch_span_pages_on_when_a_page_ends_inside_the_start_ms() -> None:
@@ -306,23 +282,18 @@ def test_fetch_span_pages_on_when_a_page_ends_inside_the_start_ms() -> None:
     stamps = [T0 + (n // 3) * MS for n in range(300)]
     book = book_of("BTC-USDT", stamps)
     s = span(after_ns=stamps[200], before_ns=stamps[299])
-    with serving_rest("okx", book) as (url, sim), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
-        assert sim.rest_requests == fetched.requests == 2
-    assert fetched.short is None
-    assert [t.trade_id for t in fetched.trades] == [str(n) for n in range(300, 198, -1)]
+    trades = fetch_whole(HISTORY, book, s, requests=2)
+    assert trade_ids(trades) == list(range(300, 198, -1))
 
 
 def test_fetch_span_rides_out_rate_limit_answers() -> None:
     book, stamps = busy_book()
     s = span("BTC-USDT-PERP", after_ns=stamps[299], before_ns=stamps[350])
-    with serving_rest("okx", book, rest_faults=2) as (url, sim), httpx.Client(timeout=10) as c:
-        fetched = fetch_span(c, url, HISTORY, s, bucket=Bucket(100, 1.0), sleep=lambda _: None)
-        assert sim.rest_requests == 3 and fetched.requests == 1
-    assert [t.trade_id for t in fetched.trades] == [
-        str(n) for n in range(353, 298, -1) if s.after_ns <= stamps[n - 1] <= s.before_ns
+    trades = fetch_whole(HISTORY, book, s, requests=1, faults=2)
+    assert trade_ids(trades) == [
+        n for n in range(353, 298, -1) if s.after_ns <= stamps[n - 1] <= s.before_ns
     ]
-    assert {"299", "353"} <= {t.trade_id for t in fetched.trades}  # the ends' ms share
+    assert {"299", "353"} <= {t.trade_id for t in trades}  # the ends' ms share
 
 
 def test_fetch_span_beyond_three_months_is_short() -> None:
@@ -331,11 +302,10 @@ def test_fetch_span_beyond_three_months_is_short() -> None:
     stamps = [T0 + n * day for n in range(120)]
     book = book_of("BTC-USDT", stamps)
     s = span(after_ns=stamps[9], before_ns=stamps[40])
-    with serving_rest("okx", book) as (url, _), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
+    fetched, _ = fetch_from(HISTORY, book, s)
     reachable = [n for n in range(10, 42) if stamps[n - 1] >= stamps[-1] - REST_REACH_NS]
     assert reachable[-1] == 41  # the span's end is included
-    assert [t.trade_id for t in fetched.trades] == [str(n) for n in reversed(reachable)]
+    assert trade_ids(fetched.trades) == list(reversed(reachable))
     assert fetched.short is not None and "3 months" in fetched.short
 
 
@@ -346,22 +316,14 @@ def test_a_span_of_the_aggregated_trades_channel_is_refused_without_a_request() 
     reason = HISTORY.cannot(s)
     assert reason is not None and "trades-all" in reason
     assert HISTORY.cannot(span("BTC-USDT-PERP", after_ns=stamps[49], before_ns=stamps[400])) is None
-    with serving_rest("okx", book) as (url, sim), httpx.Client(timeout=10) as client:
-        fetched = fetch_span(client, url, HISTORY, s, bucket=Bucket(100, 1.0))
-        assert sim.rest_requests == 0
+    fetched, served = fetch_from(HISTORY, book, s)
+    assert served == 0
     assert fetched.refused == reason and fetched.requests == 0 and fetched.trades == []
     assert fetched.short is None
 
 
-# -- any answer at all --------------------------------------------------------------------------
+# -- answers shaped like history-trades' (any answer at all: test_rest_all.py) ------------------
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 ROW = st.fixed_dictionaries(
     {
         "instId": st.sampled_from(["BTC-USDT", "ETH-USDT"]) | st.text(max_size=5),
@@ -369,31 +331,18 @@ ROW = st.fixed_dictionaries(
         "px": st.text(max_size=5),
         "sz": st.text(max_size=5),
         "side": st.sampled_from(["buy", "sell", "x"]),
-        "ts": st.from_regex(r"[0-9]{1,25}", fullmatch=True) | JSON,
+        "ts": st.from_regex(r"[0-9]{1,25}", fullmatch=True) | ANY_JSON,
     }
 )
 ANSWERS = st.fixed_dictionaries(
-    {"code": st.sampled_from(["0", "51001", "1"]) | JSON, "data": st.lists(ROW, max_size=3) | JSON}
+    {
+        "code": st.sampled_from(["0", "51001", "1"]) | ANY_JSON,
+        "data": st.lists(ROW, max_size=3) | ANY_JSON,
+    }
 )
 
 
-def check_any(body: bytes) -> None:
-    s = span(after_ns=T0, before_ns=T0 + MS)
-    try:
-        page = HISTORY.page(s, HISTORY.first(s), body, RECV_NS)
-    except BadAnswer as exc:
-        assert exc.reason.startswith("okx: ")
-        return
-    assert isinstance(page, Page) and all(isinstance(t, Trade) for t in page.trades)
-
-
-@PROPS
-@given(st.binary(max_size=200))
-def test_arbitrary_bytes_are_a_bad_answer_or_a_page(body: bytes) -> None:
-    check_any(body)
-
-
-@PROPS
-@given(JSON | ANSWERS)
-def test_arbitrary_json_is_a_bad_answer_or_a_page(value: object) -> None:
-    check_any(json.dumps(value).encode())
+@FUZZ
+@given(ANSWERS)
+def test_answer_shaped_json_is_a_bad_answer_or_a_page(value: object) -> None:
+    page_or_bad_answer(HISTORY, span(after_ns=T0, before_ns=T0 + MS), value)

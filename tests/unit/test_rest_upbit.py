@@ -16,24 +16,34 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.records import Trade
 from common.rest import all_histories
-from common.rest.base import BadAnswer, Page, Request, Span, TradeHistory
-from common.rest.fetch import Bucket, Fetched, fetch_span
-from common.rest.upbit import HISTORY, PAGE_SIZE, PATH, day_of, day_start_ns
+from common.rest.base import Page, Request, Span, TradeHistory
+from common.rest.bithumb import HISTORY as BITHUMB
+from common.rest.fetch import Fetched
+from common.rest.upbit import HISTORY, PAGE_SIZE, PATH, UpbitHistory, day_of, day_start_ns
 from common.simulator.dialect import SimSession
 from common.simulator.dialects import get_dialect
-from common.simulator.dialects.upbit import UpbitDialect, encode
+from common.simulator.dialects.upbit import FORMATS, UpbitDialect, encode
 from common.simulator.engine import TradeBook, make_trade
 from common.venues import FrameContext, get_venue
-from tests.rest_helpers import serving_rest
+from tests.rest_helpers import (
+    ANY_JSON,
+    FUZZ,
+    book_of,
+    fetch_from,
+    make_span,
+    page_or_bad_answer,
+    sim_get,
+    simulated_page,
+)
 from tests.venue_helpers import RECV_NS, fixture, parse
 
 MS = 1_000_000
@@ -44,23 +54,8 @@ T0 = 1_730_336_862_047 * MS
 TODAY = T0 // DAY
 
 
-def span_of(
-    after_ns: int,
-    before_ns: int,
-    *,
-    symbol: str = "BTC-KRW",
-    context: str = "",
-    exchange: str = "upbit",
-) -> Span:
-    return Span(
-        exchange=exchange,
-        symbol=symbol,
-        context=context,
-        first_id=None,
-        last_id=None,
-        after_ns=after_ns,
-        before_ns=before_ns,
-    )
+def span_of(after_ns: int, before_ns: int, *, symbol: str = "BTC-KRW") -> Span:
+    return make_span("upbit", symbol, after_ns, before_ns)
 
 
 def rows(dialect: UpbitDialect, symbol: str, stamps: list[tuple[int, int]]) -> bytes:
@@ -109,27 +104,37 @@ def test_registered() -> None:
     assert HISTORY.limit.units / HISTORY.limit.per_s <= 10  # "초당 최대 10회"
 
 
-class _FixedNow(UpbitDialect):
-    def rest_now_ns(self) -> int:
-        return T0
+def clocked(dialect: UpbitDialect, now: int = T0) -> UpbitDialect:
+    """``dialect`` with its REST clock (``rest_now_ns``) stopped at ``now``."""
+    dialect.rest_now_ns = lambda: now  # type: ignore[method-assign]
+    return dialect
+
+
+def ws_and_rest(
+    history: UpbitHistory, dialect: UpbitDialect, symbol: str, trade_id: int, ts_ns: int, fmt: str
+) -> tuple[Trade, Trade]:
+    """The trade as the venue module parses the dialect's WebSocket frame in format ``fmt``, and
+    as ``history`` parses the dialect's ticks row of it."""
+    trade = make_trade(symbol, trade_id, ts_ns)
+    session = SimSession(path="/websocket/v1", state={"format": fmt})
+    [frame] = dialect.trade_frames(session, [trade])
+    ctx = FrameContext(history.exchange, "", RECV_NS, "1-0", {dialect.code(symbol): symbol})
+    venue = get_venue(history.exchange)
+    [ws] = venue.parse(frame if isinstance(frame, bytes) else frame.encode(), ctx).trades
+    span = make_span(history.exchange, symbol, 0, 2**62)
+    body = rows(dialect, symbol, [(trade_id, ts_ns)])
+    [rest] = history.page(span, history.first(span), body, RECV_NS).trades
+    return ws, rest
+
+
+TRADE_IDS = st.integers(1, 2**62)
+TIMES = st.integers(MS, 4_000_000_000 * S)
 
 
 @settings(max_examples=200)
-@given(
-    trade_id=st.integers(1, 2**62),
-    ts_ns=st.integers(MS, 4_000_000_000 * S),
-    fmt=st.sampled_from(["DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"]),
-)
+@given(trade_id=TRADE_IDS, ts_ns=TIMES, fmt=st.sampled_from(FORMATS))
 def test_simulated_trade_has_the_same_key_both_ways(trade_id: int, ts_ns: int, fmt: str) -> None:
-    dialect, venue = _FixedNow(), get_venue("upbit")
-    trade = make_trade("ETH-KRW", trade_id, ts_ns)
-    session = SimSession(path="/websocket/v1", state={"format": fmt})
-    [frame] = dialect.trade_frames(session, [trade])
-    ctx = FrameContext("upbit", "", RECV_NS, "1-0", {"KRW-ETH": "ETH-KRW"})
-    [ws] = venue.parse(frame if isinstance(frame, bytes) else frame.encode(), ctx).trades
-    span = span_of(0, 2**62, symbol="ETH-KRW")
-    [rest] = HISTORY.page(span, HISTORY.first(span), rows(dialect, "ETH-KRW", [(trade_id, ts_ns)]),
-                          RECV_NS).trades  # fmt: skip
+    ws, rest = ws_and_rest(HISTORY, clocked(UpbitDialect()), "ETH-KRW", trade_id, ts_ns, fmt)
     assert rest == ws
     assert (rest.trade_id, rest.ts_ns) == (str(trade_id), ts_ns // MS * MS)
 
@@ -147,7 +152,7 @@ def test_first_asks_for_today_up_to_the_span_end_in_whole_seconds() -> None:
 
 
 def test_a_full_page_goes_on_from_the_oldest_rows_cursor() -> None:
-    dialect = _FixedNow()
+    dialect = clocked(UpbitDialect())
     span = span_of(T0 - 3_600 * S, T0)
     stamps = [(900 - i, T0 - 1_000 * MS - i * MS) for i in range(PAGE_SIZE)]
     page = HISTORY.page(span, HISTORY.first(span), rows(dialect, "BTC-KRW", stamps), T0)
@@ -157,7 +162,7 @@ def test_a_full_page_goes_on_from_the_oldest_rows_cursor() -> None:
 
 
 def test_paging_stops_at_a_row_before_the_span_start() -> None:
-    dialect = _FixedNow()
+    dialect = clocked(UpbitDialect())
     span = span_of(T0 - 10 * S, T0)
     body = rows(dialect, "BTC-KRW", [(3, T0 - 5 * S), (2, T0 - 10 * S), (1, T0 - 11 * S)])
     page = HISTORY.page(span, HISTORY.first(span), body, T0)
@@ -169,7 +174,7 @@ def test_paging_stops_at_a_row_before_the_span_start() -> None:
 
 
 def test_an_answer_from_a_later_day_jumps_to_the_span_day_and_time() -> None:
-    dialect = _FixedNow()
+    dialect = clocked(UpbitDialect())
     before = (TODAY - 2) * DAY + 13 * 3_600 * S + 500 * MS  # two days ago, 13:00:00.5 UTC
     span = span_of(before - 3_600 * S, before)
     first = HISTORY.first(span)
@@ -195,7 +200,7 @@ def test_an_empty_day_steps_back_a_day_until_the_span_start() -> None:
 
 def test_a_span_older_than_seven_days_is_short() -> None:
     span = span_of((TODAY - 9) * DAY, (TODAY - 8) * DAY + 3_600 * S)
-    body = rows(_FixedNow(), "BTC-KRW", [(5, T0 - S)])
+    body = rows(clocked(UpbitDialect()), "BTC-KRW", [(5, T0 - S)])
     page = HISTORY.page(span, HISTORY.first(span), body, T0)
     assert page.next is None and page.short is not None and "days_ago 1..7" in page.short
     partly = span_of((TODAY - 9) * DAY, (TODAY - 6) * DAY)
@@ -208,7 +213,7 @@ def test_a_to_meant_for_a_later_day_is_dropped() -> None:
     span = span_of(T0 - 600 * S, (TODAY + 1) * DAY + 3_600 * S)
     first = HISTORY.first(span)
     assert params(first)["to"] == "010001"
-    body = rows(_FixedNow(), "BTC-KRW", [(2, T0 - 60 * S)])
+    body = rows(clocked(UpbitDialect()), "BTC-KRW", [(2, T0 - 60 * S)])
     page = HISTORY.page(span, first, body, T0)
     assert page == Page(page.trades, HISTORY.request(span, 0))
     assert HISTORY.page(span, HISTORY.request(span, 0), body, T0).next == HISTORY.request(
@@ -224,52 +229,28 @@ def test_day_helpers() -> None:
 
 
 # -- robustness ---------------------------------------------------------------------------------
-def _json() -> st.SearchStrategy[Any]:
-    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
-    return st.recursive(
-        scalars,
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                    max_size=3),
-        max_leaves=8,
-    )  # fmt: skip
+# answers shaped like ticks' (any answer at all: test_rest_all.py)
+ROW = st.fixed_dictionaries(
+    {
+        "market": st.sampled_from(["KRW-BTC", "KRW-ETH", ""]) | ANY_JSON,
+        "timestamp": st.integers(-5, 2**70) | st.text(max_size=20) | ANY_JSON,
+        "trade_price": st.sampled_from([1, "1.5", 1e-7, "x"]) | ANY_JSON,
+        "trade_volume": st.sampled_from([0.5, "2", 5.485e-05]) | ANY_JSON,
+        "ask_bid": st.sampled_from(["ASK", "BID", "?"]) | ANY_JSON,
+        "sequential_id": st.integers(-1, 2**70) | st.text(max_size=20) | ANY_JSON,
+    },
+    optional={"trade_date_utc": ANY_JSON},
+)
 
 
-def _row() -> st.SearchStrategy[dict[str, Any]]:
-    value = _json()
-    return st.fixed_dictionaries(
-        {
-            "market": st.sampled_from(["KRW-BTC", "KRW-ETH", ""]) | value,
-            "timestamp": st.integers(-5, 2**70) | st.text(max_size=20) | value,
-            "trade_price": st.sampled_from([1, "1.5", 1e-7, "x"]) | value,
-            "trade_volume": st.sampled_from([0.5, "2", 5.485e-05]) | value,
-            "ask_bid": st.sampled_from(["ASK", "BID", "?"]) | value,
-            "sequential_id": st.integers(-1, 2**70) | st.text(max_size=20) | value,
-        },
-        optional={"trade_date_utc": value},
-    )
-
-
-def _page_or_bad_answer(history: TradeHistory, span: Span, body: bytes) -> None:
-    for request in (
-        history.first(span),
-        Request(PATH, (("market", "KRW-BTC"), ("count", "500"), ("cursor", "7"))),
-    ):
-        try:
-            page = history.page(span, request, body, T0)
-        except BadAnswer:
-            continue
-        assert isinstance(page, Page)
-        assert all(isinstance(t, Trade) for t in page.trades)
-
-
-@given(body=st.binary(max_size=300))
-def test_page_on_arbitrary_bytes(body: bytes) -> None:
-    _page_or_bad_answer(HISTORY, span_of(T0 - DAY, T0), body)
-
-
-@given(value=_json() | st.lists(_row(), max_size=4))
-def test_page_on_arbitrary_json(value: Any) -> None:
-    _page_or_bad_answer(HISTORY, span_of(T0 - DAY, T0), json.dumps(value).encode())
+@pytest.mark.parametrize("history", [HISTORY, BITHUMB], ids=["upbit", "bithumb"])
+@FUZZ
+@given(value=st.lists(ROW, max_size=4))
+def test_page_on_answer_shaped_json(history: UpbitHistory, value: Any) -> None:
+    """Bithumb's endpoint is Upbit's: the same rows."""
+    span = make_span(history.exchange, "BTC-KRW", T0 - DAY, T0)
+    later = [history.request(span, 0, cursor="7")]
+    page_or_bad_answer(history, span, value, later=later, now=T0)
 
 
 # -- paging against the simulated endpoint, without sockets ------------------------------------
@@ -283,10 +264,7 @@ def walk(
         assert request not in asked, request  # paging never repeats itself
         assert len(asked) < 200
         asked.add(request)
-        query = {k: [v] for k, v in request.params}
-        reply = dialect.rest(request.path, query, {}, book)
-        assert reply is not None and reply.status == 200, reply
-        page = history.page(span, request, reply.body.encode(), now)
+        page = simulated_page(history, dialect, book, span, request, now=now)
         out.trades += [t for t in page.trades if span.holds(t) and t.trade_id not in seen]
         seen.update(t.trade_id for t in page.trades)
         out.short = page.short or out.short
@@ -301,43 +279,51 @@ def random_book(symbol: str, now: int, gaps: list[int]) -> TradeBook:
     for gap in gaps:
         ts -= gap * MS
         stamps.append(ts)
-    book = TradeBook()
-    for n, ts in enumerate(reversed(stamps), start=1):
-        book.record(symbol, n, 1, ts)
-    return book
+    return book_of(symbol, reversed(stamps))
 
 
-GAPS = st.lists(
-    st.sampled_from([0, 0, 1, 7, 999, 60_000, 3_600_000, 20 * 3_600_000, 2 * 86_400_000]),
-    min_size=1,
-    max_size=1_200,
+# a time ``now`` of the venue, the gaps of a ``random_book`` back from it, and the ends of a span
+# back from it
+RANDOM_SPANS = given(
+    now=st.integers(T0 - DAY, T0),
+    gaps=st.lists(
+        st.sampled_from([0, 0, 1, 7, 999, 60_000, 3_600_000, 20 * 3_600_000, 2 * 86_400_000]),
+        min_size=1,
+        max_size=1_200,
+    ),
+    ends=st.tuples(st.integers(0, 10 * DAY), st.integers(0, 10 * DAY)),
 )
+
+
+def walk_a_random_span(
+    history: UpbitHistory,
+    dialect: UpbitDialect,
+    now: int,
+    gaps: list[int],
+    ends: tuple[int, int],
+    day_offset_ns: int,
+) -> tuple[Fetched, bool]:
+    """``walk`` at the time ``now`` through the span ``ends`` back from it in a ``random_book``
+    served by ``dialect`` (its days starting ``day_offset_ns`` east of UTC): exactly the span's
+    trades since the reach, the start of the 7th day before today. What it got, and whether the
+    span starts before the reach."""
+    book = random_book("BTC-KRW", now, gaps)
+    span = make_span(history.exchange, "BTC-KRW", now - max(ends), now - min(ends))
+    got = walk(history, clocked(dialect, now), book, span, now)
+    reach = day_start_ns(day_of(now, day_offset_ns) - 7, day_offset_ns)
+    assert keys(got.trades) == keys(in_span(book, "BTC-KRW", span, since_ns=reach))
+    return got, span.after_ns < reach
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    now=st.integers(T0 - DAY, T0),
-    gaps=GAPS,
-    ends=st.tuples(st.integers(0, 10 * DAY), st.integers(0, 10 * DAY)),
-)
+@RANDOM_SPANS
 def test_paging_gets_every_reachable_trade_of_any_span(
     now: int, gaps: list[int], ends: tuple[int, int]
 ) -> None:
-    dialect = _NowAt(now)
-    book = random_book("BTC-KRW", now, gaps)
-    span = span_of(now - max(ends), now - min(ends))
-    got = walk(HISTORY, dialect, book, span, now)
-    reach = day_start_ns(day_of(now, 0) - 7, 0)
-    assert keys(got.trades) == keys(in_span(book, "BTC-KRW", span, since_ns=reach))
-    assert (got.short is not None) == (span.after_ns < reach)
-
-
-class _NowAt(UpbitDialect):
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def rest_now_ns(self) -> int:
-        return self.now
+    got, before_reach = walk_a_random_span(
+        HISTORY, UpbitDialect(), now, gaps, ends, day_offset_ns=0
+    )
+    assert (got.short is not None) == before_reach
 
 
 # -- against the simulator ----------------------------------------------------------------------
@@ -353,14 +339,6 @@ def filled_book(symbol: str, now_ns: int, *, days: int = 9, step_s: int = 120) -
     return book
 
 
-def fetch(history: TradeHistory, book: TradeBook, span: Span, *, faults: int = 0) -> Fetched:
-    with serving_rest(history.exchange, book, rest_faults=faults) as (url, _sim):
-        with httpx.Client(timeout=10) as client:
-            return fetch_span(
-                client, url, history, span, bucket=Bucket(1_000, 1.0), sleep=lambda _s: None
-            )
-
-
 def keys(trades: Iterator[Any] | list[Any]) -> list[tuple[str, int, str, str, str | None]]:
     return sorted((str(t.trade_id), t.ts_ns, t.price, t.amount, t.side) for t in trades)
 
@@ -373,21 +351,31 @@ def in_span(book: TradeBook, symbol: str, span: Span, *, since_ns: int = 0) -> l
     ]
 
 
-@pytest.mark.parametrize("faults", [0, 2])
-def test_fetch_a_span_in_the_middle_of_the_book(faults: int) -> None:
+def fetch_the_middle_of_a_book(history: UpbitHistory, faults: int) -> Fetched:
+    """A span from 3.5 to 1.2 days back in a 9-day book of BTC-KRW, fetched from the simulator
+    (``faults`` 429s first): whole, exactly the span's trades, each once."""
     now = time.time_ns()
     book = filled_book("BTC-KRW", now)
-    first, last = (
-        book.first_id_at("BTC-KRW", now - 3 * DAY - DAY // 2),
-        book.first_id_at("BTC-KRW", now - DAY - DAY // 5),
+    first = book.first_id_at("BTC-KRW", now - 3 * DAY - DAY // 2)
+    last = book.first_id_at("BTC-KRW", now - DAY - DAY // 5)
+    span = make_span(
+        history.exchange,
+        "BTC-KRW",
+        book.trade("BTC-KRW", first).ts_ns,
+        book.trade("BTC-KRW", last).ts_ns,
     )
-    span = span_of(book.trade("BTC-KRW", first).ts_ns, book.trade("BTC-KRW", last).ts_ns)
-    got = fetch(HISTORY, book, span, faults=faults)
+    got, _ = fetch_from(history, book, span, faults=faults)
     assert got.short is None and got.refused is None
     expected = in_span(book, "BTC-KRW", span)
     assert len(expected) > 3 * PAGE_SIZE  # several pages, several days
     assert keys(got.trades) == keys(expected)  # exactly the span's trades, each once
-    assert all(t.exchange == "upbit" and t.symbol == "BTC-KRW" for t in got.trades)
+    assert all(t.exchange == history.exchange and t.symbol == "BTC-KRW" for t in got.trades)
+    return got
+
+
+@pytest.mark.parametrize("faults", [0, 2])
+def test_fetch_a_span_in_the_middle_of_the_book(faults: int) -> None:
+    got = fetch_the_middle_of_a_book(HISTORY, faults)
     assert got.requests < 4 * 6  # jumps to the span's last day, ~4 requests a day
 
 
@@ -395,28 +383,47 @@ def test_fetch_a_recent_span_of_today() -> None:
     now = time.time_ns()
     book = filled_book("BTC-KRW", now, days=1, step_s=5)
     span = span_of(now - 20 * 60 * S, now - 2 * 60 * S)
-    got = fetch(HISTORY, book, span)
+    got, _ = fetch_from(HISTORY, book, span)
     assert got.short is None and keys(got.trades) == keys(in_span(book, "BTC-KRW", span))
 
 
-def test_fetch_beyond_seven_days_is_short() -> None:
+def fetch_beyond_seven_days(history: UpbitHistory, *, step_s: int, day_offset_ns: int) -> Fetched:
+    """From the simulator (its days start ``day_offset_ns`` east of UTC): a span 9.5 to 8.25
+    days back is short and empty (its fetch is returned); one 8.5 to 6.5 days back is short
+    with exactly its trades since the start of the 7th day before today."""
     now = time.time_ns()
-    book = filled_book("BTC-KRW", now, days=10, step_s=600)
-    gone = span_of(now - 9 * DAY - DAY // 2, now - 8 * DAY - DAY // 4)
-    got = fetch(HISTORY, book, gone)
-    assert got.trades == [] and got.short is not None and got.requests <= 2
-    partly = span_of(now - 8 * DAY - DAY // 2, now - 6 * DAY - DAY // 2)
-    got = fetch(HISTORY, book, partly)
-    reachable = day_start_ns(day_of(time.time_ns(), 0) - 7, 0)
+    book = filled_book("BTC-KRW", now, days=10, step_s=step_s)
+    gone = make_span(
+        history.exchange, "BTC-KRW", now - 9 * DAY - DAY // 2, now - 8 * DAY - DAY // 4
+    )
+    got_gone, _ = fetch_from(history, book, gone)
+    assert got_gone.trades == [] and got_gone.short is not None
+    partly = make_span(
+        history.exchange, "BTC-KRW", now - 8 * DAY - DAY // 2, now - 6 * DAY - DAY // 2
+    )
+    got, _ = fetch_from(history, book, partly)
+    reachable = day_start_ns(day_of(time.time_ns(), day_offset_ns) - 7, day_offset_ns)
     assert got.short is not None
     assert keys(got.trades) == keys(in_span(book, "BTC-KRW", partly, since_ns=reachable))
+    return got_gone
+
+
+def test_fetch_beyond_seven_days_is_short() -> None:
+    assert fetch_beyond_seven_days(HISTORY, step_s=600, day_offset_ns=0).requests <= 2
 
 
 def test_fetch_unknown_market_is_refused() -> None:
     now = time.time_ns()
     book = filled_book("BTC-KRW", now, days=1, step_s=3_600)
-    got = fetch(HISTORY, book, span_of(now - DAY, now, symbol="DOGE-KRW"))
+    got, _ = fetch_from(HISTORY, book, span_of(now - DAY, now, symbol="DOGE-KRW"))
     assert got.trades == [] and got.refused is not None and "404" in got.refused
+
+
+def listed(dialect: UpbitDialect, book: TradeBook, **query: str) -> list[int]:
+    """The ``sequential_id``s of the dialect's in-process answer (a 200) about KRW-BTC."""
+    reply = sim_get(dialect, PATH, book, {"market": "KRW-BTC", **query})
+    assert reply.status == 200
+    return [row["sequential_id"] for row in json.loads(reply.body)]
 
 
 def test_simulator_refuses_bad_parameters() -> None:
@@ -439,17 +446,12 @@ def test_simulator_refuses_bad_parameters() -> None:
 
 
 def test_simulator_lists_a_day_newest_first_before_to_and_cursor() -> None:
-    dialect = _FixedNow()
+    dialect = clocked(UpbitDialect())
     book = TradeBook()
     for n in range(1, 7):  # yesterday 23:59:59, then today 00:00:01 .. 00:00:05
         book.record("BTC-KRW", n, 1, TODAY * DAY + (n - 1) * S if n > 1 else TODAY * DAY - S)
 
-    def ids(**query: str) -> list[int]:
-        reply = dialect.rest(PATH, {"market": ["KRW-BTC"], **{k: [v] for k, v in query.items()}},
-                             {}, book)  # fmt: skip
-        assert reply is not None and reply.status == 200
-        return [row["sequential_id"] for row in json.loads(reply.body)]
-
+    ids = partial(listed, dialect, book)
     assert ids() == [6]  # count defaults to 1
     assert ids(count="500") == [6, 5, 4, 3, 2]  # today only
     assert ids(count="2", cursor="5") == [4, 3]

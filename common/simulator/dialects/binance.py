@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from ...venues.base import Channel, split_concatenated
 from ..dialect import Dialect, Frame, RestReply, SimSession
 from ..engine import SimQuote, SimTrade, TradeBook
+from ..rest_params import param, uint_param
 
 _CHANNELS = {"trade": Channel.TRADES, "aggTrade": Channel.TRADES, "bookTicker": Channel.QUOTES}
 
@@ -43,16 +44,13 @@ class _RestError(Exception):
 
 
 def _rest_int(query: Mapping[str, list[str]], name: str) -> int | None:
-    values = query.get(name)
-    if not values:
-        return None
-    value = values[-1]
-    if not value.isascii() or not value.isdigit() or len(value) > 19:
+    try:
+        return uint_param(query, name)
+    except ValueError:
         raise _RestError(
             -1100,
             f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.",
-        )
-    return int(value)
+        ) from None
 
 
 def _ns_per_unit(session: SimSession) -> int:
@@ -246,12 +244,12 @@ class BinanceDialect(Dialect):
 
     def _rest_symbol(self, query: Mapping[str, list[str]], book: TradeBook) -> str:
         """The canonical symbol of the ``symbol`` parameter, if the book knows it."""
-        values = query.get("symbol")
-        if not values or not values[-1]:
+        name = param(query, "symbol")
+        if not name:
             raise _RestError(
                 -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
             )
-        symbol = self.rest_canonical(values[-1])
+        symbol = self.rest_canonical(name)
         if symbol is None or symbol not in book.times:
             raise _RestError(-1121, "Invalid symbol.")
         return symbol

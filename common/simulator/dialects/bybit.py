@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from ...venues.base import Channel, split_concatenated
 from ..dialect import Dialect, Frame, RestReply, SimSession
 from ..engine import SimQuote, SimTrade, TradeBook
+from ..rest_params import is_uint, param
 
 _PATHS = {"/v5/public/spot": "spot", "/v5/public/linear": "linear"}
 _TOPICS = {"publicTrade": Channel.TRADES, "orderbook": Channel.QUOTES}
@@ -178,19 +179,19 @@ class BybitDialect(Dialect):
     ) -> RestReply | None:
         if path != RECENT_TRADE:
             return None
-        category = _param(query, "category")
+        category = param(query, "category")
         if category not in _REST_LIMITS:
             return _rest_error("params error: category invalid")
-        name = _param(query, "symbol")
+        name = param(query, "symbol")
         if not name:
             if category != "option":
                 return _rest_error("params error: symbol invalid")
             name = ""
         default, most = _REST_LIMITS[category]
-        text = _param(query, "limit")
+        text = param(query, "limit")
         if text is None:
             limit = default
-        elif text.isascii() and text.isdigit() and 1 <= int(text) <= most:
+        elif is_uint(text) and 1 <= int(text) <= most:
             limit = int(text)
         else:
             return _rest_error("params error: limit invalid")
@@ -213,11 +214,6 @@ class BybitDialect(Dialect):
                 )
         result: dict[str, object] = {"category": category, "list": rows}
         return RestReply(200, _rest_answer(0, "OK", result))
-
-
-def _param(query: Mapping[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
 
 
 def _canonical(name: str, category: str) -> str | None:

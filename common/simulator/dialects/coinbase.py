@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from ...venues.base import Channel
 from ..dialect import Dialect, Frame, RestReply, SimSession
 from ..engine import SimQuote, SimTrade, TradeBook
+from ..rest_params import uint_param
 
 _CHANNELS = {"market_trades": Channel.TRADES, "ticker": Channel.QUOTES}
 _KNOWN = {"market_trades", "ticker", "ticker_batch", "level2", "candles", "status", "heartbeats"}
@@ -32,6 +33,7 @@ _MAKER = {"buy": "SELL", "sell": "BUY"}  # taker side -> the maker side Coinbase
 _TRADES_PATH = re.compile(r"/api/v3/brokerage/market/products/([A-Z0-9]+-[A-Z0-9]+)/ticker")
 _REST_LIMIT = 1000  # the most trades one market-trades answer holds
 _NS = 1_000_000_000
+_MAX_DIGITS = 18  # the most digits of an integer parameter
 
 
 def rfc3339(ns: int) -> str:
@@ -54,17 +56,6 @@ def _rest_error(status: int, code: str, message: str) -> RestReply:
     """An Advanced Trade REST error: ``{"error", "error_details", "message"}``."""
     body = {"error": code, "error_details": message, "message": message}
     return RestReply(status, json.dumps(body))
-
-
-def _int_param(query: Mapping[str, list[str]], name: str) -> int | None:
-    """The integer value of query parameter ``name`` (None: absent); ValueError when bad."""
-    values = query.get(name)
-    if not values:
-        return None
-    value = values[-1]
-    if not (value.isascii() and value.isdigit()) or len(value) > 18:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def _wire(t: SimTrade) -> dict[str, str]:
@@ -158,9 +149,9 @@ class CoinbaseDialect(Dialect):
             return None
         product = m.group(1)
         try:
-            limit = _int_param(query, "limit")
-            start = _int_param(query, "start")
-            end = _int_param(query, "end")
+            limit = uint_param(query, "limit", _MAX_DIGITS)
+            start = uint_param(query, "start", _MAX_DIGITS)
+            end = uint_param(query, "end", _MAX_DIGITS)
         except ValueError as exc:
             return _rest_error(400, "INVALID_ARGUMENT", str(exc))
         if limit is None or not 1 <= limit <= _REST_LIMIT:

@@ -33,6 +33,7 @@ from ...symbols import ASSET_ALIASES, canonical_asset
 from ...venues.base import Channel
 from ..dialect import Dialect, Frame, RestReply, SimSession
 from ..engine import SimQuote, SimTrade, TradeBook
+from ..rest_params import is_uint, param
 
 _CHANNELS = {"trade": Channel.TRADES, "ticker": Channel.QUOTES}
 _TIME_IN = "2023-09-25T09:04:31.742599Z"
@@ -225,17 +226,17 @@ class KrakenDialect(Dialect):
     ) -> RestReply | None:
         if path != "/0/public/Trades":
             return None
-        pair = (query.get("pair") or [""])[-1].upper()
+        pair = param(query, "pair", "").upper()
         if not pair:
             return _rest_error("EGeneral:Invalid arguments")
         symbol = next((s for s in book.symbols() if pair in _rest_names(s)), None)
         if symbol is None:
             return _rest_error("EQuery:Unknown asset pair")
-        since_text = (query.get("since") or ["0"])[-1]
-        count_text = (query.get("count") or [str(_REST_COUNT)])[-1]
-        if not (since_text.isascii() and since_text.isdigit() and len(since_text) <= 19):
+        since_text = param(query, "since", "0")
+        count_text = param(query, "count", str(_REST_COUNT))
+        if not is_uint(since_text):
             return _rest_error("EGeneral:Invalid arguments:since")
-        if not (count_text.isascii() and count_text.isdigit()):
+        if not is_uint(count_text):
             return _rest_error("EGeneral:Invalid arguments:count")
         since, count = int(since_text), int(count_text)
         if not 1 <= count <= _REST_COUNT:

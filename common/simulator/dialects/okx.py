@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from ...venues.base import Channel
 from ..dialect import Dialect, Frame, RestReply, SimSession
 from ..engine import SimQuote, SimTrade, TradeBook
+from ..rest_params import is_uint, param
 
 HISTORY_TRADES = "/api/v5/market/history-trades"
 REST_PAGE_MAX = 100  # "The maximum and default both are 100"
@@ -134,18 +135,18 @@ class OkxDialect(Dialect):
     ) -> RestReply | None:
         if path != HISTORY_TRADES:
             return None
-        inst = _param(query, "instId")
+        inst = param(query, "instId")
         if not inst:
             return _param_error("instId")
-        kind = _param(query, "type") or "1"
+        kind = param(query, "type") or "1"
         if kind not in ("1", "2"):
             return _param_error("type")
         numbers: dict[str, int] = {}
         for name in ("after", "before", "limit"):
-            text = _param(query, name)
+            text = param(query, name)
             if text is None:
                 continue
-            if not (text.isascii() and text.isdigit()) or len(text) > 19:
+            if not is_uint(text):
                 return _param_error(name)
             numbers[name] = int(text)
         limit = min(numbers.get("limit", REST_PAGE_MAX), REST_PAGE_MAX)
@@ -177,11 +178,6 @@ class OkxDialect(Dialect):
                     }
                 )
         return RestReply(200, json.dumps({"code": "0", "msg": "", "data": rows}))
-
-
-def _param(query: Mapping[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
 
 
 def _param_error(name: str) -> RestReply:

@@ -34,6 +34,7 @@ from ...symbols import canonical_asset
 from ...venues.base import Channel
 from ..dialect import Dialect, Frame, RestReply, SimSession
 from ..engine import SimQuote, SimTrade, TradeBook
+from ..rest_params import is_uint, param
 
 _CHANNELS = {"trade": Channel.TRADES, "orderbook": Channel.QUOTES}
 FORMATS = ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST")
@@ -67,16 +68,11 @@ class _RestError(Exception):
         self.reply = RestReply(status, body)
 
 
-def _rest_value(query: Mapping[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
-
-
 def _rest_int(query: Mapping[str, list[str]], name: str, low: int, high: int) -> int | None:
-    value = _rest_value(query, name)
+    value = param(query, name)
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit() and len(value) <= 19 and low <= int(value) <= high):
+    if not (is_uint(value) and low <= int(value) <= high):
         raise _RestError(400, f"{name} must be an integer from {low} to {high}")
     return int(value)
 
@@ -225,7 +221,7 @@ class UpbitDialect(Dialect):
         if path != self.rest_path:
             return None
         try:
-            code = _rest_value(query, "market")
+            code = param(query, "market")
             if not code:
                 raise _RestError(400, "market is required")
             symbol = self.canonical(code) if _MARKET.fullmatch(code) else None
@@ -234,7 +230,7 @@ class UpbitDialect(Dialect):
             count = _rest_int(query, "count", 1, self.rest_max_count) or 1
             days = _rest_int(query, self.rest_days_param, 1, self.rest_max_days) or 0
             cursor = _rest_int(query, "cursor", 0, 2**63 - 1)  # a sequential_id
-            to = _rest_value(query, "to")
+            to = param(query, "to")
             until = _TO.fullmatch(to) if to is not None else None
             if to is not None and until is None:
                 raise _RestError(400, "to must be HHmmss or HH:mm:ss")
