@@ -6,6 +6,8 @@ frames, in order: an entry of kind ``m`` (``common.envelope``) whose frame is a 
 
 Events:
     started     a producer run began (one per exchange stream it feeds; ``c`` is the run)
+    alive       the run is still up (every ``ALIVE_S``): a run that stops saying so was killed,
+                so its open sessions end there even if no later run closes them
     subscribed  a connection sent its subscriptions: its symbols are covered from now
     lost        a connection ended unasked (``reason``: closed by the venue, silent, refused...)
     rolled      a connection was closed after its replacement was subscribed (make before break)
@@ -22,7 +24,10 @@ import msgspec
 
 from .errors import PoisonFrame
 
-RUN_EVENTS = frozenset({"started", "stopped"})
+RUN_EVENTS = frozenset({"started", "alive", "stopped"})
+ALIVE_S = 5.0  # a running producer says ``alive`` this often in every stream it feeds
+# A run silent this long is taken for dead (consumers may lag behind the producer: generous)
+ALIVE_STALE_S = 60.0
 CONNECTION_EVENTS = frozenset({"subscribed", "lost", "rolled", "closed"})
 EVENTS = RUN_EVENTS | CONNECTION_EVENTS
 NAME_MAX = 200  # characters of a producer name, run id, symbol or channel
@@ -87,6 +92,8 @@ def run_conn(producer: str, run: str) -> str:
 
 
 __all__ = [
+    "ALIVE_S",
+    "ALIVE_STALE_S",
     "CONNECTION_EVENTS",
     "EVENTS",
     "RUN_EVENTS",

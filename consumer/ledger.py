@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from common.markers import Marker
+from common.markers import ALIVE_STALE_S, Marker
 
 UNSEEN_END = "ended unseen: the producer was restarted (killed or crashed)"
 _REASONS = {"rolled": "rolled over", "closed": "producer stopped"}
@@ -43,6 +43,12 @@ _STARTED = """
 INSERT INTO producer_runs (exchange, producer, run, symbols, started_at) VALUES (%s, %s, %s, %s, %s)
 ON CONFLICT (exchange, producer, run) DO UPDATE SET started_at = EXCLUDED.started_at,
     symbols = EXCLUDED.symbols
+"""
+
+_ALIVE = """
+INSERT INTO producer_runs (exchange, producer, run, symbols, alive_at) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (exchange, producer, run) DO UPDATE
+    SET alive_at = greatest(producer_runs.alive_at, EXCLUDED.alive_at)
 """
 
 _STOPPED = """
@@ -92,6 +98,8 @@ def write_markers(conn: psycopg.Connection[object], markers: Sequence[Marker]) -
                         "run": b.run,
                     },
                 )
+            elif b.event == "alive":
+                cur.execute(_ALIVE, (m.exchange, b.producer, b.run, b.symbols, at))
             elif b.event == "stopped":
                 cur.execute(_STOPPED, (m.exchange, b.producer, b.run, b.symbols, at))
 
@@ -107,6 +115,17 @@ class Session:
     connected: dt.datetime | None
     disconnected: dt.datetime | None
     reason: str
+    alive: dt.datetime | None = None  # its producer run's newest ``alive`` marker
+
+    def end(self, now: dt.datetime) -> tuple[dt.datetime, str]:
+        """When the session stopped covering, with the reason: its end; still open, ``now``,
+        unless its producer stopped saying ``alive`` (killed): then its last ``alive``."""
+        if self.disconnected is not None:
+            return self.disconnected, self.reason
+        if self.alive is not None and self.alive < now - dt.timedelta(seconds=ALIVE_STALE_S):
+            last = max(self.alive, self.connected) if self.connected else self.alive
+            return last, f"producer {self.producer} silent since then (killed?)"
+        return now, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +151,18 @@ def read_sessions(
 ) -> list[Session]:
     """Sessions that were alive at or after ``since`` (or whose start is unknown yet)."""
     rows: list[tuple[Any, ...]] = conn.execute(  # type: ignore[assignment]
-        "SELECT exchange, conn, context, producer, run, symbols, connected_at, disconnected_at,"
-        " reason FROM feed_sessions"
-        " WHERE (disconnected_at IS NULL OR disconnected_at >= %s)"
-        "   AND (%s::text[] IS NULL OR exchange = ANY(%s))"
-        " ORDER BY exchange, connected_at NULLS LAST",
+        "SELECT s.exchange, s.conn, s.context, s.producer, s.run, s.symbols, s.connected_at,"
+        " s.disconnected_at, s.reason, r.alive_at FROM feed_sessions s"
+        " LEFT JOIN producer_runs r"
+        "   ON (r.exchange, r.producer, r.run) = (s.exchange, s.producer, s.run)"
+        " WHERE (s.disconnected_at IS NULL OR s.disconnected_at >= %s)"
+        "   AND (%s::text[] IS NULL OR s.exchange = ANY(%s))"
+        " ORDER BY s.exchange, s.connected_at NULLS LAST",
         (since, exchanges, exchanges),
     ).fetchall()
     return [
         Session(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), tuple(r[5]), r[6], r[7],
-                str(r[8]))
+                str(r[8]), r[9])
         for r in rows
     ]  # fmt: skip
 
@@ -163,7 +184,7 @@ def blind_intervals(
     """
     spans = sorted(
         (
-            (s.connected, s.disconnected or now, s)
+            (s.connected, *s.end(now))
             for s in sessions
             if s.exchange == exchange and symbol in s.symbols and s.connected is not None
         ),
@@ -171,20 +192,15 @@ def blind_intervals(
     )
     out: list[Blind] = []
     covered_to: dt.datetime | None = None
-    ender: Session | None = None
-    for start, end, session in spans:
+    why = ""
+    for start, end, reason in spans:
         if covered_to is not None and start > covered_to and covered_to < now:
             if start > since:
-                begin = max(covered_to, since)
-                reason = ender.reason if ender is not None and ender.reason else "unknown"
-                out.append(Blind(exchange, symbol, begin, start, reason))
+                out.append(Blind(exchange, symbol, max(covered_to, since), start, why or "unknown"))
         if covered_to is None or end > covered_to:
-            covered_to, ender = end, session
-    if covered_to is not None and covered_to < now and ender is not None:
-        if ender.disconnected is not None:
-            out.append(
-                Blind(exchange, symbol, max(covered_to, since), None, ender.reason or "unknown")
-            )
+            covered_to, why = end, reason
+    if covered_to is not None and covered_to < now:
+        out.append(Blind(exchange, symbol, max(covered_to, since), None, why or "unknown"))
     return out
 
 

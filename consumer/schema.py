@@ -76,6 +76,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             run        text        NOT NULL,
             symbols    text[]      NOT NULL DEFAULT '{}',
             started_at timestamptz,
+            alive_at   timestamptz,  -- its newest "alive" marker
             stopped_at timestamptz,
             PRIMARY KEY (exchange, producer, run)
         );

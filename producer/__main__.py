@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -23,6 +24,7 @@ from pathlib import Path
 from common.config import Settings, load_settings, parse_fsync
 from common.errors import ConfigError, ExitStatus, FatalError
 from common.logs import setup_logging
+from common.markers import ALIVE_S
 from common.metrics import Metrics, serve_metrics
 
 from .markers import Markers
@@ -112,11 +114,12 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
             pub = tg.create_task(publisher.run(publisher_stop), name="publisher")
             feeds = [tg.create_task(s.run(stop), name=f"feed {s.label}") for s in sessions]
             status = tg.create_task(_status(metrics, publisher, stop), name="status")
+            alive = tg.create_task(_alive(markers, symbols, stop), name="alive")
             await _until_stop_or_failure(stop, pub)
             deadline = time.monotonic() + p.stop_timeout_s
             logger.info("producer: stopping; %d frames buffered", publisher.buffered)
             # The feeds close first (nothing more comes in), then the buffer drains: one budget.
-            _, late = await asyncio.wait([*feeds, status], timeout=p.stop_timeout_s / 2)
+            _, late = await asyncio.wait([*feeds, status, alive], timeout=p.stop_timeout_s / 2)
             for task in late:
                 task.cancel()
             for exchange, names in symbols.items():
@@ -185,6 +188,17 @@ async def _until_stop_or_failure(stop: asyncio.Event, publisher: asyncio.Task[No
     if publisher.done() and not stop.is_set():
         stop.set()  # the feeds stop too
         publisher.result()  # raises its error
+
+
+async def _alive(markers: Markers, symbols: dict[str, list[str]], stop: asyncio.Event) -> None:
+    """An ``alive`` marker in every stream every ``ALIVE_S``: the coverage ledger ends the
+    sessions of a run that stopped saying so (killed, and maybe never started again)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), ALIVE_S)
+        if not stop.is_set():
+            for exchange, names in symbols.items():
+                markers.run_event("alive", exchange, names)
 
 
 async def _status(metrics: Metrics, publisher: Publisher, stop: asyncio.Event) -> None:

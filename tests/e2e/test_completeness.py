@@ -103,6 +103,8 @@ def test_a_cut_feed_and_a_killed_consumer_lose_nothing(
         wait_for(complete, timeout=60 * SLOW, what="every trade of both symbols stored once")
         lost = p.query("SELECT count(*) FROM feed_sessions WHERE reason LIKE 'lost:%%'")
         assert lost[0][0] >= 2  # both cuts are in the coverage ledger with their reason
+        alive = p.query("SELECT count(*) FROM producer_runs WHERE alive_at > started_at")
+        assert alive[0][0] >= 1  # the running producer says so every ALIVE_S
         assert p.stop(producer) == 0 and p.stop(c2) == 0
 
 

@@ -75,6 +75,8 @@ def test_markers_give_the_same_sessions_in_any_order_and_twice(store: Store) -> 
         marker("subscribed", "a", 1),
         marker("lost", "a", 5, reason="closed by the venue (1006)"),
         marker("subscribed", "b", 7),
+        marker("alive", "p1@1000", 3),
+        marker("alive", "p1@1000", 8),
         marker("closed", "b", 9),
         marker("stopped", "p1@1000", 9.5),
     ]
@@ -85,8 +87,11 @@ def test_markers_give_the_same_sessions_in_any_order_and_twice(store: Store) -> 
     assert first["a"] == (T0 + dt.timedelta(seconds=1), T0 + dt.timedelta(seconds=5),
                           "lost: closed by the venue (1006)")  # fmt: skip
     assert first["b"][2] == "producer stopped"
-    runs = store.conn.execute("SELECT started_at, stopped_at FROM producer_runs").fetchall()
-    assert runs == [(T0, T0 + dt.timedelta(seconds=9.5))]
+    runs = store.conn.execute(
+        "SELECT started_at, alive_at, stopped_at FROM producer_runs"
+    ).fetchall()
+    assert runs == [(T0, T0 + dt.timedelta(seconds=8), T0 + dt.timedelta(seconds=9.5))]
+    assert {s.alive for s in read_sessions(store.conn, since=T0)} == {T0 + dt.timedelta(seconds=8)}
     got = blind_intervals(
         read_sessions(store.conn, since=T0), "binance", "BTC-USDT", since=T0, now=NOW
     )

@@ -27,11 +27,18 @@ def at(seconds: float) -> dt.datetime:
 
 
 def session(
-    conn: str, start: float | None, end: float | None, reason: str = "", *, symbols=("BTC-USDT",)
+    conn: str,
+    start: float | None,
+    end: float | None,
+    reason: str = "",
+    *,
+    symbols=("BTC-USDT",),
+    alive: float | None = None,
 ) -> Session:
     return Session(
         "binance", conn, "", "p1", "1", tuple(symbols),
         None if start is None else at(start), None if end is None else at(end), reason,
+        None if alive is None else at(alive),
     )  # fmt: skip
 
 
@@ -62,6 +69,17 @@ def test_a_make_before_break_rollover_leaves_nothing_blind() -> None:
 
 def test_a_feed_that_is_down_now_is_blind_until_now() -> None:
     assert blinds([session("a", 0, 10, "lost: silent")]) == [(10, None, "lost: silent")]
+
+
+def test_a_producer_that_stopped_saying_alive_ended_its_sessions_there() -> None:
+    """Killed and never started again (or started under another name): its open sessions
+    cover only up to its last ``alive``; a recent one still covers up to now."""
+    assert blinds([session("a", 0, None, alive=30)], now=100) == [
+        (30, None, "producer p1 silent since then (killed?)"),
+    ]
+    assert blinds([session("a", 0, None, alive=50)], now=100) == []  # within ALIVE_STALE_S
+    newer = [session("a", 0, None, alive=10), session("b", 80, None)]
+    assert blinds(newer, now=100) == [(10, 80, "producer p1 silent since then (killed?)")]
 
 
 def test_sessions_of_other_symbols_do_not_cover() -> None:
