@@ -84,6 +84,11 @@ SELECT (SELECT max(ts) FROM trades WHERE exchange = %(ex)s AND symbol = %(sym)s
           AND ts >= %(end)s AND ts <= %(end)s + interval '1 hour')
 """
 
+_STORED_OF = """
+SELECT trade_id FROM trades
+WHERE exchange = %s AND symbol = %s AND ts >= %s AND ts <= %s AND trade_id = ANY(%s)
+"""
+
 _STORED_IDS = """
 SELECT count(DISTINCT trade_id) FROM trades
 WHERE exchange = %s AND symbol = %s AND ts >= %s AND ts <= %s
@@ -93,6 +98,12 @@ WHERE exchange = %s AND symbol = %s AND ts >= %s AND ts <= %s
 
 def _ns(t: dt.datetime) -> int:
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1_000
+
+
+def _at(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).replace(
+        microsecond=ns // 1_000 % 1_000_000
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +276,7 @@ class Backfiller:
         return self._verdict(gap, span, fetched, inserted, invalid)
 
     def _store(self, fetched: Fetched) -> tuple[int, int]:
+        """Write the valid trades not stored yet; returns (rows written, invalid trades)."""
         good: list[Trade] = []
         invalid = 0
         for trade in fetched.trades:
@@ -272,7 +284,19 @@ class Backfiller:
                 good.append(trade)
             else:
                 invalid += 1
-        new, _ = self.store.write(good, []) if good else (0, 0)
+        if not good:
+            return 0, invalid
+        # Ids stored since the gap was found (late from the stream) are skipped by id, not only
+        # by the natural key: where a venue's REST times are coarser than its WebSocket's
+        # (Kraken), the key alone would store the trade twice.
+        t = good[0]
+        row = self.store.conn.execute(
+            _STORED_OF,
+            (t.exchange, t.symbol, _at(min(x.ts_ns for x in good) - 1_000_000_000),
+             _at(max(x.ts_ns for x in good) + 1_000_000_000), [x.trade_id for x in good]),
+        ).fetchall()  # fmt: skip
+        stored = {str(r[0]) for r in row}  # type: ignore[index]
+        new, _ = self.store.write([x for x in good if x.trade_id not in stored], [])
         return new, invalid
 
     def _verdict(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 import psycopg
 import pytest
 
@@ -394,3 +395,18 @@ def test_a_blind_interval_is_fetched_from_its_stored_neighbours(
     [outcome] = b.backfill(now=True)
     assert outcome.status == "filled" and outcome.recovered == 16
     assert stored_ids(store) == list(range(1, 41))
+
+
+def test_a_trade_stored_late_by_the_stream_is_not_stored_again_with_other_times(
+    store: Store, venue: tuple[Venue, str], database_url: str
+) -> None:
+    """Kraken's REST times are coarser than its WebSocket's: the natural key (which holds the
+    time) differs, so the backfill skips ids already stored, not only keys."""
+    state, url = venue
+    state.trades = {i: trade(i) for i in range(1, 21)}
+    open_gaps(store, 6, 7, 8)
+    late = trade(7)
+    store.write([msgspec.structs.replace(late, ts_ns=late.ts_ns + 1_000)], [])  # 1 µs apart
+    [outcome] = backfiller(database_url, url).backfill(now=True)
+    assert outcome.status == "filled" and outcome.note == "2 from REST, 1 by the stream"
+    assert stored_ids(store) == list(range(1, 21))  # 7 once
