@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 DETECT_LOCK = 0x7469636C  # "ticl": one gap detector at a time
 CLAIM_STALE = dt.timedelta(minutes=5)
+CLAIM_TOUCH_S = 30.0  # a backfill in progress renews its claim this often
 NOTE_MAX = 500
 
 _CLAIM = f"""
@@ -265,21 +267,33 @@ class Backfiller:
             bucket = self.buckets[gap.exchange] = Bucket(history.limit.units, history.limit.per_s)
         base = self.settings.rest_url(gap.exchange) or history.default_url
         assert self.client is not None
+        written = [0, 0]  # rows inserted, invalid trades skipped (as pages are stored)
+        touched = [time.monotonic()]
+
+        def sink(trades: list[Trade]) -> None:
+            new, invalid = self._store(trades)
+            written[0] += new
+            written[1] += invalid
+            if time.monotonic() - touched[0] >= CLAIM_TOUCH_S:  # still ours: not stale
+                self.store.conn.execute("UPDATE gaps SET updated_at = now() WHERE id = %s",
+                                        (gap.id,))  # fmt: skip
+                touched[0] = time.monotonic()
+
         try:
-            fetched = fetch_span(self.client, base, history, span, bucket=bucket)
+            fetched = fetch_span(self.client, base, history, span, bucket=bucket, sink=sink)
         except (Unavailable, BadAnswer, httpx.HTTPError) as exc:
             why = str(exc) if not isinstance(exc, BadAnswer) else f"unreadable answer: {exc}"
             if gap.attempts >= self.settings.backfill.max_attempts:
-                return Outcome(gap, "unfillable", 0, f"gave up after {gap.attempts} tries: {why}")
-            return Outcome(gap, "open", 0, f"try {gap.attempts} failed: {why}")
-        inserted, invalid = self._store(fetched)
-        return self._verdict(gap, span, fetched, inserted, invalid)
+                note = f"gave up after {gap.attempts} tries: {why}"
+                return Outcome(gap, "unfillable", written[0], note)
+            return Outcome(gap, "open", written[0], f"try {gap.attempts} failed: {why}")
+        return self._verdict(gap, span, fetched, written[0], written[1])
 
-    def _store(self, fetched: Fetched) -> tuple[int, int]:
+    def _store(self, trades: list[Trade]) -> tuple[int, int]:
         """Write the valid trades not stored yet; returns (rows written, invalid trades)."""
         good: list[Trade] = []
         invalid = 0
-        for trade in fetched.trades:
+        for trade in trades:
             if self.validator.trade(trade) is None:
                 good.append(trade)
             else:

@@ -60,7 +60,8 @@ class Bucket:
 
 @dataclass(slots=True)
 class Fetched:
-    trades: list[Trade] = field(default_factory=list)  # inside the span, each id once
+    trades: list[Trade] = field(default_factory=list)  # inside the span, each id once (no sink)
+    count: int = 0  # trades inside the span, each id once (also those given to a sink)
     requests: int = 0
     short: str | None = None  # the venue could not reach the span's start: why
     refused: str | None = None  # the venue refused the span for good: why
@@ -87,8 +88,11 @@ def fetch_span(
     max_requests: int = 10_000,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    sink: Callable[[list[Trade]], None] | None = None,
 ) -> Fetched:
-    """The trades of ``span`` that the venue still serves.
+    """The trades of ``span`` that the venue still serves: in :attr:`Fetched.trades`, or,
+    with ``sink``, handed to it page by page as they come (an hour of a busy symbol is
+    millions of trades: they are stored as they arrive, never all held at once).
 
     Raises:
         Unavailable: transport errors or retry answers ``retries`` times in a row.
@@ -98,7 +102,7 @@ def fetch_span(
     out.refused = history.cannot(span)
     if out.refused is not None:
         return out
-    seen: set[str] = set()
+    previous: set[str] = set()  # the ids of the page before (venues re-ask a boundary)
     asked: set[Request] = set()
     request: Request | None = history.first(span)
     base = base_url.rstrip("/")
@@ -118,10 +122,19 @@ def fetch_span(
                 raise Unavailable(f"HTTP {response.status_code} for {request.path}")
             return out
         page = history.page(span, request, response.content, time.time_ns())
+        current: set[str] = set()
+        fresh: list[Trade] = []
         for trade in page.trades:
-            if span.holds(trade) and trade.trade_id not in seen:
-                seen.add(trade.trade_id)
-                out.trades.append(trade)
+            tid = trade.trade_id
+            if span.holds(trade) and tid not in previous and tid not in current:
+                current.add(tid)
+                fresh.append(trade)
+        previous = current
+        out.count += len(fresh)
+        if sink is None:
+            out.trades += fresh
+        elif fresh:
+            sink(fresh)
         if page.short is not None:
             out.short = page.short
         request = page.next
