@@ -66,6 +66,7 @@ def parse_duration(text: str) -> float:
 
 class DatabaseSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = DEFAULT_DATABASE_URL
+    retention_days: int = 0  # drop daily partitions older than this (0: keep everything)
     partition_days_ahead: int = 3
     synchronous_commit: bool = True  # off trades the last ~0.6 s of commits on a crash for speed
 
@@ -373,6 +374,11 @@ def settings_from_mapping(
             raise ValueError("must be positive")
     except ValueError as exc:
         raise ConfigError("backfill.lookback", str(exc), 'e.g. "24h"') from None
+    if raw.database.retention_days < 0:
+        raise ConfigError(
+            "database.retention_days", f"must be 0 (keep all) or positive, got "
+            f"{raw.database.retention_days}",
+        )  # fmt: skip
     if not raw.backfill.settle_s >= 0:
         settle = raw.backfill.settle_s
         raise ConfigError("backfill.settle_s", f"must be 0 or positive, got {settle}")

@@ -22,7 +22,7 @@ import psycopg
 import redis
 
 from common.errors import Action, classify
-from common.metrics import Metrics
+from common.metrics import Metrics, Progress, reason_class
 from common.records import Quote, Trade
 
 from .batching import Batch, DeadLetter, Span
@@ -67,6 +67,7 @@ class Committer:
         self.lease_ms = lease_ms
         self.halted = halted
         self._partitions: dict[int, float] = {}
+        self.progress: Progress | None = None  # /healthz: beats at every acked batch
 
     def commit(self, batch: Batch, store: Store) -> bool:
         """Write, dead-letter, ack. True when acked; False when the stop deadline passed first
@@ -76,6 +77,7 @@ class Committer:
         def renew() -> None:
             self.claims.renew(batch.acks, self.lease_ms)
 
+        started = time.monotonic()
         try:
             self._refresh_partitions(store)
             self._write(batch, store, renew)
@@ -101,6 +103,8 @@ class Committer:
         m.inc("trades", len(batch.trades))
         m.inc("quotes", len(batch.quotes))
         m.inc("dead", len(batch.dead))
+        for letter in batch.dead:
+            m.inc(f"dead:{reason_class(letter.reason)}")
         m.inc("acked", batch.entries)
         m.inc("frames", batch.frames)
         m.inc("batches")
@@ -108,6 +112,10 @@ class Committer:
             m.inc(f"control:{kind}", n)
         if batch.oldest_recv_ns:
             m.latency.observe((time.time_ns() - batch.oldest_recv_ns) / 1e9, batch.frames)
+        m.batch_frames.observe(batch.frames)
+        m.commit_seconds.observe(time.monotonic() - started)
+        if self.progress is not None:
+            self.progress.beat()
         return True
 
     def _refresh_partitions(self, store: Store) -> None:
@@ -156,6 +164,7 @@ class Committer:
             max_sleep=self.lease_ms / 1000,
         )
         self.metrics.inc("rows_new", new[0] + new[1])
+        self.metrics.inc("rows_duplicate", len(trades) + len(quotes) - new[0] - new[1])
 
     def _ack(self, batch: Batch) -> None:
         if len(batch.acks) == 1:  # the common case: one stream, one command

@@ -37,12 +37,13 @@ import redis
 from common.config import Settings
 from common.envelope import RUN_MAX
 from common.errors import Action, classify, fatal_error, redis_code
-from common.metrics import Metrics
+from common.metrics import Metrics, Progress
 
 from .batching import Batch, Batcher
 from .claims import Claims
 from .commit import Committer
 from .deadletter import DeadLetters, over_budget_reason
+from .group_metrics import GroupMetrics
 from .process import Outcome, Processor, bounded
 from .retry import GaveUp, Retrier, StopFlag
 from .store import Store
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 READ_MAX = 1_000  # entries per XREADGROUP at most (runs of up to RUN_MAX frames each)
 STATUS_EVERY_S = 10.0
+PROGRESS_WITHIN_S = 120.0  # /healthz fails past this without a cycle or an empty read
 SUSPECT_DELIVERIES = 3  # an entry delivered this often is handled alone
 
 
@@ -119,6 +121,13 @@ class Worker:
         )
         self._claims = Claims(self.client, o.group, o.name)
         self._deadletters = DeadLetters(self.client)
+        # /healthz: a read-commit-ack cycle, or a read that found nothing, this recently
+        self.progress = Progress("last read-commit-ack cycle or empty read", PROGRESS_WITHIN_S)
+        self.metrics.live["progress"] = self.progress
+        self.metrics.ready["running"] = lambda: (
+            (self._pool is not None and not self._halted, "reading" if self._pool else "starting")
+        )
+        self._group_metrics = GroupMetrics(self.client, o.group, o.name, self.metrics)
 
     @classmethod
     def from_settings(
@@ -209,6 +218,7 @@ class Worker:
             lease_ms=self.lease_ms,
             halted=lambda: self._halted,
         )
+        committer.progress = self.progress
         self._pool = pool = WriterPool(committer.commit, stores)
         pool.start()
         cursor = {key: "0" if o.read_pending_first else ">" for key in o.streams}
@@ -306,6 +316,8 @@ class Worker:
                 self.sleep(min(1.0, o.backoff_max_s, self._retrier.remaining()))
                 continue
             got = self._handle_read(reply, cursor)
+            if got == 0:
+                self.progress.beat()  # nothing to do is progress too
             drained = got < self._last_count
             if drained and o.stop_when_drained and all(v == ">" for v in cursor.values()):
                 self._done.update(cursor)
@@ -456,12 +468,7 @@ class Worker:
 
     def _status(self) -> None:
         try:
-            lag = 0
-            for key in self.options.streams:
-                for group in self.client.xinfo_groups(key):
-                    if _s(group["name"]) == self.options.group:
-                        lag += int(group.get("lag") or 0)
-            self.metrics.set("lag", lag)
+            self._group_metrics.update(self.options.streams)
         except Exception as exc:  # status is best effort; never stop the worker for it
             logger.debug("status query failed: %s", bounded(str(exc)))
         logger.info("consumer %s: %s", self.options.name, self.metrics.summary())

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from common.envelope import exchange_of_key
 from common.errors import Action, TransientError, backoff, classify
 from common.metrics import Metrics
 
@@ -83,6 +84,7 @@ class Publisher:
         self._last_drop_log = self._last_down_log = 0.0
         self._dropped_since_log = 0
         self._packers: dict[tuple[str, str, str, str, bool], XaddPacker] = {}
+        self._exchanges: dict[str, str] = {}  # stream key -> exchange (metrics labels)
 
     @property
     def buffered(self) -> int:
@@ -316,6 +318,14 @@ class Publisher:
 
     def _sent(self, frames: int, sizes: list[tuple[str, int]], replies: list[object]) -> None:
         self.metrics.inc("published", frames)
+        per_key: dict[str, int] = {}
+        for key, n in sizes:
+            per_key[key] = per_key.get(key, 0) + n
+        for key, n in per_key.items():
+            exchange = self._exchanges.get(key)
+            if exchange is None:
+                exchange = self._exchanges[key] = exchange_of_key(key)
+            self.metrics.inc(f"published:{exchange}", n)
         self.metrics.inc("entries", len(sizes))
         self.metrics.inc("round_trips")
         if self._down_since is not None:

@@ -245,8 +245,8 @@ def _metrics(port: int) -> str:
 def _unknown_counted(exposition: str) -> int:
     total = 0
     for line in exposition.splitlines():
-        if line.startswith("tickvault_control_total{") and 'kind="unknown"' in line:
-            total += int(line.rsplit(" ", 1)[1])
+        if line.startswith("tickvault_control_frames_total{") and 'kind="unknown"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
     return total
 
 

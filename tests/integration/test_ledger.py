@@ -303,10 +303,11 @@ def test_a_gap_the_venue_serves_is_filled_with_the_same_rows(
     open_gaps(store, *range(6, 14))
     b = backfiller(database_url, url)
     b.count_open()
-    assert 'tickvault_gaps_open{process="test",kind="binance"} 1' in b.metrics.prometheus()
+    assert 'tickvault_gaps_open{exchange="binance",process="test"} 1.0' in b.metrics.prometheus()
     [outcome] = b.backfill(now=True)
-    assert 'tickvault_gaps_open{process="test",kind="binance"} 0' in b.metrics.prometheus()
-    assert 'tickvault_gaps_filled_total{process="test",kind="binance"} 1' in b.metrics.prometheus()
+    text = b.metrics.prometheus()
+    assert 'tickvault_gaps_open{exchange="binance",process="test"} 0.0' in text
+    assert 'tickvault_gaps_filled_total{exchange="binance",process="test"} 1.0' in text
     assert outcome.status == "filled" and outcome.recovered == 8
     assert stored_ids(store) == list(range(1, 21))
     assert gap_state(store) == [(6, 13, "filled", 8, "8 from REST")]

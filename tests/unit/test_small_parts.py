@@ -90,11 +90,12 @@ def test_metrics_summary_and_prometheus() -> None:
     m.latency.observe(0.004, 10)
     m.latency.observe(0.3)
     assert m.latency.quantile(0.5) == 0.005 and m.latency.quantile(0.99) == 0.5
+    m.set("lag:binance", 7)
     text = m.prometheus()
-    assert 'tickvault_trades_total{process="consumer"} 3' in text
-    assert 'tickvault_control_total{process="consumer",kind="ack"} 1' in text
-    assert 'tickvault_lag{process="consumer"} 7' in text
-    assert 'tickvault_commit_latency_seconds_bucket{le="+Inf"} 11' in text
+    assert 'tickvault_trade_rows_committed_total{process="consumer"} 3.0' in text
+    assert 'tickvault_control_frames_total{kind="ack",process="consumer"} 1.0' in text
+    assert 'tickvault_group_lag{exchange="binance",process="consumer"} 7.0' in text
+    assert 'tickvault_receive_to_commit_seconds_bucket{le="+Inf",process="consumer"} 11.0' in text
     assert "trades=3" in m.summary()
 
 
@@ -117,7 +118,7 @@ def test_metrics_are_served_over_http() -> None:
     from common.servers import free_port
 
     m = Metrics("producer")
-    m.inc("published", 5)
+    m.inc("published:binance", 5)
     port = free_port()
     server = serve_metrics(m, port, host="127.0.0.1")
     try:
@@ -126,4 +127,4 @@ def test_metrics_are_served_over_http() -> None:
     finally:
         server.shutdown()
         server.server_close()
-    assert 'tickvault_published_total{process="producer"} 5' in body
+    assert 'tickvault_frames_written_total{exchange="binance",process="producer"} 5.0' in body
