@@ -265,6 +265,14 @@ def classify(exc: BaseException) -> Action:
         return Action.DATA if isinstance(exc, psycopg.DataError) else Action.FATAL
     if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError)):
         return Action.FATAL
+    # redis-py's cluster client: every node away ("cannot be connected"), a slot no node serves
+    # (a fail-over under way), redirected past its TTL (a resharding): the cluster is in flux.
+    if isinstance(exc, rx.SlotNotCoveredError) or (
+        isinstance(exc, rx.RedisClusterException) and "cannot be connected" in str(exc)
+    ):
+        return Action.RETRY
+    if isinstance(exc, rx.ClusterError) and not isinstance(exc, rx.ResponseError):
+        return Action.RETRY
     if isinstance(exc, (rx.ResponseError, hiredis.ReplyError)):
         return redis_reply_action(redis_code(exc), str(exc))
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)):

@@ -1,7 +1,8 @@
 """One reading of ``redis.url`` for every process: redis-py's own parser, checked and typed.
 
 The producer's raw connection (``producer.wire.RedisWire``) and every redis-py client
-(:func:`redis_client`: the consumer, ``tickvault replay``, the demo) take their host, port, unix
+(:func:`stream_client`: the consumer; :func:`redis_client`: ``tickvault replay``, the demo, the
+tools that talk to one server) take their host, port, unix
 socket, database, ACL user, password and TLS settings from :func:`redis_options`, which runs
 redis-py's ``parse_url``. So ``unix:///run/redis.sock?db=2&password=...`` is database 2 with that
 password for both, and ``rediss://`` verifies the server against the same CA in both.
@@ -16,6 +17,16 @@ The forms accepted (redis-py's; the query parameters may be combined)::
                                                       &ssl_certfile=/c.pem&ssl_keyfile=/k.pem
                                                       &ssl_password=... (of the key file)
     unix:///path/to/redis.sock                        ?db=N&username=...&password=...
+    redis+cluster://[[user]:password@]host:port[,host:port...][/0]   a Redis Cluster: the nodes
+    rediss+cluster://...   same, over TLS              to ask for the slot map (one is enough),
+                                                       database 0 only; the same query
+                                                       parameters as redis:// / rediss://
+
+A cluster URL (:attr:`RedisOptions.cluster` holds its nodes) makes the producer route each
+command to the node serving its key's hash slot (``producer.wire``) and the consumer use
+redis-py's ``RedisCluster`` (:func:`stream_client`); :func:`redis_client` refuses it. Every
+other part (user, password, TLS) is read from it exactly as from ``redis://`` / ``rediss://``
+with its first node as the host.
 
 Invariant: a URL has one meaning or none. Any other query parameter (a timeout, ``protocol=3``,
 ...) would be read by redis-py and ignored by the raw connection, so it is a
@@ -35,11 +46,12 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import (
     Connection,
     SSLConnection,
@@ -49,16 +61,31 @@ from redis.connection import (
 
 from .errors import ConfigError, fatal_error
 
-__all__ = ["RedisOptions", "TlsOptions", "redis_client", "redis_options"]
+__all__ = [
+    "RedisClient",
+    "RedisOptions",
+    "TlsOptions",
+    "redis_client",
+    "redis_options",
+    "stream_client",
+]
 
 KEY = "redis.url"
 FORMS = (
-    "redis://[user:password@]host:6379/0, rediss://host:6379/0?ssl_ca_certs=/ca.pem or "
-    "unix:///path/redis.sock?db=0&password=..."
+    "redis://[user:password@]host:6379/0, rediss://host:6379/0?ssl_ca_certs=/ca.pem, "
+    "unix:///path/redis.sock?db=0&password=... or redis+cluster://host:7000,host:7001/0"
 )
+# The cluster forms, and the single-server scheme each one is read as.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+# What the stream processes talk to: one server, or a Redis Cluster (``redis+cluster://``).
+# Both have the same command methods; a multi-key command across hash slots is refused by
+# RedisCluster (client side) and by the server (CROSSSLOT), so the callers send none.
+RedisClient: TypeAlias = "redis.Redis | RedisCluster"
 
 # redis-py's parser (untyped there): what it returns is what ``Redis.from_url`` connects with.
 _parse_url: Callable[[str], dict[str, Any]] = parse_url
+_cluster_node: Callable[[str, int], ClusterNode] = ClusterNode  # (untyped there too)
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 # Query parameters both connections honour, and (rediss:// only) the TLS ones.
@@ -121,6 +148,9 @@ class RedisOptions:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: TlsOptions | None = None  # ``rediss://``
+    # ``redis+cluster://``: the nodes to ask for the cluster's slot map ((host, port), ...);
+    # empty for one server. host and port are then the first of them.
+    cluster: tuple[tuple[str, int], ...] = ()
 
     def auth(self) -> tuple[str, ...] | None:
         """AUTH's arguments as redis-py sends them at connect (``on_connect``): with a user or
@@ -136,8 +166,11 @@ class RedisOptions:
 
     def where(self) -> str:
         """For logs: the socket or host:port, the database, TLS; never the password."""
+        tls = " (TLS)" if self.tls else ""
+        if self.cluster:
+            return "cluster " + ",".join(_address(h, p) for h, p in self.cluster) + tls
         place = f"unix:{self.path}" if self.path is not None else f"{self.host}:{self.port}"
-        return f"{place} db {self.db}" + (" (TLS)" if self.tls else "")
+        return f"{place} db {self.db}" + tls
 
     def connection_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of a redis-py ``ConnectionPool`` for these options."""
@@ -167,6 +200,10 @@ def _scheme(url: str) -> str:
     return url.partition("://")[0] if "://" in url else ""
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def redis_options(url: str) -> RedisOptions:
     """Read ``url`` with redis-py's ``parse_url`` and check that every part of it means the same
     to the producer's raw connection as to redis-py.
@@ -175,6 +212,8 @@ def redis_options(url: str) -> RedisOptions:
         ConfigError: naming the part that is wrong and the fix (the password never shown).
     """
     scheme = _scheme(url)
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster_options(url, CLUSTER_SCHEMES[scheme])
     if scheme not in ("redis", "rediss", "unix"):
         shown = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ConfigError(KEY, f"{shown}: not a Redis URL", f"use {FORMS}")
@@ -215,6 +254,33 @@ def redis_options(url: str) -> RedisOptions:
     )
 
 
+def _cluster_options(url: str, single: str) -> RedisOptions:
+    """``redis+cluster://[user:password@]h1:p1,h2:p2/0?...``: read as ``<single>://`` with the
+    first node as the host (so user, password and TLS mean what they mean there), plus the
+    nodes."""
+    rest = url.partition("://")[2]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:cut].rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for node in hosts.split(","):
+        try:
+            parts = urlsplit(f"{single}://{node}")
+            host, port = parts.hostname, parts.port or 6379
+        except ValueError as exc:
+            raise ConfigError(
+                KEY, f"cluster node {node!r} unreadable: {exc}", "host:port,host:port,..."
+            ) from None
+        if not node or not host or parts.path or "@" in node:
+            raise ConfigError(KEY, f"cluster node {node!r} is not host:port", "host:port,...")
+        nodes.append((host, port))
+    options = redis_options(f"{single}://{userinfo}{at}{hosts.split(',')[0]}{rest[cut:]}")
+    if options.db != 0:
+        raise ConfigError(
+            KEY, f"database {options.db}: a Redis Cluster has only database 0", "end it with /0"
+        )
+    return replace(options, host=nodes[0][0], port=nodes[0][1], cluster=tuple(nodes))
+
+
 def _tls_options(kwargs: dict[str, Any]) -> TlsOptions:
     reqs = kwargs.get("ssl_cert_reqs", "required")
     if reqs not in _CERT_REQS:
@@ -240,9 +306,50 @@ def redis_client(url: str, **connection: Any) -> redis.Redis:
     code's own (``socket_timeout``, ``health_check_interval``, ...).
 
     Raises:
-        ConfigError: ``url`` is not a URL both processes read the same (see the module doc).
+        ConfigError: ``url`` is not a URL both processes read the same (see the module doc), or
+            is a cluster URL: the callers of this one talk to one server (the stream processes
+            use :func:`stream_client`).
     """
-    pool = redis.ConnectionPool(**{**redis_options(url).connection_kwargs(), **connection})
+    options = redis_options(url)
+    if options.cluster:
+        raise ConfigError(
+            KEY,
+            "a Redis Cluster URL, where this command talks to one server",
+            "run it with the URL of a single Redis (TICKVAULT_REDIS_URL), or from a version "
+            "that reads a cluster here",
+        )
+    return _single_client(options, connection)
+
+
+def stream_client(url: str, **connection: Any) -> RedisClient:
+    """The client of the processes that read and write the streams: as :func:`redis_client`
+    for one server; for ``redis+cluster://`` a ``RedisCluster`` that learns the slot map from
+    the URL's nodes (``connection``'s ``health_check_interval`` does not apply to it).
+
+    Raises:
+        ConfigError: as :func:`redis_client`.
+        redis.exceptions.RedisClusterException: ``cannot be connected``: no node of a cluster
+            URL answered (a RedisCluster asks for the slot map when it is built).
+    """
+    options = redis_options(url)
+    if not options.cluster:
+        return _single_client(options, connection)
+    kwargs = options.connection_kwargs()
+    for unused in ("db", "host", "port"):
+        kwargs.pop(unused, None)
+    (host, port), *others = options.cluster
+    # Built as from a URL (its nodes' pools then take ``connection_class``: the one that turns
+    # a certificate refusal into a FatalError), with a URL of no credentials or TLS settings:
+    # those come from ``kwargs``, read as for one server.
+    return RedisCluster(
+        url=f"redis://{_address(host, port)}",
+        startup_nodes=[_cluster_node(h, p) for h, p in others],
+        **{**kwargs, **connection},
+    )
+
+
+def _single_client(options: RedisOptions, connection: dict[str, Any]) -> redis.Redis:
+    pool = redis.ConnectionPool(**{**options.connection_kwargs(), **connection})
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True
     return client

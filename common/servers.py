@@ -139,8 +139,9 @@ class RedisServer:
             "--logfile", str(self.directory / "server.log"),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the owner, which stops us last
+        )  # fmt: skip
         _wait_port(self.port, self.proc, 20, f"redis ({self.binary})")
         logger.info("redis-protocol server %s on %s", self.binary, self.url)
         return self
@@ -230,8 +231,10 @@ class PostgresServer:
             args += ["-c", f"{name}={value}"]
         log = open(self.directory / "server.log", "ab")
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory, **as_user
-        )
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the owner, which stops us last
+            **as_user,
+        )  # fmt: skip
         log.close()
         _wait_port(self.port, self.proc, 60, f"postgres ({self.bindir})")
         self._wait_ready()
@@ -254,3 +257,134 @@ class PostgresServer:
     def stop(self) -> None:
         """Fast shutdown (SIGINT): connections are cut, as when a database restarts."""
         _stop(self.proc, signal.SIGINT, 60)
+
+
+CLUSTER_SLOTS = 16384
+
+
+@dataclass
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` primaries (no replicas) on loopback ports, each node a
+    Redis-protocol server in ``directory/<port>`` with its AOF and ``nodes-<port>.conf``.
+
+    ``start()`` starts the nodes, gives each an equal range of the 16384 hash slots
+    (``CLUSTER ADDSLOTSRANGE``), introduces them (``CLUSTER MEET``) and waits until every node
+    says ``cluster_state:ok`` and serves the whole slot map; started again over the same
+    directory, the nodes take their slots and data back from their files. ``stop_node(i)`` /
+    ``start_node(i)`` restart one node (its slots are down meanwhile: no replicas). ``url`` is
+    tickvault's cluster form, ``redis+cluster://127.0.0.1:<port>,...`` (``common.redis_url``).
+    """
+
+    directory: Path
+    masters: int = 3
+    ports: list[int] = field(default_factory=list)
+    bus_ports: list[int] = field(default_factory=list)  # the cluster bus (node to node)
+    binary: str = ""
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports) + "/0"
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        self.binary = self.binary or find_redis_server()
+        self.ports = self.ports or [free_port() for _ in range(self.masters)]
+        self.bus_ports = self.bus_ports or [free_port() for _ in self.ports]
+        fresh = not any((self.directory / str(p) / f"nodes-{p}.conf").exists() for p in self.ports)
+        for i in range(len(self.ports)):
+            self._start_node(i)
+        clients = self._clients()
+        try:
+            if fresh:
+                share = CLUSTER_SLOTS // len(self.ports)
+                for i, client in enumerate(clients):
+                    last = CLUSTER_SLOTS - 1 if i == len(clients) - 1 else (i + 1) * share - 1
+                    client.execute_command("CLUSTER ADDSLOTSRANGE", i * share, last)
+                for client in clients[1:]:
+                    client.execute_command(
+                        "CLUSTER MEET", "127.0.0.1", self.ports[0], self.bus_ports[0]
+                    )
+            self._wait_ok(clients, timeout)
+        finally:
+            for client in clients:
+                client.close()
+        logger.info("redis cluster of %d nodes on %s", len(self.ports), self.url)
+        return self
+
+    def _start_node(self, i: int) -> None:
+        port, bus = self.ports[i], self.bus_ports[i]
+        node_dir = self.directory / str(port)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(node_dir),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", f"nodes-{port}.conf",
+            "--cluster-port", str(bus),  # (default port + 10000: may be taken or > 65535)
+            "--cluster-node-timeout", "5000",
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            *AOF_REWRITE,
+            "--maxmemory-policy", "noeviction",
+            "--logfile", str(node_dir / "server.log"),
+        ]  # fmt: skip
+        self.procs[i] = proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_port(port, proc, 20, f"redis cluster node ({self.binary})")
+
+    def _clients(self) -> list[Any]:
+        import redis
+
+        return [redis.Redis(host="127.0.0.1", port=port) for port in self.ports]
+
+    def stop_node(self, i: int) -> None:
+        """Stop node ``i`` (SIGTERM: its AOF is flushed)."""
+        _stop(self.procs.pop(i, None), signal.SIGTERM, 20)
+
+    def start_node(self, i: int, timeout: float = 30.0) -> None:
+        """Start node ``i`` again and wait until the cluster is whole."""
+        self._start_node(i)
+        clients = self._clients()
+        try:
+            self._wait_ok(clients, timeout)
+        finally:
+            for client in clients:
+                client.close()
+
+    def _wait_ok(self, clients: list[Any], timeout: float) -> None:
+        """Until every node says ``cluster_state:ok``, knows every other and maps every slot."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(self._node_ready(client) for client in clients):
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(f"redis cluster on {self.ports} not ready within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def _node_ready(self, client: Any) -> bool:
+        import redis
+
+        try:
+            fields: dict[str, str] = client.cluster("INFO")  # parsed by redis-py
+        except redis.ConnectionError:  # (also LOADING) a node still reading its files
+            return False
+        n = str(len(self.ports))
+        return (
+            fields.get("cluster_state") == "ok"
+            and fields.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
+            and fields.get("cluster_known_nodes") == n
+            and fields.get("cluster_size") == n
+        )
+
+    def stop(self) -> None:
+        for i in list(self.procs):
+            self.stop_node(i)
+
+    def kill(self) -> None:
+        for proc in self.procs.values():
+            _stop(proc, signal.SIGKILL, 5)
+        self.procs = {}

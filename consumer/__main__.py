@@ -16,15 +16,16 @@ import signal
 import socket
 import sys
 import threading
+import time
 
-import redis
+from redis.exceptions import RedisClusterException
 
 from common.config import Settings, load_settings
 from common.envelope import raw_key
-from common.errors import ConfigError, ExitStatus, fatal_error
+from common.errors import ConfigError, ExitStatus, TransientError, backoff, fatal_error
 from common.logs import setup_logging
 from common.metrics import serve_metrics
-from common.redis_url import redis_client
+from common.redis_url import RedisClient, stream_client
 
 from .store import Store
 from .worker import Worker
@@ -56,17 +57,51 @@ def streams_for(settings: Settings, exchanges: list[str] | None) -> list[str]:
     return [raw_key(e) for e in chosen]
 
 
-def connect_redis(settings: Settings) -> redis.Redis:
-    """The worker's client: ``redis.url`` read as the producer reads it (``common.redis_url``).
+def connect_redis(settings: Settings, stop: threading.Event | None = None) -> RedisClient:
+    """The worker's client: ``redis.url`` read as the producer reads it (``common.redis_url``);
+    redis-py's ``RedisCluster`` for a ``redis+cluster://`` URL.
 
     A reply takes at most block_ms; a server that hangs longer counts as away (and a stop waits
-    for no more than this)."""
-    return redis_client(
-        settings.redis.url,
-        socket_timeout=settings.consumer.block_ms / 1000 + 5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    for no more than this). A ``RedisCluster`` asks for the slot map as it is built: while no
+    node of the URL answers, that is tried again (capped backoff) until ``stop``.
+
+    Raises:
+        TransientError: ``stop`` was set while no node of the cluster answered.
+        FatalError: a node refused (NOAUTH, a certificate that does not verify, ...).
+        ConfigError: the URL is wrong, or names servers that are not in cluster mode.
+    """
+    delays = backoff(initial=0.2, cap=settings.consumer.backoff_max_s)
+    first_failure = last_log = 0.0
+    while True:
+        try:
+            return stream_client(
+                settings.redis.url,
+                socket_timeout=settings.consumer.block_ms / 1000 + 5,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+            )
+        except RedisClusterException as exc:  # (raised as it is built: see the docstring)
+            cause = exc.__cause__ or exc
+            fatal = fatal_error(cause)  # NOAUTH, a certificate, ...
+            if fatal is not None:
+                raise fatal from exc
+            if "not enabled" in str(cause):  # redis-py: "Cluster mode is not enabled on ..."
+                raise ConfigError(
+                    "redis.url",
+                    f"not a usable Redis Cluster: {cause}",
+                    "name the cluster's nodes, or use redis://host:port/0 for one server",
+                ) from exc
+            # else no node answered, or the slots are not all served yet (a cluster forming)
+            now = time.monotonic()
+            if not first_failure:
+                first_failure = now
+            if now - last_log >= 10.0:
+                last_log = now
+                logger.warning(
+                    "redis cluster unreachable for %.0f s, retrying: %s", now - first_failure, exc
+                )
+            if (stop or threading.Event()).wait(next(delays)):
+                raise TransientError("stopped while the redis cluster was unreachable") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,11 +117,16 @@ def run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
-    client = connect_redis(settings)
+    try:
+        client = connect_redis(settings, stop)
+    except TransientError as exc:  # asked to stop before Redis answered: nothing was held
+        logger.error("consumer %s stopped before it could start: %s", name, exc)
+        return ExitStatus.OK
     store = Store(
         settings.database.url,
         synchronous_commit=settings.database.synchronous_commit,
         partition_days_ahead=settings.database.partition_days_ahead,
+        retention_days=settings.database.retention_days,
     )
     worker = Worker.from_settings(
         settings, name=name, streams=streams, redis_client=client, store=store

@@ -15,6 +15,9 @@
   server is away, a fatal server error), the entries it still holds get their delivery count
   set back with ``XCLAIM ... RETRYCOUNT n JUSTID``: an outage or a misconfiguration does not
   spend the delivery budget of the frames it happened to hold.
+
+Every command names one stream (on a Redis Cluster: one slot); ``release`` pipelines several
+without a transaction, which redis-py's cluster client splits per node.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
+from common.redis_url import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ class Claimed:
 
 
 class Claims:
-    def __init__(self, client: redis.Redis, group: str, name: str) -> None:
+    def __init__(self, client: RedisClient, group: str, name: str) -> None:
         self.client = client
         self.group = group
         self.name = name

@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import psycopg
-import redis
 
 from common.errors import Action, classify
 from common.metrics import Metrics, Progress, reason_class
 from common.records import Quote, Trade
+from common.redis_url import RedisClient
 
 from .batching import Batch, DeadLetter, Span
 from .claims import Claims
@@ -49,7 +49,7 @@ class Committer:
     def __init__(
         self,
         *,
-        client: redis.Redis,
+        client: RedisClient,
         group: str,
         retrier: Retrier,
         deadletters: DeadLetters,
@@ -119,6 +119,13 @@ class Committer:
         return True
 
     def _refresh_partitions(self, store: Store) -> None:
+        """At a store's first batch and then hourly: make the coming days' partitions (made at
+        connect the first time), then enforce ``database.retention_days`` (``consumer.retention``;
+        a busy table is skipped until the next check)."""
+        from common.errors import TransientError
+
+        from .retention import enforce
+
         last = self._partitions.get(id(store))
         now = time.monotonic()
         if last is None:
@@ -126,6 +133,24 @@ class Committer:
         elif now - last >= PARTITIONS_EVERY_S:
             self.retrier.call("partitions", store.refresh_partitions)
             self._partitions[id(store)] = time.monotonic()
+        else:
+            return
+        days = int(getattr(store, "retention_days", 0))  # database.retention_days; 0: off
+        if days <= 0:
+            return
+
+        def retention() -> None:
+            try:
+                report = enforce(store.conn, days)
+            except psycopg.Error as exc:  # classified as the store's own calls are
+                if classify(exc) is not Action.RETRY:
+                    raise
+                store.close()
+                raise TransientError(f"postgres unreachable: {exc}") from exc
+            self.metrics.inc("retention_dropped", len(report.partitions))
+            self.metrics.inc("retention_skipped", len(report.busy))  # logged by enforce
+
+        self.retrier.call("retention", retention)
 
     def _write(self, batch: Batch, store: Store, renew: Callable[[], None]) -> None:
         def write(spans: Sequence[Span]) -> None:

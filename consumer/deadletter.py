@@ -9,6 +9,10 @@ When a consumer stops on an error that is not a server's (a bug outside the per-
 it records that error for each entry it held in the hash ``tickvault:errors:{<exchange>}``
 (kept for a day): the consumer that finally dead-letters such an entry for exceeding
 ``max_deliveries`` says why it kept failing.
+
+Both keys carry the raw stream's hash tag (``{<exchange>}``), so on a Redis Cluster an exchange's
+raw stream, dead letters and errors are in one slot, on one node. The pipelines here are not
+transactions: over several exchanges, redis-py's cluster client splits them per node.
 """
 
 from __future__ import annotations
@@ -17,9 +21,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import redis
-
 from common.envelope import dead_key, exchange_of_key, run_frame_fields
+from common.redis_url import RedisClient
 
 from .batching import DeadLetter
 from .process import bounded
@@ -44,7 +47,7 @@ def over_budget_reason(deliveries: int, last_error: str | None) -> str:
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.client = client
 
     def send(self, dead: list[DeadLetter]) -> None:

@@ -12,10 +12,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from common.envelope import exchange_of_key
 from common.metrics import Metrics
+from common.redis_url import RedisClient
 
 LEASE_MS = 30_000  # three status ticks
 
@@ -29,7 +28,7 @@ def _ms(entry_id: str) -> int:
 
 
 class GroupMetrics:
-    def __init__(self, client: redis.Redis, group: str, name: str, metrics: Metrics) -> None:
+    def __init__(self, client: RedisClient, group: str, name: str, metrics: Metrics) -> None:
         self.client = client
         self.group = group
         self.name = name

@@ -13,9 +13,8 @@ import re
 import threading
 import time
 
-import redis
-
 from common.config import Settings
+from common.redis_url import RedisClient
 
 from .store import Store
 from .worker import Worker
@@ -57,7 +56,7 @@ def replay(
     *,
     start: str,
     end: str | None,
-    client: redis.Redis,
+    client: RedisClient,
     store: Store,
 ) -> dict[str, int]:
     group = f"tickvault-replay-{int(time.time() * 1000)}"
