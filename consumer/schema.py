@@ -8,6 +8,7 @@ in the same transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 
@@ -200,23 +201,133 @@ def create_partition(conn: psycopg.Connection[object], table: str, day: dt.date)
     return True
 
 
-def drop_partitions_before(conn: psycopg.Connection[object], day: dt.date) -> list[str]:
-    """Retention: drop daily partitions older than ``day``. Returns the dropped names."""
-    dropped = []
+# -- retention ----------------------------------------------------------------------------------
+# Dropping a partition takes an ACCESS EXCLUSIVE lock on it and on its parent: while the DROP
+# waits for it, every writer queues behind. So each retention step waits at most this long for
+# its locks (SET LOCAL lock_timeout), then gives up with SQLSTATE 55P03 (LockNotAvailable).
+RETENTION_LOCK_TIMEOUT_S = 5.0
+
+
+def partition_day(table: str, name: str) -> dt.date | None:
+    """The UTC day of ``table``'s daily partition ``name`` (``trades_p20261124``); None for any
+    other name (the DEFAULT partition, a partition someone else attached)."""
+    prefix = f"{table}_p"
+    stamp = name[len(prefix) :]
+    if not name.startswith(prefix) or len(stamp) != 8 or not stamp.isdigit():
+        return None
+    try:
+        return dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:]))
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DailyPartition:
+    table: str
+    schema: str
+    name: str
+    day: dt.date
+    size: int  # bytes, with its indexes (pg_total_relation_size)
+
+
+def partitions_before(
+    conn: psycopg.Connection[object], table: str, day: dt.date
+) -> list[DailyPartition]:
+    """``table``'s daily partitions for days before ``day``, oldest first."""
     rows = conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = ANY(%s)",
-        (list(TABLES),),
+        "SELECT n.nspname, c.relname, pg_total_relation_size(c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE i.inhparent = to_regclass(%s)",
+        (table,),
     ).fetchall()
+    out = []
     for row in rows:
-        text = str(row[0])  # type: ignore[index]
-        stamp = text.rsplit("_p", 1)[-1]
-        if (
-            stamp.isdigit()
-            and len(stamp) == 8
-            and dt.date.fromisoformat(f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:]}") < day
-        ):
-            with conn.transaction():
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(text)))
-            dropped.append(text)
+        schema, name, size = (str(row[0]), str(row[1]), row[2])  # type: ignore[index]
+        born = partition_day(table, name)
+        # size NULL: dropped meanwhile by another session (the catalog row was still visible)
+        if born is not None and born < day and size is not None:
+            out.append(DailyPartition(table, schema, name, born, int(size)))
+    return sorted(out, key=lambda p: p.day)
+
+
+def set_lock_timeout(conn: psycopg.Connection[object], seconds: float) -> None:
+    """``SET LOCAL lock_timeout``: for the current transaction only; it bounds the advisory
+    lock's wait too."""
+    value = f"{max(1, round(seconds * 1000))}ms"
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (value,))
+
+
+def drop_partition(
+    conn: psycopg.Connection[object],
+    partition: DailyPartition,
+    *,
+    lock_timeout_s: float = RETENTION_LOCK_TIMEOUT_S,
+) -> bool:
+    """Drop one daily partition, under the schema's advisory lock (one dropper at a time).
+
+    Returns False when it is already gone (another consumer dropped it first).
+
+    Raises:
+        psycopg.errors.LockNotAvailable: a lock was not granted within ``lock_timeout_s``
+            (a long query reads the table): nothing was dropped.
+    """
+    with conn.transaction():
+        set_lock_timeout(conn, lock_timeout_s)
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        ident = sql.Identifier(partition.schema, partition.name)
+        exists = conn.execute("SELECT to_regclass(%s)", (ident.as_string(conn),)).fetchone()
+        if exists is None or exists[0] is None:  # type: ignore[index]
+            return False
+        conn.execute(sql.SQL("DROP TABLE {}").format(ident))
+    return True
+
+
+def delete_default_before(
+    conn: psycopg.Connection[object],
+    table: str,
+    cutoff: dt.datetime,
+    *,
+    lock_timeout_s: float = RETENTION_LOCK_TIMEOUT_S,
+) -> int:
+    """Delete the rows older than ``cutoff`` from ``table``'s DEFAULT partition (days that never
+    had a partition of their own); returns how many. Raises LockNotAvailable as
+    :func:`drop_partition` does."""
+    with conn.transaction():
+        set_lock_timeout(conn, lock_timeout_s)
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE ts < %s").format(sql.Identifier(f"{table}_default")),
+            (cutoff,),
+        )
+        return max(cur.rowcount, 0)
+
+
+def count_default_before(conn: psycopg.Connection[object], table: str, cutoff: dt.datetime) -> int:
+    """How many rows :func:`delete_default_before` would delete."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE ts < %s").format(sql.Identifier(f"{table}_default")),
+        (cutoff,),
+    ).fetchone()
+    return int(row[0]) if row else 0  # type: ignore[index]
+
+
+def drop_partitions_before(
+    conn: psycopg.Connection[object],
+    day: dt.date,
+    *,
+    lock_timeout_s: float = RETENTION_LOCK_TIMEOUT_S,
+) -> list[str]:
+    """Retention: drop the daily partitions of every table for days before ``day``, one
+    transaction each. Returns the dropped names. Rows of those days in the DEFAULT partition
+    stay (:func:`delete_default_before`); ``consumer.retention`` does both.
+
+    Raises:
+        psycopg.errors.LockNotAvailable: as :func:`drop_partition`; the partitions dropped
+            before it stay dropped.
+    """
+    dropped = []
+    for table in TABLES:
+        for partition in partitions_before(conn, table, day):
+            if drop_partition(conn, partition, lock_timeout_s=lock_timeout_s):
+                dropped.append(partition.name)
     return dropped

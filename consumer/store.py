@@ -166,11 +166,13 @@ class Store:
         *,
         synchronous_commit: bool = True,
         partition_days_ahead: int = 3,
+        retention_days: int = 0,
         statement_max_rows: int | None = None,
     ) -> None:
         self.url = url
         self.synchronous_commit = synchronous_commit
         self.partition_days_ahead = partition_days_ahead
+        self.retention_days = retention_days  # database.retention_days (consumer.retention)
         self.statement_max_rows = (
             STATEMENT_MAX_ROWS if statement_max_rows is None else statement_max_rows
         )
