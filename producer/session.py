@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -56,6 +57,7 @@ HEALTHY_AFTER_S = 10.0  # a connection that lived this long with data resets the
 MAX_FRAME_BYTES = 8 * 2**20  # the largest legitimate frame (Coinbase's snapshot of 100 trades
 # for each of 100 products, ~2 MB) with room to spare; producer.max_frame_bytes
 SETTLE_S = 5.0  # frames this soon after connecting may be the venue's acks (producer.liveness)
+RECONNECTS_KEPT_S = 3600.0  # reconnect times kept for ``reconnects_within`` (the heartbeat's hour)
 _ids = itertools.count(1)
 
 
@@ -68,6 +70,7 @@ class _Generation:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     subscribed: bool = False  # its ``subscribed`` marker was queued
     close_reason: str = ""  # why the supervisor closes it ("rolled" or "closed")
+    lost_as: str = "closed"  # why it ended: tickvault_reconnects_total's bounded reason label
 
 
 async def watch_liveness(watch: Watch, frames: Callable[[], int], tick_s: float) -> float:
@@ -97,6 +100,21 @@ def loss_reason(exc: BaseException) -> tuple[str | None, str]:
         if cause is not None:
             return None, f"{exc!r} ({cause})"
     return None, repr(exc)
+
+
+def loss_class(exc: BaseException) -> str:
+    """Why a connection was lost, as a bounded label: ``oversized``, ``truncated``, ``closed``
+    (by the venue or the network), ``refused`` (the handshake), ``timeout`` or ``network``."""
+    counter, _ = loss_reason(exc)
+    if counter is not None:
+        return counter.removesuffix("_frames")
+    if isinstance(exc, ConnectionClosed):
+        return "closed"
+    if isinstance(exc, (InvalidHandshake, InvalidURI)):
+        return "refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "network"
 
 
 class FeedSession:
@@ -138,6 +156,24 @@ class FeedSession:
         if liveness is None:
             liveness = LivenessRule(fixed_s=silence_s or None, heartbeat_s=plan.keepalive.silence_s)
         self.liveness = Liveness(liveness)  # what this feed has shown, across its connections
+        # For the heartbeat (producer.heartbeat), updated per connection, never per frame:
+        self.phase = "connecting"  # with no connection open: connecting, backoff or stopped
+        self.open: list[_Generation] = []  # open connections, oldest first (two in a rollover)
+        self.connected_since_ns: int | None = None  # since when one has been open without a break
+        self.down_since = time.monotonic()  # since when none has been open (metrics, /healthz)
+        self.frames_closed = 0  # frames of the connections already closed (metrics)
+        self.reconnected_at: deque[float] = deque()  # monotonic times, the last hour
+
+    @property
+    def state(self) -> str:
+        """``connected`` while a connection is open, else the phase (``connecting``,
+        ``backoff``, ``stopped``)."""
+        return "connected" if self.open else self.phase
+
+    def reconnects_within(self, seconds: float, now: float) -> int:
+        """Reconnects in the last ``seconds`` (at most ``RECONNECTS_KEPT_S``) before ``now``
+        (monotonic)."""
+        return sum(1 for t in self.reconnected_at if now - t <= seconds)
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.start_delay_s:
@@ -166,6 +202,12 @@ class FeedSession:
                         delays = backoff(initial=self.backoff_initial_s, cap=self.backoff_max_s)
                     delay = next(delays)
                     self.metrics.inc("reconnects")
+                    self.metrics.inc(f"reconnects:{self.venue.exchange}:{gen.lost_as}")
+                    self.phase = "backoff"
+                    now = time.monotonic()
+                    self.reconnected_at.append(now)
+                    while now - self.reconnected_at[0] > RECONNECTS_KEPT_S:
+                        self.reconnected_at.popleft()
                     logger.warning("%s: reconnecting in %.2f s", self.label, delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
@@ -197,10 +239,12 @@ class FeedSession:
                     gen.started = time.monotonic() - (self.lifetime_s or 0) + self.overlap_s + 5
             current[0].close_reason = "closed"
             current[0].closing.set()
+        self.phase = "stopped"
 
     def _spawn(self, tg: asyncio.TaskGroup) -> tuple[_Generation, asyncio.Task[None]]:
         conn_id = f"{self.label}#{next(_ids)}@{time.time_ns() // 1_000_000}"
         gen = _Generation(conn_id)
+        self.phase = "connecting"
         task = tg.create_task(self._connection(gen), name=f"ws {conn_id}")
         return gen, task
 
@@ -221,6 +265,9 @@ class FeedSession:
             ) as ws:
                 assert isinstance(ws, RawConnection)
                 self.metrics.inc("connections")
+                if not self.open:
+                    self.connected_since_ns = time.time_ns()
+                self.open.append(gen)
                 logger.info("%s: connected to %s as %s", self.label, plan.url, gen.conn_id)
                 subscribing_s = max(0, len(plan.subscribe) - 1) * plan.subscribe_interval_s
                 watch = self.liveness.watch(
@@ -248,6 +295,7 @@ class FeedSession:
                         threshold, why = watch.threshold(now), self.liveness.explain(now)
                         watch.give_up()
                         self.metrics.inc("silence_timeouts")
+                        gen.lost_as = "silent"
                         loss = f"silent {watchdog.result():.1f} s (threshold {threshold:.1f} s)"
                         logger.warning(
                             "%s: no frame for %.1f s (threshold %.1f s: %s), reconnecting",
@@ -262,16 +310,22 @@ class FeedSession:
         ) as group:  # fmt: skip
             for exc in group.exceptions:
                 counter, reason = loss_reason(exc)
-                loss = reason
+                loss, gen.lost_as = reason, loss_class(exc)
                 if counter is not None:
                     self.metrics.inc(counter)
                 logger.warning("%s: connection %s lost: %s", self.label, gen.conn_id, reason)
         except* Exception as others:  # never let one feed take the producer down
             for err in others.exceptions:
-                loss = f"failed: {err!r}"
+                loss, gen.lost_as = f"failed: {err!r}", "failed"
                 logger.error("%s: connection %s failed", self.label, gen.conn_id, exc_info=err)
         finally:
             gen.closing.set()
+            if gen in self.open:
+                self.open.remove(gen)
+                self.frames_closed += gen.frames
+                if not self.open:
+                    self.connected_since_ns = None
+                    self.down_since = time.monotonic()
             if gen.subscribed and self.markers is not None:
                 event = gen.close_reason or "lost"
                 self._mark(event, gen, "" if gen.close_reason else loss[:500])

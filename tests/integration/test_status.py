@@ -1,0 +1,678 @@
+"""``tickvault status`` and the producer's heartbeat.
+
+The pure parts first (problems from a snapshot, reason classes, rendering at 80 columns: no
+server), then snapshots of a real Redis and PostgreSQL holding streams, groups, a heartbeat
+written by ``producer.heartbeat`` itself, trades, dead letters and gaps; the exit statuses, the
+JSON document, servers that are down, and ``--watch`` stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from rich.console import Console
+from websockets.asyncio.server import ServerConnection, serve
+
+from common.config import load_settings
+from common.envelope import dead_key, raw_key
+from common.errors import ConfigError
+from common.metrics import Metrics
+from common.servers import RedisServer, free_port
+from common.status import (
+    ConsumerInfo,
+    DeadInfo,
+    Failure,
+    FeedInfo,
+    GapInfo,
+    GroupInfo,
+    Problem,
+    Snapshot,
+    StreamInfo,
+    SymbolInfo,
+    Thresholds,
+    find_problems,
+    fmt_age,
+    fmt_bytes,
+    gather,
+    main,
+    reason_class,
+    render,
+    to_document,
+)
+from common.symbols import parse_symbol
+from common.venues import Channel, ConnectionPlan, Keepalive, get_venue
+from consumer.schema import migrate
+from producer.heartbeat import (
+    FrameClock,
+    current_fields,
+    feed_record,
+    feeds_key,
+    pack,
+    producer_of_key,
+    publish,
+)
+from producer.publisher import Publisher
+from producer.session import FeedSession, _Generation
+from producer.wire import RedisWire
+from tests.conftest import SLOW
+from tests.e2e.harness import ROOT
+
+pytestmark = pytest.mark.integration
+
+NOW_NS = 1_800_000_000_000_000_000
+
+
+# -- pure parts: no server ------------------------------------------------------------------------
+
+
+def group(**kw: Any) -> GroupInfo:
+    fields: dict[str, Any] = dict(
+        name="tickvault", pending=0, lag_entries=0, lag_s=0.0, oldest_pending_s=None,
+        consumers=[ConsumerInfo(name="c1", pending=0, idle_s=0.2)],
+    )  # fmt: skip
+    return GroupInfo(**(fields | kw))
+
+
+def feed(**kw: Any) -> FeedInfo:
+    fields: dict[str, Any] = dict(
+        producer="p1", label="binance/0", exchange="binance", context="", symbols=["BTC-USDT"],
+        state="connected", connected_since_ns=NOW_NS - 600 * 10**9, connected_s=600.0,
+        last_frame_age_s=0.5, reconnects_1h=0, conn="binance/0#1@1", heartbeat_age_s=1.0,
+        every_s=5.0,
+    )  # fmt: skip
+    return FeedInfo(**(fields | kw))
+
+
+def stream(*groups: GroupInfo, length: int = 1000) -> StreamInfo:
+    return StreamInfo(
+        exchange="binance", key=raw_key("binance"), exists=True, length=length,
+        memory_bytes=250_000, oldest_age_s=3600.0, newest_age_s=0.1, groups=list(groups),
+    )  # fmt: skip
+
+
+def snapshot(**kw: Any) -> Snapshot:
+    fields: dict[str, Any] = dict(
+        taken_ns=NOW_NS, redis="127.0.0.1:6379 db 0", database="127.0.0.1:5432/postgres",
+        configured=["binance"], streams=[stream(group())], feeds=[feed()],
+        symbols=[SymbolInfo(exchange="binance", symbol="BTC-USDT", rows_1m=600, rows_1h=36000,
+                            newest_age_s=0.2)],
+        dead_letters=[DeadInfo(exchange="binance", count=0, sampled=0, reasons={})],
+        gaps=[], failures=[], redis_ok=True, database_ok=True,
+    )  # fmt: skip
+    return Snapshot(**(fields | kw))
+
+
+def kinds(problems: list[Problem]) -> list[tuple[str, str]]:
+    return [(p.kind, p.subject) for p in problems]
+
+
+def test_a_healthy_snapshot_has_no_problem() -> None:
+    assert find_problems(snapshot()) == []
+    assert to_document(snapshot(), [])["healthy"] is True
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"feeds": [feed(state="backoff", reconnects_1h=7)]}, ("down", "p1 binance/0")),
+        ({"feeds": [feed(state="connecting")]}, ("down", "p1 binance/0")),
+        ({"feeds": [feed(last_frame_age_s=61.0)]}, ("silent", "p1 binance/0")),
+        ({"feeds": [feed(last_frame_age_s=None, connected_s=75.0)]}, ("silent", "p1 binance/0")),
+        ({"feeds": [feed(heartbeat_age_s=16.0)]}, ("stale", "p1 binance/0")),
+        ({"feeds": [feed(state="stopped")]}, ("stopped", "p1 binance/0")),
+        ({"feeds": []}, ("no-heartbeat", "producer")),
+        ({"configured": ["binance", "okx"]}, ("no-heartbeat", "okx")),
+        ({"streams": [stream(group(lag_s=31.0, lag_entries=900))]}, ("lag", "binance tickvault")),
+        ({"streams": [stream(group(oldest_pending_s=40.0, pending=3))]},
+         ("lag", "binance tickvault")),
+        ({"streams": [stream(group(pending=4, consumers=[
+            ConsumerInfo(name="c2", pending=4, idle_s=61.0)]))]},
+         ("idle-consumer", "binance tickvault")),
+        ({"streams": [stream()]}, ("no-group", "binance")),
+        ({"dead_letters": [DeadInfo(exchange="binance", count=2, sampled=2,
+                                    reasons={"undecodable frame": 2})]},
+         ("dead-letters", "binance")),
+        ({"gaps": [GapInfo(exchange="binance", open=1, backfilling=0, oldest_s=12.0)]},
+         ("gaps", "binance")),
+        ({"failures": [Failure(source="postgresql", text="cannot reach", unreachable=True)],
+          "database_ok": False, "symbols": [], "gaps": None},
+         ("unreachable", "postgresql")),
+    ],
+)  # fmt: skip
+def test_each_kind_of_trouble_is_one_problem(changes: dict[str, Any], expected: Any) -> None:
+    problems = find_problems(snapshot(**changes))
+    assert kinds(problems) == [expected]
+    assert problems[0].text
+
+
+def test_the_thresholds_are_options() -> None:
+    snap = snapshot(feeds=[feed(last_frame_age_s=20.0)], streams=[stream(group(lag_s=10.0))])
+    assert find_problems(snap) == []
+    limits = Thresholds(silent_s=15.0, lag_s=5.0, idle_s=60.0)
+    assert kinds(find_problems(snap, limits=limits)) == [
+        ("silent", "p1 binance/0"),
+        ("lag", "binance tickvault"),
+    ]
+
+
+def test_an_idle_consumer_without_pending_entries_is_fine() -> None:
+    idle = [ConsumerInfo(name="c2", pending=0, idle_s=3600.0)]
+    assert find_problems(snapshot(streams=[stream(group(consumers=idle))])) == []
+
+
+def test_a_lag_growing_between_two_samples_is_flagged_below_the_threshold() -> None:
+    before = snapshot(streams=[stream(group(lag_s=4.0))])
+    now = snapshot(streams=[stream(group(lag_s=9.0))])
+    assert kinds(find_problems(now, before)) == [("lag-growing", "binance tickvault")]
+    assert find_problems(now) == []  # one sample cannot show growth
+    steady = snapshot(streams=[stream(group(lag_s=9.2))])
+    assert find_problems(steady, now) == []  # up by less than a second
+    small = snapshot(streams=[stream(group(lag_s=3.0))])
+    assert find_problems(small, snapshot(streams=[stream(group(lag_s=0.1))])) == []
+
+
+def test_redis_unreachable_leaves_only_its_failure() -> None:
+    snap = snapshot(
+        streams=[], feeds=[], dead_letters=[], redis_ok=False,
+        failures=[Failure(source="redis", text="cannot reach redis", unreachable=True)],
+    )  # fmt: skip
+    assert kinds(find_problems(snap)) == [("unreachable", "redis")]  # no "no heartbeat" noise
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("binance: undecodable frame: JSON is malformed: line 1", "undecodable frame"),
+        ("delivered 6 times: processing failed: KeyError: 'p'", "delivered too often"),
+        ("postgres rejected (22003): numeric field overflow", "postgres rejected (22003)"),
+        ("trade 123: price 1e30 is not below 1e20", "bad trade price"),
+        ("quote 99: ask_amount -1 is not a plain decimal", "bad quote ask_amount"),
+        ("trade id  is 0 bytes (at most 128)", "bad trade id"),
+        ("processing failed: ZeroDivisionError: division by zero",
+         "processing failed: ZeroDivisionError"),
+        ("bad envelope: run lengths or times: 12 != 3", "bad envelope"),
+        ("binance: frame has neither event nor arg+data", "frame has neither event nor arg+data"),
+        ("", "(no reason)"),
+    ],
+)  # fmt: skip
+def test_reason_classes_drop_the_particulars(reason: str, expected: str) -> None:
+    assert reason_class(reason, "binance") == expected
+
+
+def test_ages_and_sizes_are_short() -> None:
+    assert [fmt_age(s) for s in (None, -1, 0.25, 42, 245, 7380, 3 * 86400 + 4 * 3600)] == [
+        "-", "0.0s", "0.2s", "42s", "4m05s", "2h03m", "3d04h",
+    ]  # fmt: skip
+    assert [fmt_bytes(n) for n in (None, 512, 250_000, 3 * 2**30)] == [
+        "-", "512 B", "244.1 KB", "3.0 GB",
+    ]  # fmt: skip
+
+
+def rendered(snap: Snapshot, problems: list[Problem]) -> str:
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))
+    console.print(render(snap, problems))
+    console.file.close()
+    return console.export_text()
+
+
+def test_the_tables_fit_80_columns_and_show_every_part() -> None:
+    snap = snapshot(
+        streams=[stream(group(pending=2, oldest_pending_s=45.0, lag_entries=None, consumers=[
+            ConsumerInfo(name="worker-host-a-12345", pending=2, idle_s=75.0),
+            ConsumerInfo(name="worker-host-b-67890", pending=0, idle_s=0.1)]))],
+        feeds=[feed(), feed(label="binance/1", state="backoff", connected_s=None,
+                            last_frame_age_s=None, reconnects_1h=12)],
+        dead_letters=[DeadInfo(exchange="binance", count=3, sampled=3,
+                               reasons={"undecodable frame": 2, "bad trade price": 1})],
+        gaps=[GapInfo(exchange="binance", open=2, backfilling=1, oldest_s=130.0)],
+    )  # fmt: skip
+    problems = find_problems(snap)
+    assert {p.kind for p in problems} == {"lag", "idle-consumer", "down", "dead-letters", "gaps"}
+    text = rendered(snap, problems)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in text  # folded, never cut
+    for word in (
+        "5 problem(s) need attention", "streams", "groups", "feeds", "trades", "dead letters",
+        "gaps", "binance/1", "backoff", "worker-host-a-12345", "45s", "BTC-USDT", "36000",
+        "244.1 KB", "undecodable frame (2)", "1h00m",
+    ):  # fmt: skip
+        assert word in text, (word, text)
+    assert "healthy" in rendered(snapshot(), [])
+
+
+def test_heartbeat_records_sample_the_frame_counters() -> None:
+    clock = FrameClock()
+    assert clock.observe("b/0", {}, 1) is None  # not connected yet
+    assert clock.observe("b/0", {"c1": 0}, 2) is None  # connected, nothing received
+    assert clock.observe("b/0", {"c1": 5}, 3) == 3
+    assert clock.observe("b/0", {"c1": 5}, 4) == 3  # no new frame since
+    assert clock.observe("b/0", {"c1": 5, "c2": 0}, 5) == 3  # a rollover's new connection
+    assert clock.observe("b/0", {"c2": 1}, 6) == 6
+    fields = {"a": {"heartbeat_ns": 9}, "b": {"heartbeat_ns": 9}, "old": {"heartbeat_ns": 4}}
+    assert sorted(current_fields(fields)) == ["a", "b"]  # "old": an earlier run's feed
+    assert producer_of_key(feeds_key("host-1")) == "host-1"
+
+
+def session(label: int = 0) -> FeedSession:
+    venue = get_venue("binance")
+    plans = venue.plan(
+        channels=[Channel.TRADES], symbols=[parse_symbol("BTC-USDT")], url=None, options={}
+    )
+    return FeedSession(venue, plans[0], None, Metrics("producer"))  # type: ignore[arg-type]
+
+
+def test_a_sessions_state_and_its_record() -> None:
+    s = session()
+    assert s.state == "connecting"
+    gen = _Generation("binance/0#7@1")
+    gen.frames = 12
+    s.open.append(gen)
+    s.connected_since_ns = NOW_NS - 10**9
+    now = time.monotonic()
+    s.reconnected_at.extend([now - 4000, now - 100, now - 5])
+    record = feed_record(s, FrameClock(), now_ns=NOW_NS, now=now, every_s=5.0)
+    assert record == {
+        "exchange": "binance", "context": "", "symbols": ["BTC-USDT"], "channels": ["trades"],
+        "state": "connected", "connected_since": NOW_NS - 10**9, "last_frame_ns": NOW_NS,
+        "reconnects_1h": 2, "conn": "binance/0#7@1", "heartbeat_ns": NOW_NS, "every_s": 5.0,
+    }  # fmt: skip
+    s.open.clear()
+    s.phase = "backoff"
+    assert s.state == "backoff"
+    assert pack("k", {"binance/0": {"a": 1}}, 30) == (
+        b'*4\r\n$4\r\nHSET\r\n$1\r\nk\r\n$9\r\nbinance/0\r\n$7\r\n{"a":1}\r\n'
+        b"*3\r\n$6\r\nEXPIRE\r\n$1\r\nk\r\n$2\r\n30\r\n"
+    )
+
+
+# -- the heartbeat against a real Redis -----------------------------------------------------------
+
+
+def test_the_heartbeat_writes_every_feed_with_a_ttl_then_stopped(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    sessions = [session(), session()]
+    sessions[1].label = "binance/1"
+    sessions[1].phase = "backoff"
+    gen = _Generation("binance/0#1@1")
+    sessions[0].open.append(gen)
+
+    async def run() -> dict[bytes, bytes]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(publish(redis_url, "p1", sessions, stop, every_s=0.05, ttl_s=7))
+        for _ in range(500):  # the first write: at once
+            if redis_client.exists(feeds_key("p1")):
+                break
+            await asyncio.sleep(0.01)
+        gen.frames = 3
+        await asyncio.sleep(0.15)
+        live = redis_client.hgetall(feeds_key("p1"))
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        return live  # type: ignore[return-value]
+
+    live = asyncio.run(run())
+    records = {k.decode(): json.loads(v) for k, v in live.items()}
+    assert sorted(records) == ["binance/0", "binance/1"]
+    assert records["binance/0"]["state"] == "connected"
+    assert records["binance/0"]["conn"] == "binance/0#1@1"
+    assert records["binance/0"]["last_frame_ns"] is not None  # the counter moved
+    assert records["binance/1"]["state"] == "backoff"
+    assert records["binance/1"]["last_frame_ns"] is None
+    assert 0 < redis_client.ttl(feeds_key("p1")) <= 7
+    final = redis_client.hgetall(feeds_key("p1"))
+    assert {json.loads(v)["state"] for v in final.values()} == {"stopped"}  # type: ignore[union-attr]
+
+
+def test_a_heartbeat_without_redis_logs_once_and_keeps_going(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0"
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(publish(down, "p1", [session()], stop, every_s=0.02))
+        await asyncio.sleep(0.3)  # a dozen ticks
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, 5)  # returns, never raises
+
+    with caplog.at_level(logging.WARNING, logger="producer.heartbeat"):
+        asyncio.run(run())
+    warnings = [r for r in caplog.records if r.name == "producer.heartbeat"]
+    assert len(warnings) == 1 and "cannot write" in warnings[0].getMessage()
+
+
+def test_a_sessions_state_follows_its_connections_and_the_heartbeat_shows_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A venue that sends three frames and hangs up, again and again: the session goes
+    connecting -> connected -> backoff, counts its reconnects, and ends ``stopped``; the
+    heartbeat (running beside it, as in the producer) shows the reconnects and a last frame."""
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscription
+        for i in range(3):
+            await ws.send(f'{{"e":"trade","s":"BTCUSDT","t":{i}}}')
+        await asyncio.sleep(0.1)  # connected long enough to be seen so
+        await ws.close()
+
+    async def scenario() -> tuple[set[str], list[tuple[str, bool]], FeedSession, dict[str, Any]]:
+        async with serve(venue, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            plan = ConnectionPlan(
+                url=f"ws://127.0.0.1:{port}/ws", subscribe=('{"method":"SUBSCRIBE"}',),
+                symbols=("BTC-USDT",), channels=(Channel.TRADES,), name="binance/0",
+                keepalive=Keepalive(protocol_ping_s=None),
+            )  # fmt: skip
+            metrics = Metrics("producer")
+            publisher = Publisher(
+                RedisWire(redis_url), buffer_frames=100, pipeline_max=100, metrics=metrics
+            )
+            s = FeedSession(
+                get_venue("binance"), plan, publisher, metrics,
+                backoff_initial_s=0.2, backoff_max_s=0.2,
+            )  # fmt: skip
+            stop, pub_stop = asyncio.Event(), asyncio.Event()
+            pub = asyncio.ensure_future(publisher.run(pub_stop))
+            beat = asyncio.ensure_future(publish(redis_url, "p9", [s], stop, every_s=0.05))
+            run = asyncio.ensure_future(s.run(stop))
+            seen: list[tuple[str, bool]] = []
+            deadline = time.monotonic() + 1.5 * SLOW
+            while time.monotonic() < deadline:
+                seen.append((s.state, s.connected_since_ns is not None))
+                await asyncio.sleep(0.005)
+            live: Any = redis_client.hget(feeds_key("p9"), "binance/0")
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(run, beat), 10)
+            pub_stop.set()
+            await asyncio.wait_for(pub, 10)
+            return {state for state, _ in seen}, seen, s, json.loads(live)
+
+    states, seen, s, live = asyncio.run(scenario())
+    assert states == {"connecting", "connected", "backoff"}
+    assert all(since == (state == "connected") for state, since in seen)
+    assert s.state == "stopped" and not s.open and s.connected_since_ns is None
+    assert s.reconnects_within(3600, time.monotonic()) >= 3
+    assert live["reconnects_1h"] >= 2 and live["last_frame_ns"] is not None
+    assert live["state"] in ("connecting", "connected", "backoff")
+
+
+# -- snapshots of real servers ---------------------------------------------------------------------
+
+
+def write_config(path: Path, redis_url: str, database_url: str) -> str:
+    path.write_text(
+        f'[redis]\nurl = "{redis_url}"\n[database]\nurl = "{database_url}"\n'
+        '[[feeds]]\nexchange = "binance"\nsymbols = ["BTC-USDT", "ETH-USDT"]\n'
+    )
+    return str(path)
+
+
+@pytest.fixture
+def config(tmp_path: Path, redis_url: str, database_url: str) -> Iterator[str]:
+    with psycopg.connect(database_url) as conn:
+        migrate(conn)
+    yield write_config(tmp_path / "tickvault.toml", redis_url, database_url)
+
+
+def now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()  # type: ignore[misc]
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def heartbeat(client: redis.Redis, producer: str = "p1", **changes: Any) -> None:
+    """A heartbeat as ``producer.heartbeat`` writes it: a connected feed, a frame just now."""
+    now = time.time_ns()
+    record = {
+        "exchange": "binance", "context": "", "symbols": ["BTC-USDT", "ETH-USDT"],
+        "channels": ["trades"], "state": "connected", "connected_since": now - 120 * 10**9,
+        "last_frame_ns": now - 10**9, "reconnects_1h": 1, "conn": "binance/0#3@1",
+        "heartbeat_ns": now, "every_s": 5.0,
+    } | changes  # fmt: skip
+    client.hset(feeds_key(producer), "binance/0", json.dumps(record))
+    client.expire(feeds_key(producer), 30)
+
+
+def healthy_stream(client: redis.Redis) -> None:
+    """Ten entries, all delivered to the group and acked."""
+    key = raw_key("binance")
+    for i in range(10):
+        client.xadd(key, {"f": f"frame {i}", "k": "t"})
+    client.xgroup_create(key, "tickvault", id="0")
+    read: Any = client.xreadgroup("tickvault", "c1", {key: ">"})
+    client.xack(key, "tickvault", *[entry_id for entry_id, _ in read[0][1]])
+
+
+def store_trades(database_url: str, ages_s: dict[str, list[float]]) -> None:
+    with psycopg.connect(database_url) as conn:
+        for symbol, ages in ages_s.items():
+            for i, age in enumerate(ages):
+                conn.execute(
+                    "INSERT INTO trades VALUES ('binance', %s, %s, 1, 1, 'buy', "
+                    "now() - make_interval(secs => %s), now())",
+                    (symbol, str(i), age),
+                )
+
+
+def test_a_snapshot_of_streams_groups_feeds_trades_dead_letters_and_gaps(
+    config: str, redis_client: redis.Redis, database_url: str
+) -> None:
+    key = raw_key("binance")
+    base = now_ms(redis_client)
+    ids = [f"{base - 120_000 + i * 1000}-0" for i in range(10)]  # two minutes old, a second apart
+    for entry_id in ids:
+        redis_client.xadd(key, {"f": "x", "k": "t"}, id=entry_id)
+    redis_client.xgroup_create(key, "tickvault", id="0")
+    redis_client.xreadgroup("tickvault", "c1", {key: ">"}, count=4)  # 4 pending on c1
+    redis_client.xack(key, "tickvault", ids[0])  # 3 left pending; 6 never delivered
+    heartbeat(redis_client)
+    dead = dead_key("binance")
+    for reason in ("binance: undecodable frame: bad", "binance: undecodable frame: worse",
+                   "trade 5: price 1e99 is not below 1e20"):  # fmt: skip
+        redis_client.xadd(dead, {"f": "x", "reason": reason, "origin": "1-0"})
+    store_trades(database_url, {"BTC-USDT": [5, 20, 600, 3000, 7200]})  # the last: > 1 h
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO gaps (exchange, symbol, first_missing, last_missing, after_ts, before_ts,"
+            " detected_at, status) VALUES ('binance', 'BTC-USDT', 5, 9, now(), now(),"
+            " now() - interval '90 seconds', 'open')"
+        )
+
+    snap = gather(load_settings(config), lambda: redis_client)
+    [raw] = snap.streams
+    assert (raw.exchange, raw.exists, raw.length) == ("binance", True, 10)
+    assert raw.memory_bytes and raw.memory_bytes > 0
+    assert 119 < (raw.oldest_age_s or 0) < 125 and 110 < (raw.newest_age_s or 0) < 116
+    [g] = raw.groups
+    assert (g.name, g.pending, g.lag_entries) == ("tickvault", 3, 6)
+    assert 115 < g.lag_s < 121  # the first entry not delivered: ids[4]
+    assert 118 < (g.oldest_pending_s or 0) < 124  # ids[1]
+    assert [(c.name, c.pending) for c in g.consumers] == [("c1", 3)]
+    [f] = snap.feeds
+    assert (f.producer, f.label, f.state, f.reconnects_1h) == ("p1", "binance/0", "connected", 1)
+    assert 119 < (f.connected_s or 0) < 130 and 0.9 < (f.last_frame_age_s or 0) < 10
+    [d] = snap.dead_letters
+    assert (d.exchange, d.count, d.reasons) == (
+        "binance", 3, {"undecodable frame": 2, "bad trade price": 1},
+    )  # fmt: skip
+    assert [(s.symbol, s.rows_1m, s.rows_1h) for s in snap.symbols] == [
+        ("BTC-USDT", 2, 4), ("ETH-USDT", 0, 0),  # configured, no trade: listed anyway
+    ]  # fmt: skip
+    assert 4 < (snap.symbols[0].newest_age_s or 0) < 30 and snap.symbols[1].newest_age_s is None
+    assert [(x.exchange, x.open, x.backfilling) for x in snap.gaps or []] == [("binance", 1, 0)]
+    assert snap.failures == [] and snap.redis_ok and snap.database_ok
+
+    problems = find_problems(snap)
+    assert kinds(problems) == [
+        ("lag", "binance tickvault"), ("dead-letters", "binance"), ("gaps", "binance"),
+    ]  # fmt: skip
+    assert "6 entries not delivered, 3 pending" in problems[0].text
+    assert "undecodable frame (2)" in problems[1].text
+
+
+def run_json(config: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    status = main([f"--config={config}", "--json", *args])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_healthy_is_exit_0_and_a_json_document(
+    config: str, redis_client: redis.Redis, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    healthy_stream(redis_client)
+    heartbeat(redis_client)
+    store_trades(database_url, {"BTC-USDT": [1, 2], "ETH-USDT": [3]})
+    status, doc = run_json(config, capsys)
+    assert status == 0, doc["problems"]
+    assert doc["healthy"] is True and doc["problems"] == []
+    assert set(doc) >= {"taken_at", "streams", "feeds", "symbols", "dead_letters", "gaps"}
+    [group_doc] = doc["streams"][0]["groups"]
+    assert group_doc["lag_entries"] == 0 and group_doc["behind_s"] == 0.0
+    assert doc["feeds"][0]["state"] == "connected"
+    assert {s["symbol"]: s["rows_1m"] for s in doc["symbols"]} == {"BTC-USDT": 2, "ETH-USDT": 1}
+    assert doc["gaps"] == [] and doc["dead_letters"][0]["count"] == 0
+    assert main([f"--config={config}"]) == 0  # the tables
+    out = capsys.readouterr().out
+    assert "healthy" in out and "binance/0" in out and "BTC-USDT" in out
+
+
+@pytest.mark.parametrize(
+    ("changes", "kind"),
+    [({"state": "backoff", "conn": None, "connected_since": None}, "down"),
+     ({"heartbeat_ns": time.time_ns() - 20 * 10**9}, "stale"),
+     ({"last_frame_ns": time.time_ns() - 90 * 10**9}, "silent")],
+)  # fmt: skip
+def test_a_feed_down_or_silent_is_exit_1(
+    config: str, redis_client: redis.Redis, database_url: str,
+    capsys: pytest.CaptureFixture[str], changes: dict[str, Any], kind: str,
+) -> None:  # fmt: skip
+    healthy_stream(redis_client)
+    heartbeat(redis_client, **changes)
+    store_trades(database_url, {"BTC-USDT": [1]})
+    status, doc = run_json(config, capsys)
+    assert status == 1
+    assert [(p["kind"], p["subject"]) for p in doc["problems"]] == [(kind, "p1 binance/0")]
+
+
+def test_no_heartbeat_at_all_is_exit_1(
+    config: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    healthy_stream(redis_client)
+    status, doc = run_json(config, capsys)
+    assert status == 1
+    assert [p["kind"] for p in doc["problems"]] == ["no-heartbeat"]
+
+
+def test_a_lagging_group_and_a_dead_consumer_are_exit_1(
+    config: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    heartbeat(redis_client)
+    key = raw_key("binance")
+    old = now_ms(redis_client) - 45_000
+    for i in range(5):
+        redis_client.xadd(key, {"f": "x"}, id=f"{old + i}-0")
+    redis_client.xgroup_create(key, "tickvault", id="0")
+    redis_client.xreadgroup("tickvault", "c9", {key: ">"}, count=2)
+    status, doc = run_json(config, capsys, "--idle-s=0.001")
+    assert status == 1
+    assert [(p["kind"], p["subject"]) for p in doc["problems"]] == [
+        ("lag", "binance tickvault"), ("idle-consumer", "binance tickvault"),
+    ]  # fmt: skip
+    assert "c9" in doc["problems"][1]["text"]
+    status, doc = run_json(config, capsys, "--lag-s=60")  # a wider threshold
+    assert status == 0, doc["problems"]
+
+
+def test_postgresql_down_is_a_problem_and_redis_is_still_reported(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    healthy_stream(redis_client)
+    heartbeat(redis_client)
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    config = write_config(tmp_path / "t.toml", redis_url, down)
+    status, doc = run_json(config, capsys)
+    assert status == 1
+    assert [(p["kind"], p["subject"]) for p in doc["problems"]] == [("unreachable", "postgresql")]
+    assert doc["database_ok"] is False and doc["redis_ok"] is True
+    assert doc["streams"][0]["length"] == 10 and doc["feeds"][0]["state"] == "connected"
+    assert main([f"--config={config}"]) == 1
+    assert "cannot reach 127.0.0.1:" in capsys.readouterr().out
+
+
+def test_redis_down_and_no_schema_are_problems(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path / "t.toml", f"redis://127.0.0.1:{free_port()}/0", database_url)
+    status, doc = run_json(config, capsys)  # a fresh database: never migrated
+    assert status == 1
+    assert [(p["kind"], p["subject"]) for p in doc["problems"]] == [
+        ("unreachable", "redis"), ("error", "postgresql"),
+    ]  # fmt: skip
+    assert "no trades table" in doc["problems"][1]["text"]
+
+
+def test_bad_arguments_and_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--every=0"])
+    assert exc.value.code == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[redis]\nurl = 'http://nope'\n")
+    with pytest.raises(ConfigError):
+        main([f"--config={bad}"])
+    capsys.readouterr()
+
+
+def test_watch_samples_until_ctrl_c(config: str, redis_client: redis.Redis) -> None:
+    """``--watch --json``: a document a line, every ``--every``; SIGINT ends it with the last
+    sample's status."""
+    healthy_stream(redis_client)
+    heartbeat(redis_client)
+    with subprocess.Popen(
+        [sys.executable, "-m", "common.cli", "status", f"--config={config}", "--watch",
+         "--json", "--every=0.2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            first = json.loads(proc.stdout.readline())
+            second = json.loads(proc.stdout.readline())
+            assert second["taken_ns"] > first["taken_ns"]
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10 * SLOW) == 0  # healthy (ETH-USDT without a trade is fine)
+        finally:
+            proc.kill()
+
+
+def test_a_read_only_acl_user_is_enough(
+    tmp_path: Path, own_redis: RedisServer, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``+@read +@connection +time`` on ``tickvault:*``: what the README tells operators."""
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.acl_setuser(
+        "status", enabled=True, passwords=["+pw"], keys=["tickvault:*"],
+        commands=["+@read", "+@connection", "+time"],
+    )  # fmt: skip
+    healthy_stream(admin)
+    heartbeat(admin)
+    admin.close()
+    with psycopg.connect(database_url) as conn:
+        migrate(conn)
+    url = own_redis.url.replace("redis://", "redis://status:pw@")
+    status, doc = run_json(write_config(tmp_path / "t.toml", url, database_url), capsys)
+    assert status == 0, doc["problems"]
+    assert doc["streams"][0]["memory_bytes"] > 0 and doc["feeds"][0]["state"] == "connected"
