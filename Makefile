@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test unit integration lint bench chaos clean
+.PHONY: venv demo run test unit integration lint bench chaos clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(BIN)/tickvault demo $(DEMO_ARGS)
+
+# The real thing on embedded servers kept in .tickvault/ (RUN_ARGS="--config my.toml").
+run: venv
+	$(BIN)/tickvault run $(RUN_ARGS)
 
 lint: venv
 	$(BIN)/ruff check common producer consumer tests bench
