@@ -45,7 +45,7 @@ def _migrate(argv: list[str]) -> int:
 
 
 def _replay(argv: list[str]) -> int:
-    from common.redis_url import redis_client
+    from common.redis_url import stream_client
     from consumer.__main__ import streams_for
     from consumer.replay import replay, to_stream_id
     from consumer.store import Store
@@ -65,7 +65,7 @@ def _replay(argv: list[str]) -> int:
         end = to_stream_id(args.end, end=True) if args.end else None
     except ValueError as exc:
         raise ConfigError("--from/--to", str(exc)) from None
-    client = redis_client(settings.redis.url)
+    client = stream_client(settings.redis.url)
     store = Store(
         settings.database.url, partition_days_ahead=settings.database.partition_days_ahead
     )
@@ -193,6 +193,30 @@ def _backfill(argv: list[str]) -> int:
     return backfill(argv)
 
 
+def _run(argv: list[str]) -> int:
+    from .run import main
+
+    return main(argv)
+
+
+def _status(argv: list[str]) -> int:
+    from .status import main
+
+    return main(argv)
+
+
+def _dlq(argv: list[str]) -> int:
+    from consumer.dlq import main
+
+    return main(argv)
+
+
+def _retention(argv: list[str]) -> int:
+    from consumer.retention import main
+
+    return main(argv)
+
+
 def _demo(argv: list[str]) -> int:
     from .demo import main
 
@@ -200,6 +224,8 @@ def _demo(argv: list[str]) -> int:
 
 
 COMMANDS = {
+    "run": (_run, "embedded servers + producer + consumer against the real venues; live table"),
+    "status": (_status, "health of streams, groups, feeds, symbols, dead letters and gaps"),
     "producer": (_producer, "run the producer (exchange WebSockets -> Redis Stream)"),
     "consumer": (_consumer, "run a consumer-group worker (Redis Stream -> PostgreSQL)"),
     "demo": (_demo, "start servers, simulator, producer and consumer; show live counts"),
@@ -210,6 +236,8 @@ COMMANDS = {
     "gaps": (_gaps, "the gap ledger (--scan: scan stored ids); exit 1 if any unsettled"),
     "coverage": (_coverage, "when each feed was blind, per exchange and symbol; exit 1 if any"),
     "backfill": (_backfill, "find gaps and fetch the missing trades over the venues' REST"),
+    "dlq": (_dlq, "dead letters: list, show, requeue into their raw stream, purge"),
+    "retention": (_retention, "drop daily partitions older than database.retention_days"),
 }
 
 

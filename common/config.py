@@ -74,6 +74,7 @@ class DatabaseSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
         return (
             f"DatabaseSettings(url={hide_password(self.url)!r}, "
             f"partition_days_ahead={self.partition_days_ahead}, "
+            f"retention_days={self.retention_days}, "
             f"synchronous_commit={self.synchronous_commit})"
         )
 

@@ -63,6 +63,12 @@ COUNTERS: dict[str, Family] = {
     "oversized_frames": Family("oversized_frames", "Connections ended by an oversized frame"),
     "truncated_frames": Family("truncated_frames", "Connections that ended inside a frame"),
     "trims": Family("stream_trims", "XTRIM calls of the stream retention"),
+    "retention_dropped": Family(
+        "retention_partitions_dropped", "Daily partitions dropped by the PostgreSQL retention"
+    ),
+    "retention_skipped": Family(
+        "retention_skipped", "Retention steps skipped: a lock not granted in time"
+    ),
     # consumer
     "trades": Family("trade_rows_committed", "Trade rows in committed batches"),
     "quotes": Family("quote_rows_committed", "Quote rows in committed batches"),

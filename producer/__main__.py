@@ -27,6 +27,8 @@ from common.logs import setup_logging
 from common.markers import ALIVE_S
 from common.metrics import Metrics, serve_metrics
 
+from .feed_metrics import watch as watch_feeds
+from .heartbeat import publish as publish_heartbeat
 from .markers import Markers
 from .publisher import Publisher
 from .session import FeedSession
@@ -101,8 +103,10 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         retention_s=settings.redis.retention_s,
         spill=spill,
     )
+    metrics.set("spill_bytes", spill.bytes if spill is not None else 0)
     markers = Markers(publisher, producer_name(settings))
     sessions = build_sessions(settings, publisher, metrics, markers)
+    watch_feeds(sessions, publisher, metrics)
     symbols = exchange_symbols(settings)
     for exchange, names in symbols.items():
         markers.run_event("started", exchange, names)
@@ -115,11 +119,17 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
             feeds = [tg.create_task(s.run(stop), name=f"feed {s.label}") for s in sessions]
             status = tg.create_task(_status(metrics, publisher, stop), name="status")
             alive = tg.create_task(_alive(markers, symbols, stop), name="alive")
+            heartbeat = tg.create_task(
+                publish_heartbeat(settings.redis.url, producer_name(settings), sessions, stop),
+                name="heartbeat",
+            )
             await _until_stop_or_failure(stop, pub)
             deadline = time.monotonic() + p.stop_timeout_s
             logger.info("producer: stopping; %d frames buffered", publisher.buffered)
             # The feeds close first (nothing more comes in), then the buffer drains: one budget.
-            _, late = await asyncio.wait([*feeds, status, alive], timeout=p.stop_timeout_s / 2)
+            _, late = await asyncio.wait(
+                [*feeds, status, alive, heartbeat], timeout=p.stop_timeout_s / 2
+            )
             for task in late:
                 task.cancel()
             for exchange, names in symbols.items():

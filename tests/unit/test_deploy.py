@@ -13,7 +13,12 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 def test_compose_file_parses_and_scales_consumers() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "postgres", "producer", "consumer"}
+    assert set(services) == {"redis", "postgres", "producer", "consumer", "prometheus", "grafana"}
+    for name in ("prometheus", "grafana"):  # started only with --profile observability
+        assert services[name]["profiles"] == ["observability"]
+        for mount in services[name]["volumes"]:
+            source = mount.split(":")[0]
+            assert source in compose["volumes"] or (DEPLOY / source).exists()
     consumer = services["consumer"]
     assert "container_name" not in consumer and "ports" not in consumer  # --scale works
     assert consumer["command"][0] == "consumer" and services["producer"]["command"][0] == "producer"
@@ -34,6 +39,7 @@ def test_compose_file_parses_and_scales_consumers() -> None:
 def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert "USER tickvault" in text and "HEALTHCHECK" in text
+    assert "127.0.0.1:9100/healthz" in text  # progress, not just a live metrics thread
     assert 'ENTRYPOINT ["tickvault"]' in text
     for path in ("common", "producer", "consumer", "pyproject.toml"):
         assert f"COPY {path}" in text
