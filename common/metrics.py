@@ -47,7 +47,9 @@ _EX = ("exchange",)
 COUNTERS: dict[str, Family] = {
     # producer
     "published": Family("frames_written", "Frames written to the Redis stream", _EX),
-    "bytes_written": Family("written_bytes", "Frame bytes written to the Redis stream", _EX),
+    "bytes_written": Family(
+        "redis_written_bytes", "Bytes of XADD commands written to Redis (frames and envelope)"
+    ),
     "entries": Family("entries", "Stream entries written (producer) or read (consumer)"),
     "round_trips": Family("redis_round_trips", "Pipelined XADD round trips"),
     "redis_errors": Family("redis_errors", "Redis refusals and connection failures"),

@@ -2,7 +2,8 @@
 scraped: nothing is added to the receive path.
 
 - ``tickvault_feed_connected{exchange,feed}``: 1 while a connection is open;
-- ``tickvault_frames_received_total{exchange,feed}``: frames received (every connection);
+- ``tickvault_frames_received_total{exchange,feed}``: frames received (every connection), and
+  ``tickvault_received_bytes_total{exchange,feed}`` their bytes;
 - ``tickvault_feed_last_frame_age_seconds{exchange,feed}``: since the frame count last moved,
   as seen by the scrapes (so at the scrape interval's resolution);
 - ``/healthz``: every feed connected, or without a connection for less than
@@ -40,6 +41,9 @@ class FeedMetrics:
         received = CounterMetricFamily(
             "tickvault_frames_received", "Frames received from the venue", labels=labels
         )
+        received_bytes = CounterMetricFamily(
+            "tickvault_received_bytes", "Bytes of the frames received", labels=labels
+        )
         age = GaugeMetricFamily(
             "tickvault_feed_last_frame_age_seconds",
             "Seconds since the feed's frame count last moved (sampled by the scrapes)",
@@ -54,9 +58,11 @@ class FeedMetrics:
                 self._moved[s.label] = now
             connected.add_metric(values, 1.0 if s.open else 0.0)
             received.add_metric(values, frames)
+            received_bytes.add_metric(values, s.bytes_closed + sum(g.received for g in s.open))
             age.add_metric(values, now - self._moved.get(s.label, now))
         yield connected
         yield received
+        yield received_bytes
         yield age
 
     def feeds_healthy(self) -> tuple[bool, str]:

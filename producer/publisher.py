@@ -275,6 +275,7 @@ class Publisher:
                 raise TransientError(f"redis stalled: no reply within {STALL_S:g} s") from None
         else:
             replies = await self.wire.execute(payload, len(sizes))
+        self.metrics.inc("bytes_written", len(payload))
         # Only now are they in Redis: drop them from the buffer. (A failure midway may have
         # stored some of them; they are sent again, and the consumer's natural keys dedupe.)
         for _ in range(n):
@@ -297,6 +298,7 @@ class Publisher:
             self.spill.untake()
             raise
         self.spill.consume(len(records))
+        self.metrics.inc("bytes_written", len(payload))
         self.metrics.inc("spill_drained", len(records))
         self.metrics.set("spill_bytes", self.spill.bytes)
         self._sent(len(records), sizes, replies)

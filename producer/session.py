@@ -67,6 +67,7 @@ class _Generation:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
     frames: int = 0
+    received: int = 0  # bytes of the frames (metrics)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     subscribed: bool = False  # its ``subscribed`` marker was queued
     close_reason: str = ""  # why the supervisor closes it ("rolled" or "closed")
@@ -162,6 +163,7 @@ class FeedSession:
         self.connected_since_ns: int | None = None  # since when one has been open without a break
         self.down_since = time.monotonic()  # since when none has been open (metrics, /healthz)
         self.frames_closed = 0  # frames of the connections already closed (metrics)
+        self.bytes_closed = 0  # and their bytes
         self.reconnected_at: deque[float] = deque()  # monotonic times, the last hour
 
     @property
@@ -323,6 +325,7 @@ class FeedSession:
             if gen in self.open:
                 self.open.remove(gen)
                 self.frames_closed += gen.frames
+                self.bytes_closed += gen.received
                 if not self.open:
                     self.connected_since_ns = None
                     self.down_since = time.monotonic()
@@ -384,6 +387,7 @@ class FeedSession:
             recv_ns = time.time_ns()
             seq = gen.frames + 1
             gen.frames = seq
+            gen.received += len(message)
             put(packer, message, binary, seq, recv_ns)
             if seq == 1:
                 gen.ready.set()

@@ -62,6 +62,9 @@ def test_a_live_pipeline_is_healthy_ready_and_counts_per_feed(
         assert len(feed) == 1 and got[feed[0]] == 1.0, got
         received = feed[0].replace("tickvault_feed_connected", "tickvault_frames_received_total")
         assert got[received] > 0
+        size = feed[0].replace("tickvault_feed_connected", "tickvault_received_bytes_total")
+        assert got[size] >= got[received]  # at least a byte a frame
+        assert "tickvault_redis_written_bytes_total" in produced
         consumed = get(cport, "/metrics")[1]
         assert "# TYPE tickvault_receive_to_commit_seconds histogram" in consumed
         assert "tickvault_rows_inserted_total" in consumed
