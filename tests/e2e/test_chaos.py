@@ -11,7 +11,7 @@ import pytest
 from common.servers import PostgresServer, RedisServer
 from tests.chaos import run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.own_servers]
 
 
 @pytest.mark.timeout(420)

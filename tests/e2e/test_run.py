@@ -34,6 +34,9 @@ from tests.waiting import wait_for
 # -- no server -----------------------------------------------------------------------------------
 
 
+pytestmark = pytest.mark.own_servers  # tickvault run starts its own servers
+
+
 def test_first_run_writes_the_default_config_then_keeps_it(tmp_path: Path) -> None:
     source = run_module.config_source(None, tmp_path, {})
     assert source == tmp_path / "tickvault.toml"

@@ -23,7 +23,7 @@ from tests.conftest import SLOW
 from tests.e2e.harness import Feed, Pipeline, pipeline
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_servers]
 
 EXCHANGES = ("binance", "okx", "coinbase")
 SYMBOLS = {"binance": "BTC-USDT", "okx": "BTC-USDT", "coinbase": "BTC-USD"}

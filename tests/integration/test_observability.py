@@ -43,7 +43,7 @@ from tests.conftest import SLOW
 from tests.e2e.harness import Feed, Pipeline, pipeline
 from tests.waiting import redis_answers, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_servers]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
