@@ -103,6 +103,10 @@ def _simulate(argv: list[str]) -> int:
     parser.add_argument(
         "--compress", action="store_true", help="negotiate permessage-deflate compression"
     )
+    parser.add_argument(
+        "--abnormal", action="store_true",
+        help="now and then a fat-finger trade and a two-trade flash crash (flagged, not dropped)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     setup_logging()
     config = SimulatorConfig(
@@ -111,6 +115,7 @@ def _simulate(argv: list[str]) -> int:
         quote_rate=args.quote_rate,
         max_connection_s=args.max_connection_s,
         compress=args.compress,
+        abnormal=args.abnormal,
     )
     pairs = []
     for item in args.serve:

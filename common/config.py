@@ -131,12 +131,27 @@ class BackfillSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     timeout_s: float = 10.0  # one REST request
 
 
+class FlagsSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Abnormal-row checks (``consumer.flags``): rows are flagged, never dropped."""
+
+    enabled: bool = True
+    window: int = 64  # recent trades per exchange and symbol for the reference price and size
+    min_history: int = 16  # no price or size verdict before this many trades
+    price_band: float = 0.10  # a price further than this from the reference (widened: docs)
+    rebase_after: int = 3  # outliers in a row on one side: a real move, the reference follows
+    size_factor: float = 50.0  # an amount above this many times the recent median amount
+    late_s: float = 5.0  # trade time this long before its receive time
+    early_s: float = 1.0  # trade time this long after its receive time
+    spread_band: float = 0.05  # a quote spread above this fraction of the mid
+
+
 class _File(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     producer: ProducerSettings = msgspec.field(default_factory=ProducerSettings)
     consumer: ConsumerSettings = msgspec.field(default_factory=ConsumerSettings)
     backfill: BackfillSettings = msgspec.field(default_factory=BackfillSettings)
+    flags: FlagsSettings = msgspec.field(default_factory=FlagsSettings)
     feeds: list[FeedSettings] = msgspec.field(default_factory=list)
 
 
@@ -167,6 +182,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     consumer: ConsumerSettings
     feeds: tuple[Feed, ...]
     backfill: BackfillSettings = msgspec.field(default_factory=BackfillSettings)
+    flags: FlagsSettings = msgspec.field(default_factory=FlagsSettings)
 
     def rest_url(self, exchange: str) -> str | None:
         """The configured REST base URL of ``exchange`` (its first feed's), else None."""
@@ -356,6 +372,13 @@ def settings_from_mapping(
         "backfill.every_s": raw.backfill.every_s,
         "backfill.max_attempts": raw.backfill.max_attempts,
         "backfill.timeout_s": raw.backfill.timeout_s,
+        "flags.window": raw.flags.window,
+        "flags.rebase_after": raw.flags.rebase_after,
+        "flags.price_band": raw.flags.price_band,
+        "flags.size_factor": raw.flags.size_factor,
+        "flags.late_s": raw.flags.late_s,
+        "flags.early_s": raw.flags.early_s,
+        "flags.spread_band": raw.flags.spread_band,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -390,6 +413,7 @@ def settings_from_mapping(
         consumer=raw.consumer,
         feeds=tuple(_check_feed(i, f) for i, f in enumerate(raw.feeds)),
         backfill=raw.backfill,
+        flags=raw.flags,
     )
 
 

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("TICKVAULT_DATABASE_URL", None)
         serve = [f"--serve={ex}={port}" for ex, port in ports.items()]
         procs["simulator"] = _spawn(
-            ["simulate", *serve, f"--rate={args.rate}", "--quote-rate=5"],
+            ["simulate", *serve, f"--rate={args.rate}", "--quote-rate=5", "--abnormal"],
             logs / "simulator.log",
             env,
         )
@@ -288,6 +288,21 @@ def _unsettled(db: psycopg.Connection[Any]) -> int:
     return int((row.fetchone() or (0,))[0])
 
 
+def _flagged(db: psycopg.Connection[Any]) -> None:
+    """The abnormal trades the simulator injected (fat fingers, flash crashes), flagged and kept."""
+    from consumer.flags import flag_names
+
+    rows = db.execute(
+        "SELECT flags, count(*), min(exchange || ' ' || symbol || ' #' || trade_id || ' ' || "
+        "price || ' x ' || amount) FROM trades WHERE flags <> 0 GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    print("\nflagged, not dropped (SELECT ... FROM trades WHERE flags <> 0):")
+    for bits, n, example in rows:
+        print(f"  {'+'.join(flag_names(int(bits))):<28} {n:>5} trades, e.g. {example}")
+    if not rows:
+        print("  none")
+
+
 def _ledgers(db: psycopg.Connection[Any], since: float) -> None:
     import datetime as dt
 
@@ -334,6 +349,7 @@ def _summary(r: redis.Redis, db: psycopg.Connection[Any], since: float, seen: _F
     for ex, sym, n, lo, hi, _, _ in rows:
         print(_SYM.format(ex, sym, n, lo, hi, hi - lo + 1 - n))
     _ledgers(db, since)
+    _flagged(db)
     print(
         "\nsample: SELECT exchange, symbol, trade_id, price, amount, side, ts FROM trades "
         "ORDER BY ts DESC, trade_id DESC LIMIT 5;"

@@ -94,6 +94,9 @@ COUNTERS: dict[str, Family] = {
     "gaps_unfillable": Family("gaps_unfillable", "Gaps the venue cannot serve", _EX),
     "gaps_open": Family("gaps_retried", "Backfill tries that left a gap open", _EX),
     "backfill_rows": Family("backfill_rows", "Rows inserted by backfill", _EX),
+    "flagged": Family(
+        "rows_flagged", "Rows stored with an abnormal-row flag, per check", ("check", "exchange")
+    ),
 }
 
 GAUGES: dict[str, Family] = {

@@ -23,6 +23,7 @@ class Trade(msgspec.Struct, frozen=True, gc=False):
     side: str | None
     ts_ns: int  # exchange trade time
     recv_ns: int  # producer receive time
+    flags: int = 0  # consumer.flags.Flag bits: checks it failed (0: clean); never a reason to drop
 
     @property
     def price_decimal(self) -> Decimal:
@@ -49,3 +50,4 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
     ask_amount: str
     ts_ns: int  # exchange time where the venue gives one, else the receive time
     recv_ns: int
+    flags: int = 0  # consumer.flags.Flag bits (crossed, locked, wide spread)

@@ -7,8 +7,8 @@ with the exception's type and message (bounded). A bug costs one frame, never th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import msgspec
 
@@ -80,9 +80,17 @@ Fields = Mapping[bytes, bytes] | Sequence[bytes]  # a field map, or XREADGROUP's
 Route = tuple[str, str, Venue | None, Mapping[str, str]]
 
 
+class RowFlagger(Protocol):
+    """Marks abnormal rows (``consumer.flags.Flagger``): the bits of the checks each failed."""
+
+    def trade(self, trade: Trade) -> int: ...
+    def quote(self, quote: Quote) -> int: ...
+
+
 class Processor:
-    """Decode, parse, validate. Invalid rows are dropped from the outcome and the frame is
-    dead-lettered with the reasons, so nothing is lost and valid rows still land."""
+    """Decode, parse, validate, flag. Invalid rows are dropped from the outcome and the frame
+    is dead-lettered with the reasons, so nothing is lost and valid rows still land. Valid rows
+    that look abnormal are kept, with their ``flags`` (``consumer.flags``)."""
 
     def __init__(
         self,
@@ -91,8 +99,13 @@ class Processor:
         symbol_maps: Mapping[tuple[str, str], Mapping[str, str]],
         max_future_skew_ns: int,
         venues: Mapping[str, Venue] | None = None,
+        flagger: RowFlagger | None = None,
+        on_flag: Callable[[int, str], None] | None = None,
     ) -> None:
+        """``on_flag(bits, exchange)`` is called for each flagged row (metrics)."""
         self.validator = Validator(subscribed, max_future_skew_ns)
+        self.flagger = flagger
+        self.on_flag = on_flag
         self.symbol_maps = symbol_maps
         self.venues = venues if venues is not None else all_venues()
         self._empty: Mapping[str, str] = {}
@@ -155,6 +168,33 @@ class Processor:
         outs = [one(frame_id(entry_id, i), f, route, ns) for i, (f, ns) in enumerate(pairs)]
         return Outcome(_NONE, _NONE, None, None, pairs[0][1], outs)
 
+    def _trades(self, trades: list[Trade]) -> list[Trade]:
+        """``trades`` with their flags (the list is copied only when one is flagged)."""
+        assert self.flagger is not None
+        check, out = self.flagger.trade, trades
+        for i, t in enumerate(trades):
+            bits = check(t)
+            if bits:
+                if out is trades:
+                    out = list(trades)
+                out[i] = msgspec.structs.replace(t, flags=bits)
+                if self.on_flag is not None:
+                    self.on_flag(bits, t.exchange)
+        return out
+
+    def _quotes(self, quotes: list[Quote]) -> list[Quote]:
+        assert self.flagger is not None
+        check, out = self.flagger.quote, quotes
+        for i, q in enumerate(quotes):
+            bits = check(q)
+            if bits:
+                if out is quotes:
+                    out = list(quotes)
+                out[i] = msgspec.structs.replace(q, flags=bits)
+                if self.on_flag is not None:
+                    self.on_flag(bits, q.exchange)
+        return out
+
     def _marker(self, route: Route, conn: str, frame: bytes, at_ns: int) -> Outcome:
         exchange, context, venue, _ = route
         if not EARLIEST_NS <= at_ns < LATEST_NS:
@@ -196,14 +236,14 @@ class Processor:
         if not reasons:
             if not trades and not quotes:
                 return Outcome(_NONE, _NONE, "empty", None, recv_ns)  # e.g. an empty snapshot
+            if self.flagger is not None:
+                return Outcome(self._trades(trades), self._quotes(quotes), None, None, recv_ns)
             return Outcome(trades, quotes, None, None, recv_ns)
-        out = Outcome(
-            [t for t in trades if check_trade(t) is None],
-            [q for q in quotes if check_quote(q) is None],
-            None,
-            None,
-            recv_ns,
-        )
+        good_trades = [t for t in trades if check_trade(t) is None]
+        good_quotes = [q for q in quotes if check_quote(q) is None]
+        if self.flagger is not None:
+            good_trades, good_quotes = self._trades(good_trades), self._quotes(good_quotes)
+        out = Outcome(good_trades, good_quotes, None, None, recv_ns)
         if reasons:
             more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
             out.dead = bounded("invalid: " + "; ".join(reasons[:3]) + more)

@@ -116,6 +116,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        # Abnormal trades and quotes are flagged, never dropped (consumer.flags): the checks
+        # each row failed, as bits; 0 is clean. Existing rows read as clean (a metadata-only
+        # change: no table rewrite).
+        """
+        ALTER TABLE trades ADD COLUMN IF NOT EXISTS flags smallint NOT NULL DEFAULT 0;
+        ALTER TABLE quotes ADD COLUMN IF NOT EXISTS flags smallint NOT NULL DEFAULT 0;
+        """,
+    ),
 ]
 
 # Serialises migrations and partition maintenance between consumers starting together.

@@ -34,11 +34,11 @@ logger = logging.getLogger(__name__)
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_trades (
     exchange text, symbol text, trade_id text, price text, amount text, side text,
-    ts_us bigint, recv_us bigint
+    ts_us bigint, recv_us bigint, flags smallint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
     exchange text, symbol text, update_id text, bid_price text, bid_amount text,
-    ask_price text, ask_amount text, ts_us bigint, recv_us bigint
+    ask_price text, ask_amount text, ts_us bigint, recv_us bigint, flags smallint
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -47,18 +47,19 @@ _US = "'epoch'::timestamptz + {} * interval '1 microsecond'"
 # The inserts read their rows from a source with the staging tables' columns (text decimals,
 # integer microseconds): the staging table itself (COPY way), or a text parameter split in SQL.
 _INSERT_TRADES = f"""
-INSERT INTO trades (exchange, symbol, trade_id, price, amount, side, ts, recv_ts)
+INSERT INTO trades (exchange, symbol, trade_id, price, amount, side, ts, recv_ts, flags)
 SELECT exchange, symbol, trade_id, price::numeric, amount::numeric, side, {_US.format("ts_us")},
-       {_US.format("recv_us")}
+       {_US.format("recv_us")}, flags
 FROM {{}}
 ON CONFLICT DO NOTHING
 """
 
 _INSERT_QUOTES = f"""
 INSERT INTO quotes (exchange, symbol, update_id, bid_price, bid_amount, ask_price, ask_amount,
-                    ts, recv_ts)
+                    ts, recv_ts, flags)
 SELECT exchange, symbol, update_id, bid_price::numeric, bid_amount::numeric,
-       ask_price::numeric, ask_amount::numeric, {_US.format("ts_us")}, {_US.format("recv_us")}
+       ask_price::numeric, ask_amount::numeric, {_US.format("ts_us")}, {_US.format("recv_us")},
+       flags
 FROM {{}}
 ON CONFLICT DO NOTHING
 """
@@ -72,14 +73,16 @@ _ROWS = "unnest(string_to_array({}, E'\\n')) AS line, string_to_array(line, E'\\
 
 TRADES_STATEMENT = _INSERT_TRADES.format(
     "(SELECT f[1] AS exchange, f[2] AS symbol, f[3] AS trade_id, f[4] AS price, f[5] AS amount,"
-    " nullif(f[6], '') AS side, f[7]::int8 AS ts_us, f[8]::int8 AS recv_us"
+    " nullif(f[6], '') AS side, f[7]::int8 AS ts_us, f[8]::int8 AS recv_us,"
+    " f[9]::int2 AS flags"
     f" FROM {_ROWS.format('%(trades)s')}) AS rows"
 )
 
 QUOTES_STATEMENT = _INSERT_QUOTES.format(
     "(SELECT f[1] AS exchange, f[2] AS symbol, f[3] AS update_id, f[4] AS bid_price,"
     " f[5] AS bid_amount, f[6] AS ask_price, f[7] AS ask_amount, f[8]::int8 AS ts_us,"
-    f" f[9]::int8 AS recv_us FROM {_ROWS.format('%(quotes)s')}) AS rows"
+    " f[9]::int8 AS recv_us, f[10]::int2 AS flags"
+    f" FROM {_ROWS.format('%(quotes)s')}) AS rows"
 )
 
 # Both tables in one statement (so in one transaction): data-modifying CTEs; RETURNING gives
@@ -103,10 +106,10 @@ def trades_statement_text(trades: Sequence[Trade]) -> str | None:
     return _lines(
         [
             f"{t.exchange}\t{t.symbol}\t{t.trade_id}\t{t.price}\t{t.amount}\t"
-            f"{t.side or ''}\t{t.ts_ns // 1000}\t{t.recv_ns // 1000}"
+            f"{t.side or ''}\t{t.ts_ns // 1000}\t{t.recv_ns // 1000}\t{t.flags}"
             for t in trades
         ],
-        8,
+        9,
     )
 
 
@@ -114,10 +117,10 @@ def quotes_statement_text(quotes: Sequence[Quote]) -> str | None:
     return _lines(
         [
             f"{q.exchange}\t{q.symbol}\t{q.update_id}\t{q.bid_price}\t{q.bid_amount}\t"
-            f"{q.ask_price}\t{q.ask_amount}\t{q.ts_ns // 1000}\t{q.recv_ns // 1000}"
+            f"{q.ask_price}\t{q.ask_amount}\t{q.ts_ns // 1000}\t{q.recv_ns // 1000}\t{q.flags}"
             for q in quotes
         ],
-        9,
+        10,
     )
 
 
@@ -134,7 +137,7 @@ def trades_copy_text(trades: Sequence[Trade]) -> str:
         [
             # exchange and symbol are validated names ([A-Z0-9-]); venue ids are escaped
             f"{t.exchange}\t{t.symbol}\t{t.trade_id.translate(_ESCAPE)}\t{t.price}\t{t.amount}\t"
-            f"{t.side or _NULL}\t{t.ts_ns // 1000}\t{t.recv_ns // 1000}\n"
+            f"{t.side or _NULL}\t{t.ts_ns // 1000}\t{t.recv_ns // 1000}\t{t.flags}\n"
             for t in trades
         ]
     )
@@ -145,7 +148,7 @@ def quotes_copy_text(quotes: Sequence[Quote]) -> str:
         [
             f"{q.exchange}\t{q.symbol}\t{q.update_id.translate(_ESCAPE)}\t{q.bid_price}\t"
             f"{q.bid_amount}\t{q.ask_price}\t{q.ask_amount}\t{q.ts_ns // 1000}\t"
-            f"{q.recv_ns // 1000}\n"
+            f"{q.recv_ns // 1000}\t{q.flags}\n"
             for q in quotes
         ]
     )

@@ -48,6 +48,7 @@ from .batching import Batch, Batcher
 from .claims import Claims
 from .commit import Committer
 from .deadletter import DeadLetters, over_budget_reason
+from .flags import flag_names, flagger_from
 from .group_metrics import GroupMetrics
 from .process import Outcome, Processor, bounded
 from .retry import GaveUp, Retrier, StopFlag
@@ -170,8 +171,15 @@ class Worker:
             subscribed=settings.subscribed(),
             symbol_maps=settings.symbol_maps(),
             max_future_skew_ns=int(c.max_future_skew_s * 1e9),
+            flagger=flagger_from(settings.flags),
         )
-        return cls(options, redis_client, store, processor)
+        worker = cls(options, redis_client, store, processor)
+        processor.on_flag = worker._count_flags
+        return worker
+
+    def _count_flags(self, bits: int, exchange: str) -> None:
+        for name in flag_names(bits):
+            self.metrics.inc(f"flagged:{name}:{exchange}")
 
     @property
     def lease_ms(self) -> int:

@@ -36,14 +36,16 @@ def _cents(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
-# Prices, amounts and sides repeat with the id (tables: the simulator is a firehose).
-_PRICES = [_cents(10_000 + i) for i in range(5_000)]
+# Prices, amounts and sides repeat with the id (tables: the simulator is a firehose). Prices go up
+# and down by a cent a trade (100.00 .. 125.00 and back): a market, not a saw-tooth that would
+# crash 20 % every 5,000 trades.
+_PRICES = [_cents(10_000 + (i if i < 2_500 else 5_000 - i)) for i in range(5_000)]
 _AMOUNTS = [f"0.{i + 1:05d}" for i in range(997)]
 _SIDES = ["sell", "buy", "buy"]
 
 
 def trade_price(trade_id: int) -> str:
-    """Price of trade ``trade_id``: 100.00 .. 149.99, exact."""
+    """Price of trade ``trade_id``: 100.00 .. 125.00, exact."""
     return _PRICES[trade_id % 5_000]
 
 
@@ -56,15 +58,33 @@ def trade_side(trade_id: int) -> str:
     return _SIDES[trade_id % 3]
 
 
-def make_trade(symbol: str, trade_id: int, ts_ns: int) -> SimTrade:
-    return SimTrade(
-        symbol,
-        trade_id,
-        _PRICES[trade_id % 5_000],
-        _AMOUNTS[trade_id % 997],
-        _SIDES[trade_id % 3],
-        ts_ns,
-    )
+# With ``abnormal`` (the demo): now and then a fat finger (an amount 1,000 times the usual) and a
+# short flash crash (two trades 30 % down, then back), the same trades for the same ids, so the
+# REST backfill serves what the WebSocket streamed.
+FAT_FINGER_EVERY = 997  # trade ids ≡ 500 (mod 997)
+FLASH_CRASH_EVERY = 2_000  # trade ids ≡ 1000, 1001 (mod 2000)
+
+
+def is_fat_finger(trade_id: int) -> bool:
+    return trade_id % FAT_FINGER_EVERY == 500
+
+
+def is_flash_crash(trade_id: int) -> bool:
+    return trade_id % FLASH_CRASH_EVERY in (1_000, 1_001)
+
+
+def make_trade(symbol: str, trade_id: int, ts_ns: int, abnormal: bool = False) -> SimTrade:
+    price, amount = _PRICES[trade_id % 5_000], _AMOUNTS[trade_id % 997]
+    if abnormal:
+        if is_fat_finger(trade_id):
+            units = trade_id % 997 + 1  # the amount in 1e-5: times 1,000 is in 1e-2
+            amount = f"{units // 100}.{units % 100:02d}"
+        if is_flash_crash(trade_id):
+            cents = 10_000 + (
+                trade_id % 5_000 if trade_id % 5_000 < 2_500 else 5_000 - trade_id % 5_000
+            )
+            price = _cents(cents * 7 // 10)
+    return SimTrade(symbol, trade_id, price, amount, _SIDES[trade_id % 3], ts_ns)
 
 
 def make_quote(symbol: str, update_id: int, ts_ns: int) -> SimQuote:
@@ -116,6 +136,7 @@ class TradeBook:
     (8 bytes a trade), ids run from 1 and times never decrease."""
 
     times: dict[str, array[int]] = field(default_factory=dict)
+    abnormal: bool = False  # trades as make_trade(..., abnormal=True) makes them
 
     def record(self, symbol: str, first_id: int, count: int, ts_ns: int) -> None:
         """Trades ``first_id .. first_id + count - 1`` of ``symbol`` happened at ``ts_ns``."""
@@ -131,7 +152,7 @@ class TradeBook:
         return len(self.times.get(symbol, ()))
 
     def trade(self, symbol: str, trade_id: int) -> SimTrade:
-        return make_trade(symbol, trade_id, self.times[symbol][trade_id - 1])
+        return make_trade(symbol, trade_id, self.times[symbol][trade_id - 1], self.abnormal)
 
     def trades(self, symbol: str, first_id: int, last_id: int) -> list[SimTrade]:
         """Trades ``first_id .. last_id`` (both included, clipped to what exists), oldest first."""
@@ -139,7 +160,7 @@ class TradeBook:
         if stamps is None:
             return []
         lo, hi = max(1, first_id), min(len(stamps), last_id)
-        return [make_trade(symbol, i, stamps[i - 1]) for i in range(lo, hi + 1)]
+        return [make_trade(symbol, i, stamps[i - 1], self.abnormal) for i in range(lo, hi + 1)]
 
     def first_id_at(self, symbol: str, ts_ns: int) -> int:
         """The id of the first trade at or after ``ts_ns`` (last id + 1 if none)."""

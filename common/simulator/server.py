@@ -69,6 +69,7 @@ class SimulatorConfig:
     max_connection_s: float = 0.0  # close each connection after this long (0: never)
     compress: bool = False  # offer permessage-deflate (RFC 7692), as some venues do
     rest_faults: int = 0  # answer this many REST requests first with 429 (Retry-After: 0)
+    abnormal: bool = False  # fat fingers and flash crashes now and then (engine.make_trade)
 
 
 @dataclass(slots=True)
@@ -94,6 +95,7 @@ class Simulator:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.book.abnormal = self.config.abnormal
         self._server = await serve(
             self._handle,
             host,
@@ -244,7 +246,8 @@ class Simulator:
             self.sent_trades += count
             if not any((Channel.TRADES, symbol) in c.session.subscriptions for c in self.clients):
                 continue  # nobody listening: the trades happened all the same (the book has them)
-            trades = [make_trade(symbol, i, ts) for i in range(first, first + count)]
+            abnormal = self.config.abnormal
+            trades = [make_trade(symbol, i, ts, abnormal) for i in range(first, first + count)]
             for client in list(self.clients):
                 if (Channel.TRADES, symbol) not in client.session.subscriptions:
                     continue

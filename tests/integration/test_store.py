@@ -8,6 +8,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
@@ -111,7 +112,7 @@ def test_ids_with_tabs_newlines_and_backslashes_are_stored_as_sent(database_url:
 def test_migrations_are_idempotent_and_partitions_daily(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         latest = MIGRATIONS[-1][0]
-        assert migrate(conn) == latest == 2
+        assert migrate(conn) == latest == 3
         assert migrate(conn) == latest
         today = dt.datetime.now(dt.UTC).date()
         names = {
@@ -201,3 +202,16 @@ def test_retention_drops_whole_daily_partitions(database_url: str) -> None:
         assert dropped == ["trades_p20231114"]
         names = {r[0] for r in conn.execute("SELECT relname FROM pg_class").fetchall()}
         assert "trades_p20231114" not in names and f"trades_p{today:%Y%m%d}" in names
+
+
+def test_flags_are_stored_and_a_rewrite_keeps_the_first_rows_flags(database_url: str) -> None:
+    store = Store(database_url)
+    store.connect()
+    q = Quote("okx", "BTC-USDT", "7", "1.30", "0.5", "1.20", "7", TS, TS + 1000, flags=16)
+    assert store.write([trade(1, flags=3), trade(2)], [q]) == (2, 1)
+    assert store.write([trade(1, flags=0)], [msgspec.structs.replace(q, flags=0)]) == (0, 0)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT trade_id, flags FROM trades ORDER BY 1").fetchall()
+        quote = conn.execute("SELECT flags FROM quotes").fetchone()
+    assert rows == [("1", 3), ("2", 0)] and quote == (16,)
+    store.close()

@@ -64,10 +64,10 @@ def test_symbols() -> None:
 def test_copy_text_escapes_what_copy_would_misread() -> None:
     t = Trade("kraken", "BTC-USD", "a\tb\\c\nd", "1.5", "2", None, 1_700_000_000_123_456_789, 5_000)
     assert trades_copy_text([t]) == (
-        "kraken\tBTC-USD\ta\\tb\\\\c\\nd\t1.5\t2\t\\N\t1700000000123456\t5\n"
+        "kraken\tBTC-USD\ta\\tb\\\\c\\nd\t1.5\t2\t\\N\t1700000000123456\t5\t0\n"
     )
-    q = Quote("okx", "BTC-USDT", "7", "1", "2", "3", "4", 1_000, 2_000)
-    assert quotes_copy_text([q]) == "okx\tBTC-USDT\t7\t1\t2\t3\t4\t1\t2\n"
+    q = Quote("okx", "BTC-USDT", "7", "1", "2", "3", "4", 1_000, 2_000, flags=16)
+    assert quotes_copy_text([q]) == "okx\tBTC-USDT\t7\t1\t2\t3\t4\t1\t2\t16\n"
 
 
 def test_replay_ids() -> None:
