@@ -351,3 +351,40 @@ def test_any_rows_never_raise(
         bits = f.quote(quote(bid, ask))
         assert bits in (0, Flag.CROSSED, Flag.LOCKED, Flag.WIDE_SPREAD)
     assert f.tracked <= 3
+
+
+def test_the_processor_keeps_flagged_rows_with_their_bits_and_counts_each_check() -> None:
+    from common.metrics import Metrics
+    from consumer.process import Processor
+
+    metrics = Metrics("consumer")
+
+    def count(bits: int, exchange: str) -> None:
+        for name in flag_names(bits):
+            metrics.inc(f"flagged:{name}:{exchange}")
+
+    proc = Processor(
+        subscribed={"binance": frozenset({"BTC-USDT"})},
+        symbol_maps={("binance", ""): {"BTCUSDT": "BTC-USDT"}},
+        max_future_skew_ns=10**10,
+        flagger=Flagger(FlagSettings(min_history=4)),
+        on_flag=count,
+    )
+
+    def frame(i: int, price: str, amount: str = "0.5") -> dict[bytes, bytes]:
+        body = (
+            b'{"e":"trade","E":1764500000000,"s":"BTCUSDT","t":%d,"p":"%s","q":"%s",'
+            b'"T":1764500000000,"m":true,"M":true}' % (i, price.encode(), amount.encode())
+        )
+        return {b"f": body, b"k": b"t", b"e": b"binance", b"x": b"", b"c": b"c", b"n": b"1",
+                b"t": b"1764500000001000000"}  # fmt: skip
+
+    outs = [proc.process(f"{i}-0", frame(i, "100.0")) for i in range(1, 9)]
+    outs.append(proc.process("9-0", frame(9, "50.0")))  # a spike
+    outs.append(proc.process("10-0", frame(10, "100.1", "900")))  # a fat finger
+    assert all(o.dead is None for o in outs)
+    assert [o.trades[0].flags for o in outs] == [0] * 8 + [Flag.PRICE_OUTLIER, Flag.SIZE_OUTLIER]
+    assert outs[8].trades[0].price == "50.0"  # kept as it came, flagged
+    text = metrics.prometheus()
+    assert 'tickvault_rows_flagged_total{check="price_outlier",exchange="binance"' in text
+    assert 'tickvault_rows_flagged_total{check="size_outlier",exchange="binance"' in text
