@@ -8,7 +8,7 @@ with the exception's type and message (bounded). A bug costs one frame, never th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -78,6 +78,9 @@ class Outcome(msgspec.Struct, gc=False):
 Fields = Mapping[bytes, bytes] | Sequence[bytes]  # a field map, or XREADGROUP's flat list
 # where an entry's frames go: (exchange, context, its venue if known, venue symbol -> canonical)
 Route = tuple[str, str, Venue | None, Mapping[str, str]]
+
+
+R = TypeVar("R", Trade, Quote)
 
 
 class RowFlagger(Protocol):
@@ -169,30 +172,24 @@ class Processor:
         return Outcome(_NONE, _NONE, None, None, pairs[0][1], outs)
 
     def _trades(self, trades: list[Trade]) -> list[Trade]:
-        """``trades`` with their flags (the list is copied only when one is flagged)."""
         assert self.flagger is not None
-        check, out = self.flagger.trade, trades
-        for i, t in enumerate(trades):
-            bits = check(t)
-            if bits:
-                if out is trades:
-                    out = list(trades)
-                out[i] = msgspec.structs.replace(t, flags=bits)
-                if self.on_flag is not None:
-                    self.on_flag(bits, t.exchange)
-        return out
+        return self._flagged(trades, self.flagger.trade)
 
     def _quotes(self, quotes: list[Quote]) -> list[Quote]:
         assert self.flagger is not None
-        check, out = self.flagger.quote, quotes
-        for i, q in enumerate(quotes):
-            bits = check(q)
+        return self._flagged(quotes, self.flagger.quote)
+
+    def _flagged(self, rows: list[R], check: Callable[[R], int]) -> list[R]:
+        """``rows`` with their flags (the list is copied only when one is flagged)."""
+        out = rows
+        for i, row in enumerate(rows):
+            bits = check(row)
             if bits:
-                if out is quotes:
-                    out = list(quotes)
-                out[i] = msgspec.structs.replace(q, flags=bits)
+                if out is rows:
+                    out = list(rows)
+                out[i] = msgspec.structs.replace(row, flags=bits)
                 if self.on_flag is not None:
-                    self.on_flag(bits, q.exchange)
+                    self.on_flag(bits, row.exchange)
         return out
 
     def _marker(self, route: Route, conn: str, frame: bytes, at_ns: int) -> Outcome:
