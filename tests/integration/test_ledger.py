@@ -8,6 +8,7 @@ import datetime as dt
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -411,3 +412,26 @@ def test_a_trade_stored_late_by_the_stream_is_not_stored_again_with_other_times(
     [outcome] = backfiller(database_url, url).backfill(now=True)
     assert outcome.status == "filled" and outcome.note == "2 from REST, 1 by the stream"
     assert stored_ids(store) == list(range(1, 21))  # 7 once
+
+
+def test_the_backfill_thread_survives_postgresql_away_and_stops_when_asked(
+    venue: tuple[Venue, str], database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round that cannot reach PostgreSQL logs and waits for the next; the consumer's
+    thread never dies of it, and nothing is claimed or written meanwhile."""
+    import threading
+
+    _, url = venue
+    b = backfiller(database_url, url, every_s=0.05)
+    b.store.close()
+    b.store = Store("postgresql://postgres@127.0.0.1:1/none")  # nobody listens there
+    stop = threading.Event()
+    thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive()  # rounds failed, the thread goes on
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert "backfill: postgres away" in caplog.text
+    assert b.metrics.counters["backfill_rows:binance"] == 0
