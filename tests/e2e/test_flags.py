@@ -5,8 +5,9 @@ others clean, and nothing is dead-lettered."""
 from __future__ import annotations
 
 import pytest
+import redis
 
-from common.envelope import dead_key
+from common.envelope import dead_key, raw_key
 from common.simulator.engine import is_fat_finger, is_flash_crash, make_trade
 from consumer.flags import Flag
 from tests.conftest import SLOW
@@ -27,6 +28,14 @@ def test_injected_abnormal_trades_are_stored_flagged_and_nothing_else_is(
         p.simulator(rate=400, trades=total, abnormal="")
         p.start_consumer("c1")
         p.start_consumer("c2")  # each sees part of a symbol's trades: flags still right
+
+        def both_reading() -> bool:  # each builds its own history from the first trade on
+            try:
+                return len(redis_client.xinfo_consumers(raw_key("binance"), "tickvault")) == 2
+            except redis.ResponseError:  # no stream or group yet
+                return False
+
+        wait_for(both_reading, timeout=30 * SLOW, what="both consumers reading")
         p.start_producer()
         wait_for(lambda: p.count() == 2 * total, timeout=60 * SLOW, what="every trade")
         rows = p.query("SELECT symbol, trade_id::int, price::text, amount::text, flags FROM trades")
