@@ -79,9 +79,14 @@ class DatabaseSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
         )
 
 
+LINGER_MAX_MS = 1_000.0
+
+
 class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     buffer_frames: int = 200_000  # in-memory frames kept while Redis is unreachable
     pipeline_max: int = 2_000  # frames per pipelined XADD round trip at most
+    linger_ms: float = 2.5  # a frame waits up to this long for others to share its XADD ...
+    linger_frames: int = 10  # ... unless this many wait (0 linger_ms: no waiting at all)
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     rollover_overlap_s: float = 10.0  # make-before-break: both connections live this long
@@ -361,6 +366,7 @@ def settings_from_mapping(
         "redis.maxlen": redis.maxlen,
         "producer.buffer_frames": raw.producer.buffer_frames,
         "producer.pipeline_max": raw.producer.pipeline_max,
+        "producer.linger_frames": raw.producer.linger_frames,
         "consumer.batch_entries": raw.consumer.batch_entries,
         "consumer.batch_ms": raw.consumer.batch_ms,
         "consumer.claim_idle_ms": raw.consumer.claim_idle_ms,
@@ -383,6 +389,14 @@ def settings_from_mapping(
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be positive, got {value}")
+    for key, value in {
+        "producer.linger_ms": raw.producer.linger_ms,
+    }.items():
+        if not 0 <= value <= LINGER_MAX_MS:  # (NaN too)
+            raise ConfigError(
+                key, f"must be between 0 and {LINGER_MAX_MS} ms, got {value}",
+                "a few ms at most: every frame may wait this long",
+            )  # fmt: skip
     if not raw.producer.silence_s >= 0:  # (NaN too)
         raise ConfigError(
             "producer.silence_s", f"must be 0 or positive, got {raw.producer.silence_s}",

@@ -62,8 +62,16 @@ class Publisher:
         retention_s: float | None = None,
         trim_every_s: float = 1.0,
         spill: Spill | None = None,
+        linger_ms: float = 0.0,
+        linger_frames: int = 10,
     ) -> None:
         self.wire = wire
+        # A frame may wait this long for company before it is sent: frames that share a round
+        # trip share an XADD entry (a run), a consumer read and a commit (``producer.linger_ms``)
+        self.linger_ns = int(linger_ms * 1_000_000)
+        # ... unless this many are waiting already (they go at once): at high rates the batch
+        # is big enough long before the linger ends, and latency is worth more then
+        self.linger_frames = max(1, min(pipeline_max, linger_frames))
         self.buffer_frames = buffer_frames
         self.pipeline_max = pipeline_max
         self.metrics = metrics
@@ -119,8 +127,19 @@ class Publisher:
         if len(self._buffer) >= self.buffer_frames:
             self._drop(1, "memory buffer full")
             return False
-        self._buffer.append((packer, frame, binary, seq, recv_ns))
-        self._wake.set()
+        buffer = self._buffer
+        buffer.append((packer, frame, binary, seq, recv_ns))
+        # Wake the sender for the first frame (it lingers from there), when enough wait, and
+        # when the oldest is due within a millisecond: the frame that arrives then takes the
+        # batch along in this loop turn, sparing a timer's wake-up (see _linger_left). Not for
+        # every frame, which would cost a loop turn each.
+        n = len(buffer)
+        if (
+            n == 1
+            or n >= self.linger_frames
+            or recv_ns - buffer[0][4] >= self.linger_ns - 1_000_000
+        ):
+            self._wake.set()
         return True
 
     def _drop(self, n: int, why: str) -> None:
@@ -153,6 +172,7 @@ class Publisher:
         deadline: float | None = None
         delays = None
         stop_wait = asyncio.ensure_future(stop.wait())
+        stop_wait.add_done_callback(lambda _: self._wake.set())
         try:
             await self._connect_at_start()
             while True:
@@ -176,6 +196,11 @@ class Publisher:
                     await self._wait(stop_wait, self.retention.next_tick_in(now))
                     await self._tick_retention()
                     continue
+                if not self.spill and not stop.is_set():
+                    linger = self._linger_left()
+                    if linger > 0:
+                        await self._wait(stop_wait, linger)
+                        continue
                 try:
                     if self.spill:
                         await self._drain_some()
@@ -208,16 +233,32 @@ class Publisher:
             self._note_down(exc)
             self._next_probe = time.monotonic() + PROBE_S
 
+    def _linger_left(self) -> float:
+        """Seconds the oldest buffered frame may still wait for company (0: send now).
+
+        Whole milliseconds, rounded down: the event loop's timers wake in whole milliseconds
+        (epoll), rounded up, so a wait of 0.2 ms would last 1 ms. A frame thus waits between
+        ``linger_ms - 1`` and ``linger_ms``, never more (measured: p99 2.47 ms for 2 ms before)."""
+        if not self.linger_ns or len(self._buffer) >= self.linger_frames:
+            return 0.0
+        waited = time.time_ns() - self._buffer[0][4]
+        # (a clock stepped back cannot make a frame wait more than the linger)
+        left_ms = min(self.linger_ns, self.linger_ns - waited) // 1_000_000
+        return max(0, left_ms) / 1e3
+
     async def _wait(self, stop_wait: asyncio.Future[Any], seconds: float) -> None:
-        """Until a frame arrives, the stop, or ``seconds``."""
+        """Until a frame arrives (or, while lingering, enough frames), the stop, or
+        ``seconds``. The stop sets the wake-up too (``run``)."""
         if self._buffer and self._should_spill() and not self._spill_full:
             return
+        if stop_wait.done():
+            return
         self._wake.clear()
-        wake = asyncio.ensure_future(self._wake.wait())
-        await asyncio.wait(
-            [wake, stop_wait], timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
-        )
-        wake.cancel()
+        try:
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
 
     def _should_spill(self) -> bool:
         """Memory goes to the spill while Redis is away (a stall counts: see ``_send_some``),

@@ -1,0 +1,182 @@
+"""The latency budget (issue 14): the producer's linger lets frames share a round trip, and the
+consumer's acks ride its next read. No servers: a recording wire and fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import fakeredis
+import pytest
+
+from common.config import ConfigError, settings_from_mapping
+from common.metrics import Metrics
+from consumer.reads import GroupReads
+from producer.publisher import Publisher
+from producer.wire import RedisWire, XaddPacker
+
+PACKER = XaddPacker("tickvault:raw:{binance}", "binance", "ctx", "conn")
+
+
+class RecordingWire(RedisWire):
+    """Takes every round trip at once and records when it came and how many entries it held."""
+
+    def __init__(self) -> None:
+        super().__init__("redis://127.0.0.1:1/0")
+        self.trips: list[tuple[float, int]] = []
+
+    async def connect(self) -> None:
+        return None
+
+    async def execute(self, payload: bytes, count: int) -> list[Any]:
+        self.trips.append((time.monotonic(), count))
+        return [b"1-%d" % i for i in range(count)]
+
+    async def close(self) -> None:
+        return None
+
+
+async def _publish(linger_ms: float, frames: list[float], wait_s: float = 0.1) -> RecordingWire:
+    """Put one frame at each offset (s) of ``frames``; return the wire once all are sent."""
+    wire = RecordingWire()
+    pub = Publisher(
+        wire, buffer_frames=1_000, pipeline_max=500, metrics=Metrics("producer"),
+        linger_ms=linger_ms,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(pub.run(stop))
+    await asyncio.sleep(0.01)
+    start = time.monotonic()
+    for i, offset in enumerate(frames):
+        await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
+        pub.put(PACKER, b'{"i":%d}' % i, False, i, time.time_ns())
+    await asyncio.sleep(wait_s)
+    stop.set()
+    await task
+    return wire
+
+
+def test_frames_within_the_linger_share_one_round_trip_and_one_entry() -> None:
+    wire = asyncio.run(_publish(50.0, [0.0, 0.005, 0.010, 0.015]))
+    assert [count for _, count in wire.trips] == [1]  # one entry: a run of four frames
+
+
+def test_without_linger_a_lone_frame_goes_at_once() -> None:
+    wire = asyncio.run(_publish(0.0, [0.0, 0.030, 0.060]))
+    assert len(wire.trips) == 3
+
+
+def test_a_lone_frame_waits_the_linger_and_no_longer() -> None:
+    async def scenario() -> tuple[float, float]:
+        wire = RecordingWire()
+        pub = Publisher(wire, buffer_frames=100, pipeline_max=500, metrics=Metrics("producer"),
+                        linger_ms=20.0)  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(pub.run(stop))
+        await asyncio.sleep(0.01)
+        put_at = time.monotonic()
+        pub.put(PACKER, b"{}", False, 0, time.time_ns())
+        await asyncio.sleep(0.2)
+        stop.set()
+        await task
+        [(sent_at, _)] = wire.trips
+        return put_at, sent_at
+
+    put_at, sent_at = asyncio.run(scenario())
+    assert 0.015 <= sent_at - put_at < 0.15
+
+
+def test_enough_frames_go_before_the_linger_ends() -> None:
+    async def scenario() -> tuple[float, list[tuple[float, int]]]:
+        wire = RecordingWire()
+        pub = Publisher(wire, buffer_frames=10_000, pipeline_max=500,
+                        metrics=Metrics("producer"), linger_ms=1_000.0)  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(pub.run(stop))
+        await asyncio.sleep(0.01)
+        put_at = time.monotonic()
+        for i in range(pub.linger_frames):
+            pub.put(PACKER, b"{}", False, i, time.time_ns())
+        await asyncio.sleep(0.1)
+        trips = list(wire.trips)
+        stop.set()
+        await task
+        return put_at, trips
+
+    put_at, trips = asyncio.run(scenario())
+    assert trips and trips[0][0] - put_at < 0.1  # not a second later
+
+
+def test_a_stop_does_not_wait_for_the_linger() -> None:
+    async def scenario() -> tuple[float, list[tuple[float, int]]]:
+        wire = RecordingWire()
+        pub = Publisher(wire, buffer_frames=100, pipeline_max=500, metrics=Metrics("producer"),
+                        linger_ms=1_000.0)  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(pub.run(stop))
+        await asyncio.sleep(0.01)
+        pub.put(PACKER, b"{}", False, 0, time.time_ns())
+        await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        return time.monotonic() - t0, wire.trips
+
+    took, trips = asyncio.run(scenario())
+    assert took < 0.5 and [count for _, count in trips] == [1]  # sent, not left behind
+
+
+def test_a_clock_stepped_back_cannot_stretch_the_linger() -> None:
+    wire = RecordingWire()
+    pub = Publisher(wire, buffer_frames=100, pipeline_max=500, metrics=Metrics("producer"),
+                    linger_ms=5.0)  # fmt: skip
+    pub.put(PACKER, b"{}", False, 0, time.time_ns() + 3_600 * 10**9)  # "received" an hour ahead
+    assert 0 < pub._linger_left() <= 0.005
+    pub._buffer.clear()
+    pub.put(PACKER, b"{}", False, 0, time.time_ns() - 10**9)  # a second old: due now
+    assert pub._linger_left() <= 0
+
+
+@pytest.mark.parametrize("value", [-1, 1_001, float("nan")])
+def test_linger_out_of_range_fails_at_start(value: float) -> None:
+    with pytest.raises(ConfigError, match=r"producer\.linger_ms"):
+        settings_from_mapping({"producer": {"linger_ms": value}}, {})
+
+
+# -- the consumer's acks ride its next read ----------------------------------------------------
+def _ids(reply: Any) -> list[str]:
+    """Entry ids of a raw XREADGROUP reply (RESP2 [[key, entries]] or a RESP3 map)."""
+    pairs = reply.items() if isinstance(reply, dict) else reply or []
+    return [entry_id.decode() for _, entries in pairs for entry_id, _ in entries]
+
+
+def test_acks_and_the_next_read_go_in_one_round_trip() -> None:
+    r = fakeredis.FakeRedis()
+    key = "tickvault:raw:{binance}"
+    first = r.xadd(key, {"f": "1"}).decode()
+    r.xgroup_create(key, "g", id="0")
+    reads = GroupReads(r, "g", "c1")
+    reply, error = reads.read({key: ">"}, 10, 0)
+    assert error is None and _ids(reply) == [first]
+    assert r.xpending(key, "g")["pending"] == 1  # read, not acked
+    second = r.xadd(key, {"f": "2"}).decode()
+    reply, error = reads.read({key: ">"}, 10, 0, [(key, [first])])
+    assert error is None and _ids(reply) == [second]
+    pending = r.xpending_range(key, "g", "-", "+", 10)
+    assert [p["message_id"].decode() for p in pending] == [second]  # the first one acked
+    reads.close()
+
+
+def test_a_refused_ack_is_returned_and_the_read_still_answers() -> None:
+    r = fakeredis.FakeRedis()
+    key = "tickvault:raw:{binance}"
+    r.xadd(key, {"f": "1"})
+    r.xgroup_create(key, "g", id="0")
+    r.set("not-a-stream", "x")
+    reads = GroupReads(r, "g", "c1")
+    reply, error = reads.read({key: ">"}, 10, 0, [("not-a-stream", ["1-0"])])
+    assert error is not None and "WRONGTYPE" in str(error)
+    assert len(_ids(reply)) == 1  # the connection stayed in step
+    reply, error = reads.read({key: ">"}, 10, 0)
+    assert error is None and not reply  # nothing new, and the connection still works
