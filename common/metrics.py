@@ -199,6 +199,13 @@ class Metrics:
         with self._lock:  # several writer threads count the same names
             self.counters[name] += value
 
+    def inc_many(self, counts: Iterable[tuple[str, int]]) -> None:
+        """Several counters under one lock (a batch's, at its ack)."""
+        with self._lock:
+            counters = self.counters
+            for name, value in counts:
+                counters[name] += value
+
     def set(self, name: str, value: float) -> None:
         self.gauges[name] = value
 

@@ -59,6 +59,7 @@ class Batch:
     frames: int = 0  # frames in them
     started: float | None = None  # monotonic time of the first entry
     oldest_recv_ns: int = 0
+    commit_s: float = 0.0  # how long its commit took (metric commit_seconds)
     # (stream key, entry id) -> times delivered, for entries delivered more than once
     deliveries: dict[tuple[str, str], int] = field(default_factory=dict)
 

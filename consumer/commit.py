@@ -69,9 +69,12 @@ class Committer:
         self._partitions: dict[int, float] = {}
         self.progress: Progress | None = None  # /healthz: beats at every acked batch
 
-    def commit(self, batch: Batch, store: Store) -> bool:
+    def commit(self, batch: Batch, store: Store, *, ack: bool = True) -> bool:
         """Write, dead-letter, ack. True when acked; False when the stop deadline passed first
-        (the entries stay pending). Fatal errors and bugs propagate."""
+        (the entries stay pending). Fatal errors and bugs propagate.
+
+        With ``ack=False`` the caller acks (``consumer.reads``: with its next read, in one round
+        trip) and then calls :meth:`acked`; True then means written and dead-lettered."""
         call = self.retrier.call
 
         def renew() -> None:
@@ -95,39 +98,49 @@ class Committer:
             if batch.dead:
                 send = self.deadletters.send
                 call("dead-letter", lambda: send(batch.dead), on_wait=renew, max_sleep=lease)
-            call("ack", lambda: self._ack(batch), on_wait=renew, max_sleep=lease)
+            if ack:
+                call("ack", lambda: self.ack(batch), on_wait=renew, max_sleep=lease)
         except GaveUp as exc:  # the worker counts and releases what is left at its exit
             logger.error("batch of %d entries left pending: %s", batch.entries, exc)
             return False
+        batch.commit_s = time.monotonic() - started
+        if ack:
+            self.acked(batch)
+        return True
+
+    def acked(self, batch: Batch) -> None:
+        """Count a batch whose entries are acked."""
         m = self.metrics
-        m.inc("trades", len(batch.trades))
-        m.inc("quotes", len(batch.quotes))
-        m.inc("dead", len(batch.dead))
-        for letter in batch.dead:
-            m.inc(f"dead:{reason_class(letter.reason)}")
-        m.inc("acked", batch.entries)
-        m.inc("frames", batch.frames)
-        m.inc("batches")
-        for kind, n in batch.controls.items():
-            m.inc(f"control:{kind}", n)
+        counts = [
+            ("trades", len(batch.trades)),
+            ("quotes", len(batch.quotes)),
+            ("dead", len(batch.dead)),
+            ("acked", batch.entries),
+            ("frames", batch.frames),
+            ("batches", 1),
+        ]
+        counts += [(f"dead:{reason_class(letter.reason)}", 1) for letter in batch.dead]
+        counts += [(f"control:{kind}", n) for kind, n in batch.controls.items()]
+        m.inc_many(counts)
         if batch.oldest_recv_ns:
             m.latency.observe((time.time_ns() - batch.oldest_recv_ns) / 1e9, batch.frames)
         m.batch_frames.observe(batch.frames)
-        m.commit_seconds.observe(time.monotonic() - started)
+        m.commit_seconds.observe(batch.commit_s)
         if self.progress is not None:
             self.progress.beat()
-        return True
 
     def _refresh_partitions(self, store: Store) -> None:
         """At a store's first batch and then hourly: make the coming days' partitions (made at
         connect the first time), then enforce ``database.retention_days`` (``consumer.retention``;
         a busy table is skipped until the next check)."""
+        last = self._partitions.get(id(store))
+        now = time.monotonic()
+        if last is not None and now - last < PARTITIONS_EVERY_S:
+            return  # (every batch but one an hour: this much only)
         from common.errors import TransientError
 
         from .retention import enforce
 
-        last = self._partitions.get(id(store))
-        now = time.monotonic()
         if last is None:
             self._partitions[id(store)] = now  # the store made them when it connected
         elif now - last >= PARTITIONS_EVERY_S:
@@ -188,10 +201,12 @@ class Committer:
             on_wait=renew,
             max_sleep=self.lease_ms / 1000,
         )
-        self.metrics.inc("rows_new", new[0] + new[1])
-        self.metrics.inc("rows_duplicate", len(trades) + len(quotes) - new[0] - new[1])
+        fresh = new[0] + new[1]
+        self.metrics.inc_many(
+            (("rows_new", fresh), ("rows_duplicate", len(trades) + len(quotes) - fresh))
+        )
 
-    def _ack(self, batch: Batch) -> None:
+    def ack(self, batch: Batch) -> None:
         if len(batch.acks) == 1:  # the common case: one stream, one command
             [(key, ids)] = batch.acks.items()
             self.client.xack(key, self.group, *ids)

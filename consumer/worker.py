@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import redis
@@ -51,6 +52,7 @@ from .deadletter import DeadLetters, over_budget_reason
 from .flags import flag_names, flagger_from
 from .group_metrics import GroupMetrics
 from .process import Outcome, Processor, bounded
+from .reads import GroupReads
 from .retry import GaveUp, Retrier, StopFlag
 from .store import Store
 from .writers import WriterPool
@@ -61,6 +63,10 @@ READ_MAX = 1_000  # entries per XREADGROUP at most (runs of up to RUN_MAX frames
 STATUS_EVERY_S = 10.0
 PROGRESS_WITHIN_S = 120.0  # /healthz fails past this without a cycle or an empty read
 SUSPECT_DELIVERIES = 3  # an entry delivered this often is handled alone
+# A batch this small, with every writer idle, is committed on the main thread: at low rates the
+# hand-off to a writer thread costs more than the commit. Bigger ones go to the writers, so
+# reading and parsing overlap the commit under load.
+INLINE_MAX_FRAMES = 32
 
 
 @dataclass(kw_only=True)
@@ -113,6 +119,12 @@ class Worker:
     _dropped: list[Batch] = field(default_factory=list)  # not handed over before the deadline
     _halted: bool = False
     _slot_reads: ClusterReads | None = None  # on a Redis Cluster: one XREADGROUP per slot
+    _reads: GroupReads | None = None  # elsewhere: reads that carry the acks (consumer.reads)
+    _committer: Committer | None = None
+    # committed on this thread, acked with the next read
+    _unacked: list[Batch] = field(default_factory=list)
+    _ack_error: BaseException | None = None  # what the last read's XACKs answered
+    _acks_sent: list[Batch] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Raw XREADGROUP replies: entries stay [id, [name, value, ...]] lists instead of being
@@ -121,6 +133,8 @@ class Worker:
         o = self.options
         if isinstance(self.client, RedisCluster):
             self._slot_reads = ClusterReads(self.client, o.group, o.name)
+        elif isinstance(self.client, redis.Redis):
+            self._reads = GroupReads(self.client, o.group, o.name)
         self._batcher = Batcher(o.batch_entries, o.batch_ms / 1000, o.flush_when_drained)
         self._retrier = Retrier(
             metrics=self.metrics,
@@ -235,6 +249,7 @@ class Worker:
             halted=lambda: self._halted,
         )
         committer.progress = self.progress
+        self._committer = committer
         self._pool = pool = WriterPool(committer.commit, stores)
         pool.start()
         cursor = {key: "0" if o.read_pending_first else ">" for key in o.streams}
@@ -246,6 +261,7 @@ class Worker:
                     waiting = self._slot_reads.finish(self.options.block_ms / 1000 + 1.0)
                     self._handle_read(waiting, cursor)
                 self._flush()
+                self._ack_unacked()
             except GaveUp as exc:
                 logger.warning("stopping with a server unreachable: %s", exc)
         except BaseException as exc:
@@ -255,6 +271,8 @@ class Worker:
         finally:
             if self._slot_reads is not None:
                 self._slot_reads.close()
+            if self._reads is not None:
+                self._reads.close()
             # The writers give up at the same deadline; a moment more lets them say so first.
             budget = self._retrier.remaining() + 0.5 if failure is None else 2.0
             self.writers_finished = pool.stop(budget)
@@ -290,7 +308,7 @@ class Worker:
             logger.warning("could not update %d pending entries (%s)", entries, exc)
 
     def _held(self) -> list[Batch]:
-        batches = list(self._dropped)
+        batches = list(self._dropped) + self._unacked
         if self._pool is not None:
             batches += self._pool.held()
         if self._batcher.batch.entries:
@@ -337,6 +355,7 @@ class Worker:
                 self.sleep(min(1.0, o.backoff_max_s, self._retrier.remaining()))
                 continue
             got = self._handle_read(reply, cursor)
+            self._settle_acks()
             if got == 0:
                 self.progress.beat()  # nothing to do is progress too
             drained = got < self._last_count
@@ -360,6 +379,12 @@ class Worker:
         self._last_count = count
         if self._slot_reads is not None:
             return self._slot_reads.read(live, count, block_ms)
+        if self._reads is not None:
+            sent = list(self._unacked)
+            acks = [pair for batch in sent for pair in batch.acks.items()]
+            reply, self._ack_error = self._reads.read(live, count, block_ms, acks)
+            self._acks_sent = sent
+            return reply or []
         reply = self.client.xreadgroup(
             self.options.group,
             self.options.name,
@@ -403,6 +428,35 @@ class Worker:
         if total:
             self._run_hint = max(1, -(-(self._batcher.batch.frames - frames_before) // total))
         return total
+
+    def _settle_acks(self) -> None:
+        """After a read: count the batches its XACKs acked, or keep them for the next read
+        (a refusal to retry) or stop (a fatal one: ``common.errors``)."""
+        sent, self._acks_sent = self._acks_sent, []
+        if not sent:
+            return
+        error, self._ack_error = self._ack_error, None
+        if error is None:
+            assert self._committer is not None
+            done = {id(b) for b in sent}
+            self._unacked = [b for b in self._unacked if id(b) not in done]
+            for batch in sent:
+                self._committer.acked(batch)
+            return
+        if classify(error) is not Action.RETRY:
+            raise error
+        self.metrics.inc("retries:ack")
+        logger.warning("redis refused the acks of %d batches, retrying: %s", len(sent), error)
+        self.sleep(min(1.0, self.options.backoff_max_s, self._retrier.remaining()))
+
+    def _ack_unacked(self) -> None:
+        """At the end: ack what was committed here and not yet acked with a read."""
+        committer = self._committer
+        while self._unacked and committer is not None:
+            batch = self._unacked[0]
+            self._retrier.call("ack", partial(committer.ack, batch))
+            self._unacked.pop(0)
+            committer.acked(batch)
 
     def _add_history(self, key: str, entries: Any, cursor: dict[str, str], now: float) -> None:
         """Our own pending entries, read again: with their delivery counts."""
@@ -479,6 +533,17 @@ class Worker:
             return
         pool = self._pool
         assert pool is not None
+        if batch.frames <= INLINE_MAX_FRAMES:
+            committer = self._committer
+            assert committer is not None
+            if self._reads is None:
+                done = pool.commit_here(batch)
+            else:  # the ack goes with the next read
+                done = pool.commit_here(batch, lambda b, s: committer.commit(b, s, ack=False))
+                if done:
+                    self._unacked.append(batch)
+            if done is not None:
+                return  # committed here (or left held, for the exit to release)
         retrier = self._retrier
         handed = pool.submit(
             batch,

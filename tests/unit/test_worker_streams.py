@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import fakeredis
 import pytest
@@ -15,7 +16,7 @@ from common.envelope import Envelope, dead_key, raw_key
 from common.errors import TransientError
 from common.records import Quote, Trade
 from consumer.store import Store
-from consumer.worker import Worker
+from consumer.worker import INLINE_MAX_FRAMES, Worker
 
 KEY = raw_key("binance")
 SETTINGS = settings_from_mapping(
@@ -185,14 +186,58 @@ def test_two_writers_commit_two_batches_at_once(r: fakeredis.FakeRedis) -> None:
                 self.both_in.wait()  # the first two writes wait for each other: concurrent
             return super().write(trades, quotes)
 
-    for i in range(1, 41):
+    n = 2 * (INLINE_MAX_FRAMES + 1)  # batches too big to be committed on the main thread
+    for i in range(1, n + 1):
         r.xadd(KEY, frame(i))
     store = Paired(r)
     w = Worker.from_settings(
-        SETTINGS, name="w1", streams=[KEY], redis_client=r, store=store, batch_entries=20
+        SETTINGS, name="w1", streams=[KEY], redis_client=r, store=store, batch_entries=n // 2
     )
     w.sleep = lambda s: None
-    w.run(StopAfter(store, 40))
-    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, 41))
+    w.run(StopAfter(store, n))
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, n + 1))
     assert w.metrics.counters["batches"] >= 2 and w.options.writers == 2
     assert r.xpending(KEY, "tickvault")["pending"] == 0
+
+
+def test_small_batches_commit_on_the_main_thread_and_ack_with_the_next_read(
+    r: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At low rates a batch is committed without a writer thread, and its XACK goes in the same
+    round trip as the next XREADGROUP: no XACK of its own, except for the last batch, at the
+    stop. Each entry is still pending when its rows are written."""
+    writers: set[str] = set()
+    xacks: list[int] = []
+    xack = r.xack
+
+    def counted_xack(*args: Any) -> Any:
+        xacks.append(len(args) - 2)
+        return xack(*args)
+
+    monkeypatch.setattr(r, "xack", counted_xack)
+
+    class Recording(MemoryStore):
+        def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+            writers.add(threading.current_thread().name)
+            return super().write(trades, quotes)
+
+    store = Recording(r)
+    w = worker(r, store)
+    added = 0
+
+    class Trickle:
+        """One new frame per loop turn, as a slow feed sends them."""
+
+        def is_set(self) -> bool:
+            nonlocal added
+            if added < 5 and len(store.rows) == added:
+                added += 1
+                r.xadd(KEY, frame(added))
+            return len(store.rows) >= 5
+
+    w.run(Trickle())
+    assert writers == {threading.main_thread().name}
+    assert store.pending_at_write == [1, 1, 1, 1, 1]  # its own entry: not acked before
+    assert xacks == [1]  # the last batch's, at the stop; the others rode a read
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert w.metrics.counters["acked"] == 5 and w.metrics.counters["batches"] == 5
