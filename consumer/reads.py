@@ -14,7 +14,7 @@ afresh.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -33,11 +33,14 @@ class GroupReads:
         count: int,
         block_ms: int,
         acks: Sequence[tuple[str, Sequence[str]]] = (),
+        on_acks: Callable[[BaseException | None], None] | None = None,
     ) -> tuple[Any, BaseException | None]:
         """XACK each (key, ids) of ``acks``, then XREADGROUP ``streams`` (key -> last id).
 
         Returns the raw read reply (RESP2 [[key, entries], ...] or a RESP3 map; None when
         nothing came) and the first error an XACK answered (None when all were acked).
+        ``on_acks(error)`` is called with it as soon as the XACKs are answered, before a
+        blocking read waits: acks are counted when they happen, not when something new comes.
 
         Raises:
             redis.ResponseError: the read was refused (the acks' outcome is then unknown to the
@@ -56,7 +59,9 @@ class GroupReads:
         replies: list[Any] = []
         try:
             conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            for _ in commands:
+            for i in range(len(commands)):
+                if i == len(acks) and acks and on_acks is not None:
+                    on_acks(_first_error(replies))
                 try:
                     replies.append(conn.read_response())
                 except redis.ResponseError as exc:
@@ -67,8 +72,7 @@ class GroupReads:
         read = replies.pop()
         if isinstance(read, BaseException):
             raise read
-        ack_error = next((r for r in replies if isinstance(r, BaseException)), None)
-        return read, ack_error
+        return read, _first_error(replies)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -77,3 +81,7 @@ class GroupReads:
                 conn.disconnect()
             except Exception:  # closing a broken connection: nothing more to do
                 pass
+
+
+def _first_error(replies: Sequence[Any]) -> BaseException | None:
+    return next((r for r in replies if isinstance(r, BaseException)), None)

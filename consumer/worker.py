@@ -124,7 +124,6 @@ class Worker:
     # committed on this thread, acked with the next read
     _unacked: list[Batch] = field(default_factory=list)
     _ack_error: BaseException | None = None  # what the last read's XACKs answered
-    _acks_sent: list[Batch] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Raw XREADGROUP replies: entries stay [id, [name, value, ...]] lists instead of being
@@ -349,6 +348,11 @@ class Worker:
                 if classify(exc) is not Action.RETRY:
                     raise
                 self.metrics.inc("retries:read")
+                ack_error, self._ack_error = self._ack_error, None
+                if ack_error is not None and classify(ack_error) is not Action.RETRY:
+                    raise ack_error from exc
+                if self._unacked:  # they went with the read: sent again with the next one
+                    self.metrics.inc("retries:ack")
                 logger.warning("redis read failed: %s", exc)
                 if redis_code(exc) == "NOGROUP":  # the stream and its group were deleted
                     self._retrier.call("redis-setup", self.ensure_groups)
@@ -382,8 +386,9 @@ class Worker:
         if self._reads is not None:
             sent = list(self._unacked)
             acks = [pair for batch in sent for pair in batch.acks.items()]
-            reply, self._ack_error = self._reads.read(live, count, block_ms, acks)
-            self._acks_sent = sent
+            reply, _ = self._reads.read(
+                live, count, block_ms, acks, partial(self._acks_answered, sent)
+            )
             return reply or []
         reply = self.client.xreadgroup(
             self.options.group,
@@ -429,24 +434,29 @@ class Worker:
             self._run_hint = max(1, -(-(self._batcher.batch.frames - frames_before) // total))
         return total
 
-    def _settle_acks(self) -> None:
-        """After a read: count the batches its XACKs acked, or keep them for the next read
-        (a refusal to retry) or stop (a fatal one: ``common.errors``)."""
-        sent, self._acks_sent = self._acks_sent, []
-        if not sent:
-            return
-        error, self._ack_error = self._ack_error, None
+    def _acks_answered(self, sent: list[Batch], error: BaseException | None) -> None:
+        """The XACKs sent with a read were answered (before the read may block): count the
+        batches acked, or keep them for the next read (``_settle_acks`` sorts the error)."""
         if error is None:
             assert self._committer is not None
             done = {id(b) for b in sent}
             self._unacked = [b for b in self._unacked if id(b) not in done]
             for batch in sent:
                 self._committer.acked(batch)
+        else:
+            self._ack_error = error
+
+    def _settle_acks(self) -> None:
+        """After a read: an XACK refused is retried with the next read (a transient refusal)
+        or stops the worker (a fatal one: ``common.errors``); nothing was acked then."""
+        error, self._ack_error = self._ack_error, None
+        if error is None:
             return
         if classify(error) is not Action.RETRY:
             raise error
         self.metrics.inc("retries:ack")
-        logger.warning("redis refused the acks of %d batches, retrying: %s", len(sent), error)
+        logger.warning("redis refused the acks of %d batches, retrying: %s", len(self._unacked),
+                       error)  # fmt: skip
         self.sleep(min(1.0, self.options.backoff_max_s, self._retrier.remaining()))
 
     def _ack_unacked(self) -> None:
