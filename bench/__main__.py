@@ -20,7 +20,7 @@ from typing import Any
 
 from common.servers import PostgresServer, RedisServer
 
-from . import baselines, scenarios
+from . import baselines, peer, scenarios
 from .scenarios import Env, median
 
 RESULTS = Path(__file__).parent / "results"
@@ -65,6 +65,16 @@ def main() -> int:
         "--rates", default="40000,60000,80000,100000,120000", help="end-to-end rates to try"
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="sustained run length")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--peer-only", action="store_true", help="only the side by side with cryptofeed 2.4.1"
+    )
+    which.add_argument("--no-peer", action="store_true", help="skip the side by side")
+    parser.add_argument("--peer-rates", default="1000,10000,40000", help="peer: paced rates")
+    parser.add_argument(
+        "--peer-seconds", type=float, help="peer: paced run length (10 s; 4 s with --quick)"
+    )
+    parser.add_argument("--peer-burst", type=int, default=100_000, help="peer: burst (0: none)")
     args = parser.parse_args()
     quick = args.quick
     n_consumer = 200_000 if quick else 1_000_000
@@ -96,57 +106,75 @@ def main() -> int:
         print(f"bench in {work} ({out['machine']}); {args.runs} runs per figure", flush=True)
         print("this machine:", out["calibration"], flush=True)
 
-        out["producer"] = _median_of(args.runs, lambda: scenarios.producer_alone(env, n_producer))
-        print("producer alone:", out["producer"], flush=True)
-
-        out["redis_bytes_per_frame"] = scenarios.prefill(env, n_consumer)
-        out["consumer_1"] = _median_of(
-            args.runs, lambda: scenarios.consumer_alone(env, n_consumer, 1)
-        )
-        print("consumer alone:", out["consumer_1"], flush=True)
-        out["consumer_2"] = _median_of(
-            args.runs, lambda: scenarios.consumer_alone(env, n_consumer, 2)
-        )
-        print("two consumers:", out["consumer_2"], flush=True)
-        # the same frames one per entry, as a slow feed (or a producer before runs) writes them
-        out["redis_bytes_per_frame_single"] = scenarios.prefill(env, n_consumer, run=1)
-        out["consumer_1_single"] = _median_of(
-            args.runs, lambda: scenarios.consumer_alone(env, n_consumer, 1)
-        )
-        print("consumer alone, one frame per entry:", out["consumer_1_single"], flush=True)
-
-        sustained = []
-        for rate in [float(r) for r in args.rates.split(",")]:
-            result = scenarios.end_to_end(env, rate, seconds)
-            sustained.append(result)
-            print("end to end:", result, flush=True)
-        out["end_to_end"] = sustained
-        kept_up = [
-            r["achieved_per_s"]
-            for r in sustained
-            if r["bounded"] and r["achieved_per_s"] >= 0.95 * r["target_per_s"]
-        ]
-        out["sustained_max_per_s"] = max(kept_up) if kept_up else 0.0
-
-        out["burst"] = _median_of(args.runs, lambda: scenarios.burst(env, 100_000))
-        print("burst:", out["burst"], flush=True)
-        for rate in (1_000.0, 10_000.0, 40_000.0):
-            out[f"latency_{int(rate)}"] = _median_of(
-                args.runs, lambda rate=rate: scenarios.end_to_end(env, rate, 10.0)
+        if not args.peer_only:
+            out["producer"] = _median_of(
+                args.runs, lambda: scenarios.producer_alone(env, n_producer)
             )
-            print(f"latency at {rate:.0f}/s:", out[f"latency_{int(rate)}"], flush=True)
+            print("producer alone:", out["producer"], flush=True)
 
-        out["calibration_end"] = calibrate(work)  # the box may change speed during the run
-        out["naive_consumer_per_s"] = baselines.naive_consumer(env, 5_000 if quick else 20_000)
-        unbatched, batched = baselines.producer_paths(env, 20_000 if quick else 100_000)
-        out["unbatched_xadd_per_s"] = unbatched
-        out["publisher_xadd_per_s"] = batched
-        print_table(out)
+            out["redis_bytes_per_frame"] = scenarios.prefill(env, n_consumer)
+            out["consumer_1"] = _median_of(
+                args.runs, lambda: scenarios.consumer_alone(env, n_consumer, 1)
+            )
+            print("consumer alone:", out["consumer_1"], flush=True)
+            out["consumer_2"] = _median_of(
+                args.runs, lambda: scenarios.consumer_alone(env, n_consumer, 2)
+            )
+            print("two consumers:", out["consumer_2"], flush=True)
+            # the same frames one per entry, as a slow feed (or a producer before runs) writes them
+            out["redis_bytes_per_frame_single"] = scenarios.prefill(env, n_consumer, run=1)
+            out["consumer_1_single"] = _median_of(
+                args.runs, lambda: scenarios.consumer_alone(env, n_consumer, 1)
+            )
+            print("consumer alone, one frame per entry:", out["consumer_1_single"], flush=True)
+
+            sustained = []
+            for rate in [float(r) for r in args.rates.split(",")]:
+                result = scenarios.end_to_end(env, rate, seconds)
+                sustained.append(result)
+                print("end to end:", result, flush=True)
+            out["end_to_end"] = sustained
+            kept_up = [
+                r["achieved_per_s"]
+                for r in sustained
+                if r["bounded"] and r["achieved_per_s"] >= 0.95 * r["target_per_s"]
+            ]
+            out["sustained_max_per_s"] = max(kept_up) if kept_up else 0.0
+
+            out["burst"] = _median_of(args.runs, lambda: scenarios.burst(env, 100_000))
+            print("burst:", out["burst"], flush=True)
+            for rate in (1_000.0, 10_000.0, 40_000.0):
+                out[f"latency_{int(rate)}"] = _median_of(
+                    args.runs, lambda rate=rate: scenarios.end_to_end(env, rate, 10.0)
+                )
+                print(f"latency at {rate:.0f}/s:", out[f"latency_{int(rate)}"], flush=True)
+
+            out["calibration_end"] = calibrate(work)  # the box may change speed during the run
+            out["naive_consumer_per_s"] = baselines.naive_consumer(env, 5_000 if quick else 20_000)
+            unbatched, batched = baselines.producer_paths(env, 20_000 if quick else 100_000)
+            out["unbatched_xadd_per_s"] = unbatched
+            out["publisher_xadd_per_s"] = batched
+            print_table(out)
+        if not args.no_peer:
+            peer_seconds = args.peer_seconds or (4.0 if quick else 10.0)
+            out["peer"] = peer.measure(
+                env,
+                runs=args.runs,
+                scenarios=peer.plan(
+                    [float(r) for r in args.peer_rates.split(",") if r],
+                    peer_seconds,
+                    args.peer_burst,
+                ),
+                redis_pid=redis_server.proc.pid if redis_server and redis_server.proc else None,
+                postgres_pid=pg_server.proc.pid if pg_server and pg_server.proc else None,
+                calibrate=calibrate,
+            )
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        kind = "peer" if args.peer_only else "bench"
+        path = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         path.write_text(json.dumps(out, indent=2))
         print(f"\nwritten {path}")
-        return 0
+        return 1 if args.peer_only and "skipped" in out["peer"] else 0
     finally:
         if redis_server:
             redis_server.stop()
