@@ -149,6 +149,9 @@ def main() -> int:
                 )
                 print(f"latency at {rate:.0f}/s:", out[f"latency_{int(rate)}"], flush=True)
 
+            out["idle"] = scenarios.idle(env, 20.0 if quick else 60.0)
+            print("idle:", out["idle"], flush=True)
+
             out["calibration_end"] = calibrate(work)  # the box may change speed during the run
             out["naive_consumer_per_s"] = baselines.naive_consumer(env, 5_000 if quick else 20_000)
             unbatched, batched = baselines.producer_paths(env, 20_000 if quick else 100_000)
@@ -192,6 +195,7 @@ def print_table(out: dict[str, Any]) -> None:
     l1, l10, l40 = out["latency_1000"], out["latency_10000"], out["latency_40000"]
     e2e_max = out["sustained_max_per_s"]
     naive = out["naive_consumer_per_s"]
+    idle = out["idle"]
     peak_p = max([p["peak_rss_mb"], b["producer_rss_mb"]]
                  + [r["producer_rss_mb"] for r in out["end_to_end"]])  # fmt: skip
     peak_c = max([c1["peak_rss_mb"], b["consumer_rss_mb"]]
@@ -215,6 +219,9 @@ def print_table(out: dict[str, Any]) -> None:
         ("latency at 40,000/s p50 / p99 / max",
          _lat(l40),
          "p99 <= 50 ms"),
+        ("idle (connected, no trades): producer + consumer",
+         f"{idle['total_pct']:.2f} % of a core ({idle['producer_pct']:.2f} + "
+         f"{idle['consumer_pct']:.2f})", "< 1 %"),
         ("peak RSS producer / consumer", f"{peak_p:.0f} / {peak_c:.0f} MB", "<= 60 / 120 MB"),
         ("Redis bytes per stored frame, runs / single",
          f"{out['redis_bytes_per_frame']:.0f} / {out['redis_bytes_per_frame_single']:.0f} B", ""),

@@ -368,3 +368,38 @@ def burst(env: Env, n: int) -> dict[str, float]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
+
+
+# -- 6. idle ----------------------------------------------------------------------------------
+def idle(env: Env, seconds: float) -> dict[str, float]:
+    """Producer and consumer connected to a feed that sends nothing (a quiet market, a night):
+    their CPU, % of one core, over ``seconds`` after a settle of 5 s (schedstat: exact)."""
+    from .peer_cpu import CpuMeter
+
+    env.reset()
+    port = free_port()
+    sim = spawn(
+        "simulator",
+        ["simulate", f"--serve=binance={port}", "--rate=0.00001", "--quote-rate=0"],
+        env.work,
+    )  # fmt: skip
+    _wait_port(port)
+    config = env.config(port)
+    consumer = spawn("consumer", ["consumer", "--name=idle"], env.work, config)
+    producer = spawn("producer", ["producer"], env.work, config)
+    try:
+        time.sleep(5.0)
+        meter = CpuMeter({"producer": [producer.popen.pid], "consumer": [consumer.popen.pid]})
+        meter.begin()
+        time.sleep(seconds)
+        cpu = meter.end()
+        return {
+            "seconds": seconds,
+            "producer_pct": 100 * cpu.get("producer", 0.0) / seconds,
+            "consumer_pct": 100 * cpu.get("consumer", 0.0) / seconds,
+            "total_pct": 100 * (cpu.get("producer", 0.0) + cpu.get("consumer", 0.0)) / seconds,
+        }
+    finally:
+        producer.stop()
+        consumer.stop()
+        sim.stop()
