@@ -215,3 +215,22 @@ def test_flags_are_stored_and_a_rewrite_keeps_the_first_rows_flags(database_url:
         quote = conn.execute("SELECT flags FROM quotes").fetchone()
     assert rows == [("1", 3), ("2", 0)] and quote == (16,)
     store.close()
+
+
+def test_a_lost_connection_is_transient_and_the_next_write_reconnects(database_url: str) -> None:
+    """The backend killed between two writes (a PostgreSQL restart, a fail-over): the write
+    raises TransientError (retry: nothing was committed), the next one connects afresh and
+    prepares its statements again."""
+    from common.errors import TransientError
+
+    store = Store(database_url)
+    store.connect()
+    assert store.write([trade(1)], []) == (1, 0)
+    pid = store.conn.info.backend_pid
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(TransientError):
+        store.write([trade(2)], [])
+    assert store.write([trade(2), trade(3)], []) == (2, 0)
+    assert store.conn.info.backend_pid != pid
+    store.close()
