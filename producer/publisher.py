@@ -360,17 +360,16 @@ class Publisher:
         return packer
 
     def _sent(self, frames: int, sizes: list[tuple[str, int]], replies: list[object]) -> None:
-        self.metrics.inc("published", frames)
         per_key: dict[str, int] = {}
         for key, n in sizes:
             per_key[key] = per_key.get(key, 0) + n
+        counts = [("published", frames), ("entries", len(sizes)), ("round_trips", 1)]
         for key, n in per_key.items():
             exchange = self._exchanges.get(key)
             if exchange is None:
                 exchange = self._exchanges[key] = exchange_of_key(key)
-            self.metrics.inc(f"published:{exchange}", n)
-        self.metrics.inc("entries", len(sizes))
-        self.metrics.inc("round_trips")
+            counts.append((f"published:{exchange}", n))
+        self.metrics.inc_many(counts)
         if self._down_since is not None:
             logger.warning(
                 "redis is back after %.1f s; sending %d buffered and %d spilled frames",

@@ -267,8 +267,10 @@ class RedisWire:
         replies: list[object] = []
         try:
             async with asyncio.timeout(self.timeout):
-                self._writer.write(payload)
-                await self._writer.drain()
+                writer = self._writer
+                writer.write(payload)
+                if writer.transport.get_write_buffer_size():  # (else drain has nothing to do)
+                    await writer.drain()
                 left = count
                 while left:
                     reply = self._parser.gets()
