@@ -14,10 +14,13 @@ afresh.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import hiredis
 import redis
+from redis._parsers import BaseParser
 
 
 class GroupReads:
@@ -26,6 +29,9 @@ class GroupReads:
         self.group = group
         self.name = name
         self._conn: Any = None
+        self._sock: socket.socket | None = None  # the connection's socket, read directly
+        self._parser = hiredis.Reader()
+        self._buf = bytearray(1 << 16)
 
     def read(
         self,
@@ -56,16 +62,23 @@ class GroupReads:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._pool.make_connection()
+            conn.connect()  # the handshake (AUTH, SELECT, HELLO, TLS) is redis-py's
+            sock = getattr(conn, "_sock", None)
+            self._sock = sock if isinstance(sock, socket.socket) else None
+            self._parser = hiredis.Reader()
         replies: list[Any] = []
         try:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            for i in range(len(commands)):
-                if i == len(acks) and acks and on_acks is not None:
-                    on_acks(_first_error(replies))
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
+            if self._sock is not None:
+                self._exchange(commands, conn.pack_commands(commands), len(acks), on_acks, replies)
+            else:  # a connection that is not a plain socket (fakeredis): redis-py reads it
+                conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                for i in range(len(commands)):
+                    if i == len(acks) and acks and on_acks is not None:
+                        on_acks(_first_error(replies))
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:
+                        replies.append(exc)
         except BaseException:
             self.close()  # a reply may be half read: start afresh
             raise
@@ -74,7 +87,38 @@ class GroupReads:
             raise read
         return read, _first_error(replies)
 
+    def _exchange(
+        self,
+        commands: Sequence[Any],
+        payload: Sequence[bytes],
+        acks: int,
+        on_acks: Callable[[BaseException | None], None] | None,
+        replies: list[Any],
+    ) -> None:
+        """Send ``payload`` on the socket and parse the replies with hiredis: redis-py's
+        connection layers (health checks, timeouts set per read, hooks) cost more than the
+        round trip at one small batch every few ms. Error replies become redis-py's exceptions
+        (``BaseParser.parse_error``: READONLY, NOPERM ... as its client raises them)."""
+        sock, parser, buf = self._sock, self._parser, self._buf
+        assert sock is not None
+        sock.sendall(b"".join(payload))
+        while len(replies) < len(commands):
+            if len(replies) == acks and acks and on_acks is not None:
+                on_acks(_first_error(replies))
+                on_acks = None
+            reply = parser.gets()
+            if reply is False:
+                n = sock.recv_into(buf)
+                if not n:
+                    raise redis.ConnectionError("redis closed the connection")
+                parser.feed(buf, 0, n)  # type: ignore[arg-type]  # (a buffer: no copy)
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                reply = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+            replies.append(reply)
+
     def close(self) -> None:
+        self._sock = None
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
