@@ -4,13 +4,16 @@ consumer's acks ride its next read. No servers: a recording wire and fakeredis."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
 import pytest
 
-from common.config import ConfigError, settings_from_mapping
+from common.config import settings_from_mapping
+from common.errors import ConfigError
 from common.metrics import Metrics
 from consumer.reads import GroupReads
 from producer.publisher import Publisher
@@ -67,20 +70,33 @@ def test_without_linger_a_lone_frame_goes_at_once() -> None:
     assert len(wire.trips) == 3
 
 
+@contextlib.asynccontextmanager
+async def _running(linger_ms: float, buffer_frames: int = 100) -> AsyncIterator[Publisher]:
+    """A publisher on a RecordingWire (``pub.wire``), running; stopped at the end."""
+    pub = Publisher(RecordingWire(), buffer_frames=buffer_frames, pipeline_max=500,
+                    metrics=Metrics("producer"), linger_ms=linger_ms)  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(pub.run(stop))
+    await asyncio.sleep(0.01)
+    try:
+        yield pub
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+def _trips(pub: Publisher) -> list[tuple[float, int]]:
+    assert isinstance(pub.wire, RecordingWire)
+    return list(pub.wire.trips)
+
+
 def test_a_lone_frame_waits_the_linger_and_no_longer() -> None:
     async def scenario() -> tuple[float, float]:
-        wire = RecordingWire()
-        pub = Publisher(wire, buffer_frames=100, pipeline_max=500, metrics=Metrics("producer"),
-                        linger_ms=20.0)  # fmt: skip
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(pub.run(stop))
-        await asyncio.sleep(0.01)
-        put_at = time.monotonic()
-        pub.put(PACKER, b"{}", False, 0, time.time_ns())
-        await asyncio.sleep(0.2)
-        stop.set()
-        await task
-        [(sent_at, _)] = wire.trips
+        async with _running(20.0) as pub:
+            put_at = time.monotonic()
+            pub.put(PACKER, b"{}", False, 0, time.time_ns())
+            await asyncio.sleep(0.2)
+        [(sent_at, _)] = _trips(pub)
         return put_at, sent_at
 
     put_at, sent_at = asyncio.run(scenario())
@@ -89,19 +105,12 @@ def test_a_lone_frame_waits_the_linger_and_no_longer() -> None:
 
 def test_enough_frames_go_before_the_linger_ends() -> None:
     async def scenario() -> tuple[float, list[tuple[float, int]]]:
-        wire = RecordingWire()
-        pub = Publisher(wire, buffer_frames=10_000, pipeline_max=500,
-                        metrics=Metrics("producer"), linger_ms=1_000.0)  # fmt: skip
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(pub.run(stop))
-        await asyncio.sleep(0.01)
-        put_at = time.monotonic()
-        for i in range(pub.linger_frames):
-            pub.put(PACKER, b"{}", False, i, time.time_ns())
-        await asyncio.sleep(0.1)
-        trips = list(wire.trips)
-        stop.set()
-        await task
+        async with _running(1_000.0, buffer_frames=10_000) as pub:
+            put_at = time.monotonic()
+            for i in range(pub.linger_frames):
+                pub.put(PACKER, b"{}", False, i, time.time_ns())
+            await asyncio.sleep(0.1)
+            trips = _trips(pub)
         return put_at, trips
 
     put_at, trips = asyncio.run(scenario())
@@ -110,18 +119,11 @@ def test_enough_frames_go_before_the_linger_ends() -> None:
 
 def test_a_stop_does_not_wait_for_the_linger() -> None:
     async def scenario() -> tuple[float, list[tuple[float, int]]]:
-        wire = RecordingWire()
-        pub = Publisher(wire, buffer_frames=100, pipeline_max=500, metrics=Metrics("producer"),
-                        linger_ms=1_000.0)  # fmt: skip
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(pub.run(stop))
-        await asyncio.sleep(0.01)
-        pub.put(PACKER, b"{}", False, 0, time.time_ns())
-        await asyncio.sleep(0.01)
-        t0 = time.monotonic()
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        return time.monotonic() - t0, wire.trips
+        async with _running(1_000.0) as pub:
+            pub.put(PACKER, b"{}", False, 0, time.time_ns())
+            await asyncio.sleep(0.01)
+            t0 = time.monotonic()
+        return time.monotonic() - t0, _trips(pub)
 
     took, trips = asyncio.run(scenario())
     assert took < 0.5 and [count for _, count in trips] == [1]  # sent, not left behind
