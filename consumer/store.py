@@ -305,6 +305,10 @@ class Store:
             psycopg.Error: the server's refusal, of the class its SQLSTATE names (as psycopg
                 raises it), or ``OperationalError`` when the connection is lost.
         """
+        if any("\x00" in p for p in params):
+            # libpq sends text parameters as C strings: it would cut one at the NUL. psycopg's
+            # own refusal, with its reason (the validator already keeps NUL out of ids).
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
         pgconn = conn.pgconn
         ok = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
         if name not in self._prepared:

@@ -234,3 +234,16 @@ def test_a_lost_connection_is_transient_and_the_next_write_reconnects(database_u
     assert store.write([trade(2), trade(3)], []) == (2, 0)
     assert store.conn.info.backend_pid != pid
     store.close()
+
+
+def test_a_nul_in_a_value_is_refused_whole_never_cut(database_url: str) -> None:
+    """libpq would cut a text parameter at a NUL: the store refuses the batch as psycopg does
+    (a data error: the worker isolates the frame), and commits none of it."""
+    store = Store(database_url)
+    store.connect()
+    with pytest.raises(psycopg.DataError, match=r"NUL|0x00"):
+        store.write([trade(1), trade(2, trade_id="2\x00tail"), trade(3)], [])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM trades").fetchone() == (0,)
+    assert store.write([trade(1), trade(3)], []) == (2, 0)
+    store.close()
