@@ -23,6 +23,16 @@ import redis
 from redis._parsers import BaseParser
 
 
+def xreadgroup_args(
+    group: str, name: str, streams: Mapping[str, str], count: int, block_ms: int
+) -> list[Any]:
+    """XREADGROUP's arguments (without the command's name); no BLOCK when ``block_ms`` is 0."""
+    args: list[Any] = ["GROUP", group, name, "COUNT", count]
+    if block_ms > 0:
+        args += ["BLOCK", block_ms]
+    return [*args, "STREAMS", *streams, *streams.values()]
+
+
 class GroupReads:
     def __init__(self, client: redis.Redis, group: str, name: str) -> None:
         self._pool: Any = client.connection_pool
@@ -54,11 +64,8 @@ class GroupReads:
             redis.ConnectionError, redis.TimeoutError, OSError: the connection failed.
         """
         commands: list[tuple[Any, ...]] = [("XACK", key, self.group, *ids) for key, ids in acks]
-        args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.name, "COUNT", count]
-        if block_ms > 0:
-            args += ["BLOCK", block_ms]
-        args += ["STREAMS", *streams, *streams.values()]
-        commands.append(tuple(args))
+        commands.append(("XREADGROUP", *xreadgroup_args(self.group, self.name, streams, count,
+                                                        block_ms)))  # fmt: skip
         conn = self._conn
         if conn is None:
             conn = self._conn = self._pool.make_connection()

@@ -52,7 +52,7 @@ from .deadletter import DeadLetters, over_budget_reason
 from .flags import flag_names, flagger_from
 from .group_metrics import GroupMetrics
 from .process import Outcome, Processor, bounded
-from .reads import GroupReads
+from .reads import GroupReads, xreadgroup_args
 from .retry import GaveUp, Retrier, StopFlag
 from .store import Store
 from .writers import WriterPool
@@ -667,10 +667,7 @@ class ClusterReads:
         node = self.client.get_node_from_key(next(iter(streams)))
         if node.redis_connection is not None:  # the node's client parses replies first
             node.redis_connection.set_response_callback("XREADGROUP", _raw_reply)
-        args: list[Any] = ["GROUP", self.group, self.name, "COUNT", count]
-        if block_ms > 0:
-            args += ["BLOCK", block_ms]
-        args += ["STREAMS", *streams, *streams.values()]
+        args = xreadgroup_args(self.group, self.name, streams, count, block_ms)
         reply = self.client.execute_command("XREADGROUP", *args, target_nodes=node)
         # RESP2 [[key, entries], ...]; RESP3 a map
         return list(reply.items()) if isinstance(reply, dict) else list(reply or [])
