@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from .config import load_settings
 from .errors import ConfigError
@@ -180,69 +182,57 @@ def _venues(argv: list[str]) -> int:
     return 0
 
 
-def _gaps(argv: list[str]) -> int:
-    from consumer.completeness import gaps
+def _lazy(target: str) -> Callable[[list[str]], int]:
+    """A command whose module ("module:function") is imported only when it runs: the others
+    stay fast to start and need none of its dependencies."""
 
-    return gaps(argv)
+    def command(argv: list[str]) -> int:
+        module, _, name = target.partition(":")
+        run: Callable[[list[str]], int] = getattr(importlib.import_module(module), name)
+        return run(argv)
 
-
-def _coverage(argv: list[str]) -> int:
-    from consumer.completeness import coverage
-
-    return coverage(argv)
-
-
-def _backfill(argv: list[str]) -> int:
-    from consumer.completeness import backfill
-
-    return backfill(argv)
-
-
-def _run(argv: list[str]) -> int:
-    from .run import main
-
-    return main(argv)
-
-
-def _status(argv: list[str]) -> int:
-    from .status import main
-
-    return main(argv)
-
-
-def _dlq(argv: list[str]) -> int:
-    from consumer.dlq import main
-
-    return main(argv)
-
-
-def _retention(argv: list[str]) -> int:
-    from consumer.retention import main
-
-    return main(argv)
-
-
-def _demo(argv: list[str]) -> int:
-    from .demo import main
-
-    return main(argv)
+    return command
 
 
 COMMANDS = {
-    "run": (_run, "embedded servers + producer + consumer against the real venues; live table"),
-    "status": (_status, "health of streams, groups, feeds, symbols, dead letters and gaps"),
+    "run": (
+        _lazy("common.run:main"),
+        "embedded servers + producer + consumer against the real venues; live table",
+    ),
+    "status": (
+        _lazy("common.status:main"),
+        "health of streams, groups, feeds, symbols, dead letters and gaps",
+    ),
     "producer": (_producer, "run the producer (exchange WebSockets -> Redis Stream)"),
     "consumer": (_consumer, "run a consumer-group worker (Redis Stream -> PostgreSQL)"),
-    "demo": (_demo, "start servers, simulator, producer and consumer; show live counts"),
+    "demo": (
+        _lazy("common.demo:main"),
+        "start servers, simulator, producer and consumer; show live counts",
+    ),
     "simulate": (_simulate, "run the local exchange simulator"),
     "migrate": (_migrate, "apply the database schema and partitions"),
     "replay": (_replay, "process a range of the stream again (no duplicates)"),
     "venues": (_venues, "list venues, channels, endpoints and limits"),
-    "gaps": (_gaps, "the gap ledger (--scan: scan stored ids); exit 1 if any unsettled"),
-    "coverage": (_coverage, "when each feed was blind, per exchange and symbol; exit 1 if any"),
-    "backfill": (_backfill, "find gaps and fetch the missing trades over the venues' REST"),
-    "dlq": (_dlq, "dead letters: list, show, requeue into their raw stream, purge"),
-    "retention": (_retention, "drop daily partitions older than database.retention_days"),
+    "gaps": (
+        _lazy("consumer.completeness:gaps"),
+        "the gap ledger (--scan: scan stored ids); exit 1 if any unsettled",
+    ),
+    "coverage": (
+        _lazy("consumer.completeness:coverage"),
+        "when each feed was blind, per exchange and symbol; exit 1 if any",
+    ),
+    "backfill": (
+        _lazy("consumer.completeness:backfill"),
+        "find gaps and fetch the missing trades over the venues' REST",
+    ),
+    "dlq": (
+        _lazy("consumer.dlq:main"),
+        "dead letters: list, show, requeue into their raw stream, purge",
+    ),
+    "retention": (
+        _lazy("consumer.retention:main"),
+        "drop daily partitions older than database.retention_days",
+    ),
 }
 
 
