@@ -297,7 +297,9 @@ class Child:
 
     def state(self, now: float) -> str:
         if self.proc is not None:
-            return f"running, pid {self.proc.pid}, up {_duration(now - self.started)}"
+            from .status import fmt_age
+
+            return f"running, pid {self.proc.pid}, up {fmt_age(now - self.started)}"
         if self.restart_at is not None:
             last = describe_exit(self.last_exit) if self.last_exit is not None else "exited"
             return f"{last}; restarting in {max(0.0, self.restart_at - now):.0f} s"
@@ -317,15 +319,6 @@ class Child:
             status = 0
         self.last_exit = status
         return status
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 # -- the embedded servers, kept by a process of their own ---------------------------------------
@@ -627,7 +620,7 @@ def status_line(
     pending = sum(g.pending for g in groups)
     newest = f"newest {fmt_age(min(ages))} old" if ages else "none in the last hour"
     line = (
-        f"run {_duration(uptime_s)}: {trades} trades in the last minute ({newest}), lag {lag} "
+        f"run {fmt_age(uptime_s)}: {trades} trades in the last minute ({newest}), lag {lag} "
         f"entries ({behind} behind), {pending} pending; {_children_text(children, now)}"
     )
     if problems:

@@ -168,14 +168,14 @@ def test_status_line_sums_the_symbols_and_names_the_children(tmp_path: Path) -> 
     child.restarts, child.last_exit, child.restart_at = 2, -9, 104.0
     line = run_module.status_line(snap, problems, [child], "tickvault", now=100.0, uptime_s=130.0)
     assert line == (
-        "run 2 min: 630 trades in the last minute (newest 0.3s old), lag 3 entries (1.5s "
+        "run 2m10s: 630 trades in the last minute (newest 0.3s old), lag 3 entries (1.5s "
         "behind), 2 pending; consumer killed by SIGKILL; restarting in 4 s (2 restarts); "
         "1 problem(s): binance: 1 open gap"
     )
     quiet = msgspec.structs.replace(snap, symbols=[], streams=[])
     line = run_module.status_line(quiet, [], [], "tickvault", now=0.0, uptime_s=5.0)
     assert line == (
-        "run 5 s: 0 trades in the last minute (none in the last hour), lag 0 entries (0.0s "
+        "run 5.0s: 0 trades in the last minute (none in the last hour), lag 0 entries (0.0s "
         "behind), 0 pending; "
     )
 
