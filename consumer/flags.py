@@ -160,6 +160,14 @@ class _Symbol:
         self.sized = 0
 
 
+def _remember(window: deque[float], ranked: list[float], value: float, size: int) -> None:
+    """``value`` enters a rolling window of ``size`` (arrival order) and its sorted copy."""
+    window.append(value)
+    insort(ranked, value)
+    if len(window) > size:
+        del ranked[bisect_left(ranked, window.popleft())]
+
+
 class Flagger:
     """Flags for trades and quotes, one instance per consumer process (not thread-safe)."""
 
@@ -220,11 +228,7 @@ class Flagger:
                 if st.run_side:  # the run of outliers is broken
                     st.run = []
                     st.run_side = 0
-                window = st.prices
-                window.append(price)
-                insort(ranked, price)
-                if len(window) > self._window:
-                    del ranked[bisect_left(ranked, window.popleft())]
+                _remember(st.prices, ranked, price, self._window)
 
         try:
             amount = float(trade.amount)
@@ -236,11 +240,7 @@ class Flagger:
                 st.sized += 1
             elif amount > self._size_factor * ranked[len(ranked) >> 1]:
                 return flags | _SIZE
-            window = st.amounts
-            window.append(amount)
-            insort(ranked, amount)
-            if len(window) > self._window:
-                del ranked[bisect_left(ranked, window.popleft())]
+            _remember(st.amounts, ranked, amount, self._window)
         return flags
 
     def _outlier(self, st: _Symbol, price: float, gap_ns: int) -> bool:
