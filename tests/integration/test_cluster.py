@@ -183,6 +183,26 @@ def _move_slot(cluster: RedisClusterServers, slot: int, to_port: int) -> None:
             node.close()
 
 
+def _start_storing(
+    p: Pipeline, total: int
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """A consumer and a producer storing ``total`` trades of each exchange: both started, and
+    every exchange has rows."""
+    p.simulator(rate=150, trades=total)
+    consumer = p.start_consumer("c1")
+    producer = p.start_producer()
+    wait_for(lambda: len(_stored(p)) == len(EXCHANGES), timeout=30, what="rows of each")
+    return consumer, producer
+
+
+def _finish_storing(
+    p: Pipeline, total: int, consumer: subprocess.Popen[bytes], producer: subprocess.Popen[bytes]
+) -> None:
+    """Every trade stored once, then both stop with status 0."""
+    wait_for(lambda: _complete(p, total), timeout=60, what="every trade stored once")
+    assert p.stop(producer) == 0 and p.stop(consumer) == 0
+
+
 def test_a_slot_moved_under_the_producer_and_consumer_loses_nothing(
     cluster: RedisClusterServers, cluster_url: str, database_url: str, work_dir: Path
 ) -> None:
@@ -196,14 +216,10 @@ def test_a_slot_moved_under_the_producer_and_consumer_loses_nothing(
         work=work_dir, redis_url=cluster_url, database_url=database_url, feeds=FEEDS,
         backfill={"auto": False},
     ) as p:  # fmt: skip
-        p.simulator(rate=150, trades=total)
-        consumer = p.start_consumer("c1")
-        producer = p.start_producer()
-        wait_for(lambda: len(_stored(p)) == len(EXCHANGES), timeout=30, what="rows of each")
+        consumer, producer = _start_storing(p, total)
         _move_slot(cluster, slot, target)
         assert _owner(cluster, slot) == target
-        wait_for(lambda: _complete(p, total), timeout=60, what="every trade stored once")
-        assert p.stop(producer) == 0 and p.stop(consumer) == 0
+        _finish_storing(p, total, consumer, producer)
         for name in ("producer", "consumer-c1"):
             assert "Traceback" not in p.log(name), p.log(name)
         log = p.log("producer")
@@ -319,15 +335,11 @@ def test_a_node_restarted_mid_run_loses_nothing(
         work=work_dir, redis_url=cluster_url, database_url=database_url, feeds=FEEDS,
         backfill={"auto": False},
     ) as p:  # fmt: skip
-        p.simulator(rate=150, trades=total)
-        consumer = p.start_consumer("c1")
-        producer = p.start_producer()
-        wait_for(lambda: len(_stored(p)) == len(EXCHANGES), timeout=30, what="rows of each")
+        consumer, producer = _start_storing(p, total)
         cluster.stop_node(index)
         time.sleep(1.0)  # the outage (not a synchronisation)
         cluster.start_node(index, timeout=30 * SLOW)
-        wait_for(lambda: _complete(p, total), timeout=60, what="every trade stored once")
-        assert p.stop(producer) == 0 and p.stop(consumer) == 0
+        _finish_storing(p, total, consumer, producer)
         _no_cross_slot(p)
 
 
