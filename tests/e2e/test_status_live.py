@@ -4,6 +4,7 @@ a real terminal (tmux), drawn in 80 columns and refreshed in place until Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,9 +58,12 @@ def feed_problems(p: Pipeline, *kinds: str) -> Any:
     return found if code == 1 and found else None
 
 
-def test_status_of_a_live_pipeline_a_stopped_and_a_killed_producer(
-    redis_url: str, database_url: str, work_dir
-) -> None:
+@contextlib.contextmanager
+def _healthy(
+    redis_url: str, database_url: str, work_dir: Path
+) -> Iterator[tuple[Pipeline, subprocess.Popen[bytes], Any]]:
+    """A live pipeline (simulator, consumer, producer) with rows stored and a healthy status:
+    the pipeline, its producer and that status document."""
     with pipeline(
         work=work_dir, redis_url=redis_url, database_url=database_url,
         feeds=[Feed("binance", SYMBOLS)],
@@ -66,7 +72,14 @@ def test_status_of_a_live_pipeline_a_stopped_and_a_killed_producer(
         p.start_consumer()
         producer = p.start_producer()
         p.wait_rows(100, timeout=30)
-        doc = wait_for(lambda: healthy(p), timeout=30, interval=0.5, what="status healthy")
+        yield p, producer, wait_for(lambda: healthy(p), timeout=30, interval=0.5,
+                                    what="status healthy")  # fmt: skip
+
+
+def test_status_of_a_live_pipeline_a_stopped_and_a_killed_producer(
+    redis_url: str, database_url: str, work_dir
+) -> None:
+    with _healthy(redis_url, database_url, work_dir) as (p, producer, doc):
         [stream] = doc["streams"]
         assert stream["exchange"] == "binance" and stream["length"] > 0
         [group] = stream["groups"]
@@ -108,15 +121,7 @@ def test_watch_in_a_real_terminal_refreshes_in_place(
     redis_url: str, database_url: str, work_dir
 ) -> None:
     socket = f"tickvault-status-{os.getpid()}"  # a tmux server of this test's own
-    with pipeline(
-        work=work_dir, redis_url=redis_url, database_url=database_url,
-        feeds=[Feed("binance", SYMBOLS)],
-    ) as p:  # fmt: skip
-        p.simulator(rate=50, trades=1_000_000)
-        p.start_consumer()
-        p.start_producer()
-        p.wait_rows(100, timeout=30)
-        wait_for(lambda: healthy(p), timeout=30, interval=0.5, what="status healthy")
+    with _healthy(redis_url, database_url, work_dir) as (p, _, _):
         command = (
             f"{sys.executable} -m common.cli status --watch --every 0.5 --config {p.config}; "
             "echo exited $?; sleep 30"
