@@ -356,13 +356,19 @@ def _stream_trade_ids(redis_url: str, before_ms: int) -> set[tuple[str, str]]:
     return out
 
 
+def _started(runs: list[Run], config: Path, state: Path, log: Path) -> Run:
+    """A `tickvault run` started (and stopped by the ``runs`` fixture whatever happens)."""
+    run = Run(config, state, log)
+    runs.append(run)
+    return run
+
+
 @pytest.mark.e2e
 def test_run_supervises_stops_in_order_and_keeps_its_data(
     tmp_path: Path, simulator: int, runs: list[Run]
 ) -> None:
     config, state = _config(tmp_path / "run.toml", simulator), tmp_path / "state"
-    first = Run(config, state, tmp_path / "run-1.log")
-    runs.append(first)
+    first = _started(runs, config, state, tmp_path / "run-1.log")
     info = first.wait_up()
     assert "postgres postgresql://" in first.output()  # the URL is printed, and in run.json
     assert set(info["servers"]) == {"keeper", "redis", "postgres"}
@@ -412,8 +418,7 @@ def test_run_supervises_stops_in_order_and_keeps_its_data(
     # again on the same directory: the data is still there, every trade received stored once
     # (the simulator trades on: what the third run adds, backfill included, comes after)
     third_start = time.time()
-    third = Run(config, state, tmp_path / "run-3.log")
-    runs.append(third)
+    third = _started(runs, config, state, tmp_path / "run-3.log")
     info = third.wait_up()
     wait_for(lambda: third.query("SELECT 1 FROM trades LIMIT 1"), what="the database")
     rows = third.query(
@@ -438,16 +443,16 @@ def test_a_killed_run_stops_its_servers_and_the_next_run_its_leftovers(
     tmp_path: Path, simulator: int, runs: list[Run]
 ) -> None:
     config, state = _config(tmp_path / "run.toml", simulator), tmp_path / "state"
-    first = Run(config, state, tmp_path / "run-1.log")
-    runs.append(first)
+    first = _started(runs, config, state, tmp_path / "run-1.log")
     info = first.wait_up()
     wait_for(lambda: first.trades() >= 100, timeout=30, what="100 trades stored")
     first.kill()  # SIGKILL: no stop sequence at all
     orphans = [c["pid"] for c in info["children"].values()]
     assert not any(_gone(pid) for pid in orphans)  # the kill left them running
 
-    second = Run(config, state, tmp_path / "run-2.log")  # at once: the keeper may still stop
-    runs.append(second)
+    second = _started(
+        runs, config, state, tmp_path / "run-2.log"
+    )  # at once: the keeper may still stop
     second.wait_up()
     assert all(_gone(pid) for pid in orphans)
     out = second.output()
