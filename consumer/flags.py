@@ -160,6 +160,15 @@ class _Symbol:
         self.sized = 0
 
 
+def _positive(text: str) -> float:
+    """The decimal ``text`` as a float when it is finite and positive, else 0.0 (no verdict)."""
+    try:
+        value = float(text)
+    except (ValueError, TypeError):
+        return 0.0
+    return value if 0.0 < value < _INF else 0.0
+
+
 def _remember(window: deque[float], ranked: list[float], value: float, size: int) -> None:
     """``value`` enters a rolling window of ``size`` (arrival order) and its sorted copy."""
     window.append(value)
@@ -210,11 +219,8 @@ class Flagger:
         if gap > 0:
             st.last_ns = ts
 
-        try:
-            price = float(trade.price)
-        except (ValueError, TypeError):
-            price = 0.0
-        if 0.0 < price < _INF:
+        price = _positive(trade.price)
+        if price:
             ranked = st.sorted_prices
             if st.priced < self._min_history:
                 st.priced += 1
@@ -230,11 +236,8 @@ class Flagger:
                     st.run_side = 0
                 _remember(st.prices, ranked, price, self._window)
 
-        try:
-            amount = float(trade.amount)
-        except (ValueError, TypeError):
-            amount = 0.0
-        if 0.0 < amount < _INF:
+        amount = _positive(trade.amount)
+        if amount:
             ranked = st.sorted_amounts
             if st.sized < self._min_history:
                 st.sized += 1
@@ -273,12 +276,8 @@ class Flagger:
 
     def quote(self, quote: Quote) -> int:
         """The flags of ``quote`` (0: clean, or prices that cannot be judged)."""
-        try:
-            bid = float(quote.bid_price)
-            ask = float(quote.ask_price)
-        except (ValueError, TypeError):
-            return 0
-        if not (0.0 < bid < _INF and 0.0 < ask < _INF):
+        bid, ask = _positive(quote.bid_price), _positive(quote.ask_price)
+        if not (bid and ask):
             return 0
         if bid > ask:  # float rounding is monotonic: bid > ask as decimals too
             return _CROSSED
