@@ -384,6 +384,9 @@ class Worker:
         if self._slot_reads is not None:
             return self._slot_reads.read(live, count, block_ms)
         if self._reads is not None:
+            if not self._unacked:
+                reply, _ = self._reads.read(live, count, block_ms)
+                return reply or []
             sent = list(self._unacked)
             acks = [pair for batch in sent for pair in batch.acks.items()]
             reply, _ = self._reads.read(
@@ -549,7 +552,7 @@ class Worker:
             if self._reads is None:
                 done = pool.commit_here(batch)
             else:  # the ack goes with the next read
-                done = pool.commit_here(batch, lambda b, s: committer.commit(b, s, ack=False))
+                done = pool.commit_here(batch, partial(committer.commit, ack=False))
                 if done:
                     self._unacked.append(batch)
             if done is not None:
