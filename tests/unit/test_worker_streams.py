@@ -241,3 +241,33 @@ def test_small_batches_commit_on_the_main_thread_and_ack_with_the_next_read(
     assert xacks == [1]  # the last batch's, at the stop; the others rode a read
     assert r.xpending(KEY, "tickvault")["pending"] == 0
     assert w.metrics.counters["acked"] == 5 and w.metrics.counters["batches"] == 5
+
+
+def test_a_consumer_killed_between_a_commit_and_the_read_that_acks_it_loses_nothing(
+    r: fakeredis.FakeRedis,
+) -> None:
+    """The one window the riding acks add: a batch committed on the main thread whose XACK
+    has not gone out yet. Killed there (SIGKILL runs no exit path: no final ack, no release),
+    its entries stay pending; the restarted consumer (same name) reads them again first,
+    writes them again (the natural key stores nothing twice) and acks them."""
+    for i in range(1, 4):
+        r.xadd(KEY, frame(i))
+    store = MemoryStore(r)
+    first = worker(r, store)
+    first._ack_unacked = lambda: None  # type: ignore[method-assign]  # as if killed -9
+    first._leave = lambda failure: None  # type: ignore[method-assign]
+    first.run(StopAfter(store, 3))
+    assert len(store.rows) == 3
+    assert r.xpending(KEY, "tickvault")["pending"] == 3  # committed, never acked
+    assert first.metrics.counters["acked"] == 0
+
+    again = worker(r, store)
+
+    class Acked:
+        def is_set(self) -> bool:
+            return again.metrics.counters["acked"] >= 3
+
+    again.run(Acked())
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == [1, 2, 3]
+    assert again.metrics.counters["rows_duplicate"] == 3 and again.metrics.counters["acked"] == 3
