@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from common.config import ProducerSettings
 from common.envelope import decode_entry, raw_key
 from common.metrics import Metrics
 from common.servers import free_port
@@ -27,9 +28,13 @@ def body(i: int) -> bytes:
 
 
 def make(url: str, spill: Spill | None, metrics: Metrics, **kw: int) -> Publisher:
+    """A publisher lingering as a producer does by default (``producer.linger_ms``): frames
+    that wait for company when Redis goes away go to the spill like the others."""
+    defaults = ProducerSettings()
     return Publisher(
         RedisWire(url, timeout=0.5), buffer_frames=kw.get("buffer", 100_000), pipeline_max=500,
         metrics=metrics, high_water=kw.get("high_water", 20_000), spill=spill,
+        linger_ms=defaults.linger_ms, linger_frames=defaults.linger_frames,
     )  # fmt: skip
 
 
