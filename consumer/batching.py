@@ -38,12 +38,23 @@ class DeadLetter:
 
 
 class Span(NamedTuple):
-    """Where one frame's rows sit in the batch's flat lists (to find a row PostgreSQL rejects)."""
+    """Where one frame's rows sit in the batch's flat lists (to find a row PostgreSQL rejects).
+    Flat (one tuple per frame): the bounds are read only when PostgreSQL refuses a batch."""
 
     key: str
     entry_id: str  # the entry's id, or ``<entry id>/<index>`` for a frame of a run
-    trades: tuple[int, int]
-    quotes: tuple[int, int]
+    trades_from: int
+    trades_to: int
+    quotes_from: int
+    quotes_to: int
+
+    @property
+    def trades(self) -> tuple[int, int]:
+        return self.trades_from, self.trades_to
+
+    @property
+    def quotes(self) -> tuple[int, int]:
+        return self.quotes_from, self.quotes_to
 
 
 @dataclass(slots=True)
@@ -74,9 +85,21 @@ class Batch:
         if out.frames is None:
             self._add_frame(key, entry_id, fields, out)
             return
+        all_trades, spans = self.trades, self.spans
         for i, frame_out in enumerate(out.frames):
             one = frame_id(entry_id, i)
-            if frame_out.dead is not None:
+            trades = frame_out.trades
+            if trades and not frame_out.quotes and frame_out.dead is None:
+                # trades alone (so no control kind, no marker), the common case: inlined
+                self.frames += 1
+                recv_ns = frame_out.recv_ns
+                if recv_ns and (not self.oldest_recv_ns or recv_ns < self.oldest_recv_ns):
+                    self.oldest_recv_ns = recv_ns
+                t0 = len(all_trades)
+                all_trades += trades
+                q0 = len(self.quotes)
+                spans.append(Span(key, one, t0, len(all_trades), q0, q0))
+            elif frame_out.dead is not None:
                 # the dead letter carries this frame alone, as a single-frame entry would
                 try:
                     own = run_frame_fields(as_dict(fields), i)
@@ -93,10 +116,11 @@ class Batch:
             self.oldest_recv_ns = recv_ns
         trades, quotes = out.trades, out.quotes
         if trades or quotes:
-            t0, q0 = len(self.trades), len(self.quotes)
-            self.trades += trades
-            self.quotes += quotes
-            self.spans.append(Span(key, entry_id, (t0, len(self.trades)), (q0, len(self.quotes))))
+            all_trades, all_quotes = self.trades, self.quotes
+            t0, q0 = len(all_trades), len(all_quotes)
+            all_trades += trades
+            all_quotes += quotes
+            self.spans.append(Span(key, entry_id, t0, len(all_trades), q0, len(all_quotes)))
         if out.dead is not None:
             self.dead.append(DeadLetter(key, entry_id, as_dict(fields), out.dead))
         if out.control is not None:

@@ -167,8 +167,8 @@ class Committer:
 
     def _write(self, batch: Batch, store: Store, renew: Callable[[], None]) -> None:
         def write(spans: Sequence[Span]) -> None:
-            trades = [t for s in spans for t in batch.trades[s.trades[0] : s.trades[1]]]
-            quotes = [q for s in spans for q in batch.quotes[s.quotes[0] : s.quotes[1]]]
+            trades = [t for s in spans for t in batch.trades[s.trades_from : s.trades_to]]
+            quotes = [q for s in spans for q in batch.quotes[s.quotes_from : s.quotes_to]]
             self._store(store, trades, quotes, renew)
 
         try:

@@ -218,6 +218,17 @@ class Processor:
             return Outcome(dead=f"unknown exchange {bounded(exchange, 40)!r}", recv_ns=recv_ns)
         parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, name, symbols))
         trades, quotes = parsed.trades, parsed.quotes
+        if len(trades) == 1 and not quotes:  # most frames: one trade, valid (same outcome)
+            trade = trades[0]
+            if self.validator.trade(trade) is None:
+                flagger = self.flagger
+                if flagger is not None:
+                    bits = flagger.trade(trade)
+                    if bits:
+                        trades = [msgspec.structs.replace(trade, flags=bits)]
+                        if self.on_flag is not None:
+                            self.on_flag(bits, trade.exchange)
+                return Outcome(trades, _NONE, None, None, recv_ns)
         if parsed.control is not None and not trades and not quotes:
             return Outcome(_NONE, _NONE, parsed.control, None, recv_ns)
         check_trade, check_quote = self.validator.trade, self.validator.quote
