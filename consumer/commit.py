@@ -108,6 +108,22 @@ class Committer:
             self.acked(batch)
         return True
 
+    def ack_now(self, batch: Batch) -> bool:
+        """Ack and count a batch committed with ``ack=False``: False when the stop deadline
+        passed first (its entries stay pending, for the worker to release)."""
+        lease = self.lease_ms / 1000
+
+        def renew() -> None:
+            self.claims.renew(batch.acks, self.lease_ms)
+
+        try:
+            self.retrier.call("ack", lambda: self.ack(batch), on_wait=renew, max_sleep=lease)
+        except GaveUp as exc:
+            logger.error("batch of %d entries left pending: %s", batch.entries, exc)
+            return False
+        self.acked(batch)
+        return True
+
     def acked(self, batch: Batch) -> None:
         """Count a batch whose entries are acked."""
         m = self.metrics

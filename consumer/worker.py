@@ -14,9 +14,12 @@ Invariants (the modules named keep them):
   deadline, ``stop_timeout_s``, for everything together (``consumer.retry``); what is not
   committed by then stays pending, its delivery count given back (``consumer.claims``).
 
-Reading and processing run on the main thread; committing and acking on ``writers`` writer
-threads (``consumer.writers``), each with its own PostgreSQL connection, so the next batch is
-read and parsed while PostgreSQL commits the previous ones.
+Reading and processing run on the main thread; committing on ``writers`` writer threads
+(``consumer.writers``), each with its own PostgreSQL connection, so the next batch is read and
+parsed while PostgreSQL commits the previous ones. A small batch with every writer idle is
+committed on the main thread instead. Either way its XACK goes with the next XREADGROUP, in one
+round trip (``consumer.reads``; while a writer commits, reads block ``ACK_WAIT_MS`` at most),
+unless the main thread is in a read that may block longer: then the writer sends it.
 
 At start it re-reads its own pending entries (id ``0``), then new ones (``>``). Every
 ``claim_every_s`` it claims entries idle for ``claim_idle_ms`` on other consumers
@@ -27,6 +30,7 @@ nothing else in flight), so a frame that kills its process takes no other frame'
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
@@ -67,6 +71,9 @@ SUSPECT_DELIVERIES = 3  # an entry delivered this often is handled alone
 # hand-off to a writer thread costs more than the commit. Bigger ones go to the writers, so
 # reading and parsing overlap the commit under load.
 INLINE_MAX_FRAMES = 32
+# While a writer commits, a read blocks this long at most, so that the batch's ack can ride the
+# next read (a read that may block longer lets the writer send its XACK itself).
+ACK_WAIT_MS = 2
 
 
 @dataclass(kw_only=True)
@@ -121,8 +128,13 @@ class Worker:
     _slot_reads: ClusterReads | None = None  # on a Redis Cluster: one XREADGROUP per slot
     _reads: GroupReads | None = None  # elsewhere: reads that carry the acks (consumer.reads)
     _committer: Committer | None = None
-    # committed on this thread, acked with the next read
+    # committed, acked with the next read (``consumer.reads``)
     _unacked: list[Batch] = field(default_factory=list)
+    # Committed by a writer, for the next read to ack: handed back unless the main thread is
+    # blocked in a read (or stopping); then the writer acks them itself. Under _acks_lock.
+    _committed: list[Batch] = field(default_factory=list)
+    _writers_ack: bool = True
+    _acks_lock: threading.Lock = field(default_factory=threading.Lock)
     _ack_error: BaseException | None = None  # what the last read's XACKs answered
 
     def __post_init__(self) -> None:
@@ -249,7 +261,11 @@ class Worker:
         )
         committer.progress = self.progress
         self._committer = committer
-        self._pool = pool = WriterPool(committer.commit, stores)
+        if self._reads is not None:
+            self._writers_ack = False  # their acks ride the reads too
+            self._pool = pool = WriterPool(self._writer_commit, stores)
+        else:
+            self._pool = pool = WriterPool(committer.commit, stores)
         pool.start()
         cursor = {key: "0" if o.read_pending_first else ">" for key in o.streams}
         failure: BaseException | None = None
@@ -260,6 +276,7 @@ class Worker:
                     waiting = self._slot_reads.finish(self.options.block_ms / 1000 + 1.0)
                     self._handle_read(waiting, cursor)
                 self._flush()
+                self._writers_ack_from_now()
                 self._ack_unacked()
             except GaveUp as exc:
                 logger.warning("stopping with a server unreachable: %s", exc)
@@ -272,6 +289,7 @@ class Worker:
                 self._slot_reads.close()
             if self._reads is not None:
                 self._reads.close()
+            self._writers_ack_from_now()
             # The writers give up at the same deadline; a moment more lets them say so first.
             budget = self._retrier.remaining() + 0.5 if failure is None else 2.0
             self.writers_finished = pool.stop(budget)
@@ -307,12 +325,35 @@ class Worker:
             logger.warning("could not update %d pending entries (%s)", entries, exc)
 
     def _held(self) -> list[Batch]:
-        batches = list(self._dropped) + self._unacked
+        with self._acks_lock:
+            batches = list(self._dropped) + self._unacked + self._committed
         if self._pool is not None:
             batches += self._pool.held()
         if self._batcher.batch.entries:
             batches.append(self._batcher.take())
-        return batches
+        return list({id(b): b for b in batches}.values())  # (a writer may be handing one back)
+
+    def _writer_commit(self, batch: Batch, store: Store) -> bool:
+        """A writer's commit when reads carry acks: committed, the batch goes back to the main
+        thread, whose next read acks it (no XACK round trip of its own), unless the main
+        thread is in a read that may block longer than ACK_WAIT_MS, or stopping: then the
+        writer acks it now."""
+        committer = self._committer
+        assert committer is not None
+        if not committer.commit(batch, store, ack=False):
+            return False
+        with self._acks_lock:
+            if not self._writers_ack:
+                self._committed.append(batch)
+                return True
+        return committer.ack_now(batch)
+
+    def _writers_ack_from_now(self) -> None:
+        """At the stop: writers ack their own batches; those handed back wait in _unacked."""
+        with self._acks_lock:
+            self._writers_ack = True
+            self._unacked += self._committed
+            self._committed = []
 
     def _loop(self, stop: StopFlag, cursor: dict[str, str]) -> None:
         o = self.options
@@ -335,6 +376,8 @@ class Worker:
                 break
             if self._batcher.batch.entries == 0:
                 block_ms = o.block_ms
+                if self._reads is not None and pool.committing():
+                    block_ms = min(block_ms, ACK_WAIT_MS)  # its ack rides the next read
             else:
                 # A batch waits for the writer: wait for the writer (not for Redis, which
                 # polling would keep busy), then collect whatever arrived meanwhile.
@@ -384,15 +427,16 @@ class Worker:
         if self._slot_reads is not None:
             return self._slot_reads.read(live, count, block_ms)
         if self._reads is not None:
-            if not self._unacked:
-                reply, _ = self._reads.read(live, count, block_ms)
-                return reply or []
-            sent = list(self._unacked)
-            acks = [pair for batch in sent for pair in batch.acks.items()]
-            reply, _ = self._reads.read(
-                live, count, block_ms, acks, partial(self._acks_answered, sent)
-            )
-            return reply or []
+            with self._acks_lock:  # a long read: writers ack their own batches meanwhile
+                if self._committed:
+                    self._unacked += self._committed
+                    self._committed = []
+                self._writers_ack = block_ms > ACK_WAIT_MS
+            try:
+                return self._read_acking(self._reads, live, count, block_ms)
+            finally:
+                with self._acks_lock:
+                    self._writers_ack = False
         reply = self.client.xreadgroup(
             self.options.group,
             self.options.name,
@@ -401,6 +445,18 @@ class Worker:
             block=block_ms if block_ms > 0 else None,
         )
         return reply or []  # type: ignore[return-value]
+
+    def _read_acking(
+        self, reads: GroupReads, live: dict[str, str], count: int, block_ms: int
+    ) -> list[Any]:
+        """A read that carries the XACKs of the batches committed and not yet acked."""
+        if not self._unacked:
+            reply, _ = reads.read(live, count, block_ms)
+            return reply or []
+        sent = list(self._unacked)
+        acks = [pair for batch in sent for pair in batch.acks.items()]
+        reply, _ = reads.read(live, count, block_ms, acks, partial(self._acks_answered, sent))
+        return reply or []
 
     def _handle_read(self, reply: Any, cursor: dict[str, str]) -> int:
         now = time.monotonic()

@@ -1,5 +1,6 @@
 """The writer threads: each commits the batches the main thread hands over, on a PostgreSQL
-connection of its own, then acks them.
+connection of its own, then acks them (or hands them back for the main thread's next read to
+ack: ``consumer.worker``).
 
 The queue holds one batch: while every writer is busy and one batch waits, the main thread stops
 reading (backpressure), so at most ``writers + 2`` batches are in memory. A batch is *held* from
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 class WriterPool:
     def __init__(self, commit: Callable[[Batch, Store], bool], stores: list[Store]) -> None:
-        """``commit(batch, store)`` returns True once the batch is committed and acked."""
+        """``commit(batch, store)`` returns True once the batch is committed and acked, or
+        handed back to be acked."""
         self._commit = commit
         self._stores = stores
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
@@ -103,6 +105,10 @@ class WriterPool:
                     self._held.pop(id(batch), None)
         return done
 
+    def committing(self) -> bool:
+        """A batch is being committed, or waits for a writer."""
+        return self._busy > 0 or not self._queue.empty()
+
     def idle(self) -> bool:
         """A writer would take a batch now."""
         return self._busy < len(self._threads) and self._queue.empty()
@@ -112,7 +118,8 @@ class WriterPool:
         self._idle.wait(timeout)
 
     def wait_all_idle(self, timeout: float) -> bool:
-        """Wait until no batch is held (all committed and acked); False on timeout or error."""
+        """Wait until no batch is held (all committed, and acked or handed back); False on
+        timeout or error."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.error is not None:

@@ -15,8 +15,9 @@ from common.config import settings_from_mapping
 from common.envelope import Envelope, dead_key, raw_key
 from common.errors import TransientError
 from common.records import Quote, Trade
+from consumer.batching import Batch
 from consumer.store import Store
-from consumer.worker import INLINE_MAX_FRAMES, Worker
+from consumer.worker import ACK_WAIT_MS, INLINE_MAX_FRAMES, Worker
 
 KEY = raw_key("binance")
 SETTINGS = settings_from_mapping(
@@ -271,3 +272,82 @@ def test_a_consumer_killed_between_a_commit_and_the_read_that_acks_it_loses_noth
     assert r.xpending(KEY, "tickvault")["pending"] == 0
     assert sorted(int(t.trade_id) for t in store.rows.values()) == [1, 2, 3]
     assert again.metrics.counters["rows_duplicate"] == 3 and again.metrics.counters["acked"] == 3
+
+
+class FakeCommitter:
+    """What a writer's commit needs of ``consumer.commit.Committer``, recorded."""
+
+    def __init__(self) -> None:
+        self.committed: list[Batch] = []
+        self.acked_now: list[Batch] = []
+        self.counted: list[Batch] = []
+
+    def commit(self, batch: Batch, store: Store, *, ack: bool = True) -> bool:
+        assert not ack  # the worker acks (with a read, or through ack_now)
+        self.committed.append(batch)
+        return True
+
+    def ack_now(self, batch: Batch) -> bool:
+        self.acked_now.append(batch)
+        return True
+
+    def acked(self, batch: Batch) -> None:
+        self.counted.append(batch)
+
+
+def pending_batch(r: fakeredis.FakeRedis, n: int) -> Batch:
+    """A batch of ``n`` entries delivered to consumer w1 (pending, as a writer commits them)."""
+    for i in range(1, n + 1):
+        r.xadd(KEY, frame(i))
+    r.xgroup_create(KEY, "tickvault", id="0")
+    [(_, entries)] = r.xreadgroup("tickvault", "w1", {KEY: ">"})
+    batch = Batch()
+    batch.acks[KEY] = [entry_id.decode() for entry_id, _ in entries]
+    batch.entries = n
+    return batch
+
+
+def test_a_batch_a_writer_committed_is_acked_by_the_next_read(r: fakeredis.FakeRedis) -> None:
+    """A writer's batch goes back to the main thread, and its XACK rides the next XREADGROUP:
+    no XACK round trip of the writer's own; still pending until that read."""
+    batch = pending_batch(r, 3)
+    w = worker(r, MemoryStore(r))
+    committer = FakeCommitter()
+    w._committer = committer  # type: ignore[assignment]
+    w._writers_ack = False  # as run() sets it when reads carry acks
+    assert w._writer_commit(batch, w.store)
+    assert committer.acked_now == [] and w._held() == [batch]
+    assert r.xpending(KEY, "tickvault")["pending"] == 3  # committed, not acked yet
+    w._read({KEY: ">"}, 0)
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert committer.counted == [batch] and w._held() == []
+
+
+def test_a_writer_acks_its_batch_itself_while_the_main_thread_blocks_in_a_read(
+    r: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that may block long (a quiet stream) could hold a handed-back ack for block_ms: a
+    writer that commits meanwhile acks its batch itself. One that ends soon takes them."""
+    w = worker(r, MemoryStore(r))
+    committer = FakeCommitter()
+    w._committer = committer  # type: ignore[assignment]
+    w._writers_ack = False
+    reads = w._reads
+    assert reads is not None
+    during: list[bool] = []
+    real_read = reads.read
+
+    def read_while_a_writer_commits(*args: Any, **kwargs: Any) -> Any:
+        during.append(w._writer_commit(Batch(), w.store))  # a writer ends during this read
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(reads, "read", read_while_a_writer_commits)
+    r.xgroup_create(KEY, "tickvault", id="0", mkstream=True)
+    w._read({KEY: ">"}, ACK_WAIT_MS + 1)  # may block long: the writer acks its own
+    assert during == [True] and len(committer.acked_now) == 1 and not w._committed
+    w._read({KEY: ">"}, ACK_WAIT_MS)  # ends soon: handed back, to ride the read after it
+    assert len(committer.acked_now) == 1 and len(w._committed) == 1
+    w._read({KEY: ">"}, 0)  # takes that one along (and a third writer ends during it)
+    assert len(committer.acked_now) == 1 and len(w._committed) == 1 and len(w._unacked) == 1
+    w._writers_ack_from_now()  # the stop: writers ack their own; handed-back ones wait in line
+    assert w._writers_ack and not w._committed and len(w._unacked) == 2
