@@ -71,6 +71,7 @@ class Batch:
     started: float | None = None  # monotonic time of the first entry
     oldest_recv_ns: int = 0
     commit_s: float = 0.0  # how long its commit took (metric commit_seconds)
+    committed_ns: int = 0  # wall clock at its commit (metric latency: receive -> commit)
     # (stream key, entry id) -> times delivered, for entries delivered more than once
     deliveries: dict[tuple[str, str], int] = field(default_factory=dict)
 

@@ -84,6 +84,7 @@ class Committer:
         try:
             self._refresh_partitions(store)
             self._write(batch, store, renew)
+            batch.committed_ns = time.time_ns()
             if batch.markers:
                 markers = batch.markers
                 self.retrier.call(
@@ -139,7 +140,8 @@ class Committer:
         counts += [(f"control:{kind}", n) for kind, n in batch.controls.items()]
         m.inc_many(counts)
         if batch.oldest_recv_ns:
-            m.latency.observe((time.time_ns() - batch.oldest_recv_ns) / 1e9, batch.frames)
+            done_ns = batch.committed_ns or time.time_ns()  # (acks may come later)
+            m.latency.observe((done_ns - batch.oldest_recv_ns) / 1e9, batch.frames)
         m.batch_frames.observe(batch.frames)
         m.commit_seconds.observe(batch.commit_s)
         if self.progress is not None:

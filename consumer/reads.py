@@ -5,7 +5,8 @@ several times the cost of the network round trip on each command (its connection
 check and hooks: ~60 us against ~20 us here, measured). So the worker reads on a connection of
 its own and sends each committed batch's XACK in the same write as the next XREADGROUP. Acks
 still follow their commits (the batch was committed before the XACK is sent); they only travel
-with the next read. The server runs the XACK at once, even when the read then blocks.
+with the next read. The server runs the XACK at once, even when the read then blocks; the
+worker is not woken for the XACK's reply alone, only when the read's comes too.
 
 Replies are read as redis-py's pipelines read them: an error reply is returned in its place (the
 connection stays in step); a lost connection is closed and raised, so the next call connects
@@ -55,8 +56,10 @@ class GroupReads:
 
         Returns the raw read reply (RESP2 [[key, entries], ...] or a RESP3 map; None when
         nothing came) and the first error an XACK answered (None when all were acked).
-        ``on_acks(error)`` is called with it as soon as the XACKs are answered, before a
-        blocking read waits: acks are counted when they happen, not when something new comes.
+        ``on_acks(error)`` is called with it once the XACKs' replies are read: with the read's
+        reply, which the reader waits for without being woken by theirs alone
+        (``SO_RCVLOWAT``, :func:`ack_lowat`): one wake-up per read instead of two. (The
+        server acks at once; a quiet stream's last batch is counted when the read returns.)
 
         Raises:
             redis.ResponseError: the read was refused (the acks' outcome is then unknown to the
@@ -109,7 +112,29 @@ class GroupReads:
         sock, parser, buf = self._sock, self._parser, self._buf
         assert sock is not None
         sock.sendall(b"".join(payload))
-        while len(replies) < len(commands):
+        # Not woken for the XACKs' replies alone (they come at once; the read's may take
+        # block_ms): the socket is readable from the bytes they take at most, plus one.
+        lowat = ack_lowat([len(cmd) - 3 for cmd in commands[:acks]]) if acks else 1
+        if lowat > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+        try:
+            self._replies(sock, parser, buf, len(commands), acks, on_acks, replies, lowat)
+        finally:
+            if lowat > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+    @staticmethod
+    def _replies(
+        sock: socket.socket,
+        parser: hiredis.Reader,
+        buf: bytearray,
+        total: int,
+        acks: int,
+        on_acks: Callable[[BaseException | None], None] | None,
+        replies: list[Any],
+        lowat: int,
+    ) -> None:
+        while len(replies) < total:
             if len(replies) == acks and acks and on_acks is not None:
                 on_acks(_first_error(replies))
                 on_acks = None
@@ -118,6 +143,9 @@ class GroupReads:
                 n = sock.recv_into(buf)
                 if not n:
                     raise redis.ConnectionError("redis closed the connection")
+                if lowat > 1:  # the rest of a long reply: as it comes
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                    lowat = 1
                 parser.feed(buf, 0, n)  # type: ignore[arg-type]  # (a buffer: no copy)
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -132,6 +160,20 @@ class GroupReads:
                 conn.disconnect()
             except Exception:  # closing a broken connection: nothing more to do
                 pass
+
+
+# The shortest reply an XREADGROUP can give: RESP3's null (``_\r\n``); RESP2's is ``*-1\r\n``.
+READ_REPLY_MIN = 3
+
+
+def ack_lowat(ids_per_xack: Sequence[int]) -> int:
+    """SO_RCVLOWAT for a read sent after XACKs of these many ids each: one byte more than
+    their integer replies (``:<n>\r\n``, n at most the ids sent) can take, so that they
+    alone do not wake the reader; yet never more than the shortest replies (``:0\r\n``
+    each) and the read's shortest reply, so that the read's reply always does. (An error
+    reply is longer: it wakes the reader at once.)"""
+    most = sum(len(str(n)) + 3 for n in ids_per_xack)
+    return min(most + 1, 4 * len(ids_per_xack) + READ_REPLY_MIN)
 
 
 def _first_error(replies: Sequence[Any]) -> BaseException | None:

@@ -74,6 +74,9 @@ INLINE_MAX_FRAMES = 32
 # While a writer commits, a read blocks this long at most, so that the batch's ack can ride the
 # next read (a read that may block longer lets the writer send its XACK itself).
 ACK_WAIT_MS = 2
+# A read that carries acks blocks this long at most: their replies are read with the read's
+# (``consumer.reads``), so on a quiet stream the last batch is counted acked within this.
+ACKS_BLOCK_MS = 100
 
 
 @dataclass(kw_only=True)
@@ -431,6 +434,8 @@ class Worker:
                 if self._committed:
                     self._unacked += self._committed
                     self._committed = []
+                if self._unacked:
+                    block_ms = min(block_ms, ACKS_BLOCK_MS)
                 self._writers_ack = block_ms > ACK_WAIT_MS
             try:
                 return self._read_acking(self._reads, live, count, block_ms)

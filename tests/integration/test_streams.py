@@ -20,6 +20,7 @@ from common.errors import TransientError
 from common.metrics import Metrics
 from common.records import Quote, Trade
 from common.servers import free_port
+from consumer.reads import GroupReads
 from consumer.store import Store
 from consumer.worker import Worker
 from producer.publisher import Publisher
@@ -332,3 +333,46 @@ def test_entries_of_a_killed_consumer_past_their_budget_are_dead_lettered_the_re
     assert all(f[b"reason"].startswith(b"delivered 6 times: no error recorded") for _, f in dead)
     assert redis_client.xpending(KEY, "tickvault")["pending"] == 0
     assert worker.metrics.counters["over_budget"] == 2
+
+
+def test_a_read_carrying_acks_is_woken_once_when_the_reads_reply_comes(
+    redis_client: redis.Redis,
+) -> None:
+    """The XACKs' replies come at once, the read's after up to BLOCK: the reader sleeps
+    through the first (SO_RCVLOWAT) and reads all of them when the read's comes, on a quiet
+    stream too, and with acks that ack fewer ids than were sent (shorter replies)."""
+    key = raw_key("lowat")
+    r = redis_client
+    r.delete(key, "lowat:not-a-stream")
+    r.xgroup_create(key, "g", id="0", mkstream=True)
+    ids = [r.xadd(key, {"f": b"x"}).decode() for _ in range(12)]
+    r.xreadgroup("g", "c", {key: ">"})  # pending for c
+    reads = GroupReads(r, "g", "c")
+    answered: list[tuple[float, BaseException | None]] = []
+
+    def on_acks(error: BaseException | None) -> None:
+        answered.append((time.monotonic(), error))
+
+    start = time.monotonic()
+    reply, error = reads.read({key: ">"}, 10, 300, [(key, ids)], on_acks)
+    assert reply is None and error is None and r.xpending(key, "g")["pending"] == 0
+    assert answered[0][0] - start >= 0.25  # not woken by the ack's reply: by the read's
+    # ten ids, none pending: ":0" is shorter than ":10"; the read's nil reply still wakes it
+    start = time.monotonic()
+    reply, error = reads.read({key: ">"}, 10, 200, [(key, ids[:10])], on_acks)
+    assert reply is None and error is None and 0.15 <= time.monotonic() - start < 5
+    # a frame during the block: its reply comes with the ack's
+    threading.Timer(0.1, lambda: r.xadd(key, {"f": b"y"})).start()
+    start = time.monotonic()
+    reply, error = reads.read({key: ">"}, 10, 5000, [(key, ids[:1])], on_acks)
+    assert reply and error is None and time.monotonic() - start < 4
+    # an XACK refused (a key that is no stream): its error reply wakes the reader at once
+    r.set("lowat:not-a-stream", "x")
+    reply, error = reads.read({key: ">"}, 10, 200, [("lowat:not-a-stream", ["1-1"])], on_acks)
+    assert isinstance(error, redis.ResponseError) and "WRONGTYPE" in str(error)
+    assert reply is None and answered[-1][1] is error
+    # and the socket wakes for every byte again: a read without acks
+    reply, error = reads.read({key: "0"}, 100, 0)
+    assert reply and error is None
+    reads.close()
+    r.delete(key, "lowat:not-a-stream")

@@ -10,14 +10,17 @@ from typing import Any
 
 import fakeredis
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from common.config import settings_from_mapping
 from common.envelope import Envelope, dead_key, raw_key
 from common.errors import TransientError
 from common.records import Quote, Trade
 from consumer.batching import Batch
+from consumer.reads import ack_lowat
 from consumer.store import Store
-from consumer.worker import ACK_WAIT_MS, INLINE_MAX_FRAMES, Worker
+from consumer.worker import ACK_WAIT_MS, ACKS_BLOCK_MS, INLINE_MAX_FRAMES, Worker
 
 KEY = raw_key("binance")
 SETTINGS = settings_from_mapping(
@@ -351,3 +354,49 @@ def test_a_writer_acks_its_batch_itself_while_the_main_thread_blocks_in_a_read(
     assert len(committer.acked_now) == 1 and len(w._committed) == 1 and len(w._unacked) == 1
     w._writers_ack_from_now()  # the stop: writers ack their own; handed-back ones wait in line
     assert w._writers_ack and not w._committed and len(w._unacked) == 2
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 10**6), st.integers(0, 10**6)), min_size=1, max_size=4),
+    st.integers(3, 10**4),
+)
+def test_the_read_reply_always_reaches_the_ack_low_water_mark(
+    acks: list[tuple[int, int]], read_reply: int
+) -> None:
+    """Whatever the XACKs answer (at most the ids sent), their replies plus the read's
+    shortest one reach the mark: the reader is always woken by the read's reply."""
+    sent = [n for n, _ in acks]
+    answered = sum(len(f":{min(n, got)}\r\n") for n, got in acks)
+    assert ack_lowat(sent) <= answered + read_reply
+
+
+def test_full_ack_replies_alone_stay_under_the_mark() -> None:
+    for n in (1, 9, 10, 99, 100, 999):
+        assert ack_lowat([n]) > len(f":{n}\r\n")
+    assert ack_lowat([3, 40]) > len(":3\r\n:40\r\n")
+    assert ack_lowat([1000]) == 7  # capped: ":1000\r\n" wakes the reader (as before)
+
+
+def test_a_read_carrying_acks_blocks_briefly_so_they_are_counted_soon(
+    r: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks are counted when the read that carries them returns: that read blocks
+    ACKS_BLOCK_MS at most, the next one (nothing to carry) block_ms again."""
+    batch = pending_batch(r, 2)
+    w = worker(r, MemoryStore(r))
+    committer = FakeCommitter()
+    w._committer = committer  # type: ignore[assignment]
+    reads = w._reads
+    assert reads is not None
+    blocks: list[int] = []
+    real_read = reads.read
+
+    def recorded(streams: Any, count: int, block_ms: int, *args: Any) -> Any:
+        blocks.append(block_ms)
+        return real_read(streams, count, 0, *args)  # (fakeredis would really block)
+
+    monkeypatch.setattr(reads, "read", recorded)
+    w._unacked.append(batch)
+    w._read({KEY: ">"}, 1000)
+    w._read({KEY: ">"}, 1000)
+    assert blocks == [ACKS_BLOCK_MS, 1000] and committer.counted and not w._unacked
