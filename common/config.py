@@ -8,6 +8,7 @@ unknown exchanges, channels the venue lacks and malformed symbols fail at start 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tomllib
@@ -100,6 +101,7 @@ class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     spill_fsync: str = "1s"  # "always", "never", or an interval such as "200ms" or "1s"
     spill_full: str = "block"  # "block" (stop reading the feeds) or "drop-oldest"
     stop_timeout_s: float = 20.0  # one budget for a stop: below compose's 30 s grace period
+    event_loop: str = "auto"  # "uvloop", "asyncio", or "auto": uvloop where it is installed
 
 
 class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -318,6 +320,16 @@ def _check_spill(p: ProducerSettings) -> None:
     if p.spill_full not in ("block", "drop-oldest"):
         raise ConfigError(
             "producer.spill_full", f"unknown policy {p.spill_full!r}", "use block or drop-oldest"
+        )
+    if p.event_loop not in ("auto", "uvloop", "asyncio"):
+        raise ConfigError(
+            "producer.event_loop",
+            f"unknown event loop {p.event_loop!r}",
+            "use auto, uvloop or asyncio",
+        )
+    if p.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError(
+            "producer.event_loop", "uvloop is not installed", "pip install uvloop, or use auto"
         )
     if p.spill_max_bytes <= 0:
         raise ConfigError("producer.spill_max_bytes", f"must be positive, got {p.spill_max_bytes}")

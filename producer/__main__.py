@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common.config import Settings, load_settings, parse_fsync
@@ -223,6 +224,20 @@ async def _status(metrics: Metrics, publisher: Publisher, stop: asyncio.Event) -
             logger.info("producer: %s", metrics.summary())
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop ``producer.event_loop`` names (validated by the config): uvloop's
+    (``auto`` where it is installed) or asyncio's own. uvloop costs the producer ~15 % less
+    CPU per frame at paced rates (README, Performance)."""
+    if name != "asyncio":
+        try:
+            import uvloop
+        except ImportError:  # "auto" without it (the config refuses "uvloop" without it)
+            pass
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tickvault producer", description=__doc__)
     add_arguments(parser)
@@ -230,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         settings = load_settings(args.config)
-        return asyncio.run(amain(settings, args.metrics_port))
+        with asyncio.Runner(loop_factory=loop_factory(settings.producer.event_loop)) as runner:
+            return runner.run(amain(settings, args.metrics_port))
     except ConfigError as exc:
         print(f"tickvault producer: {exc}", file=sys.stderr)
         return ExitStatus.CONFIG

@@ -102,3 +102,26 @@ def test_example_config_in_deploy_is_valid() -> None:
     s = load_settings(root / "deploy" / "tickvault.example.toml", {})
     assert len(s.exchanges) >= 2
     assert msgspec.structs.asdict(s.consumer)["group"] == "tickvault"
+
+
+def test_the_producers_event_loop_is_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import importlib.util
+    import sys
+
+    from producer.__main__ import loop_factory
+
+    with pytest.raises(ConfigError, match=r"producer\.event_loop.*unknown event loop 'tokio'"):
+        settings_from_mapping({"producer": {"event_loop": "tokio"}}, {})
+    assert loop_factory("asyncio") is asyncio.new_event_loop
+    uvloop = pytest.importorskip("uvloop")  # a dependency, except on Windows
+    assert settings_from_mapping({}, {}).producer.event_loop == "auto"
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    # without uvloop: "auto" falls back to asyncio's loop; "uvloop" is refused at start
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert loop_factory("auto") is asyncio.new_event_loop
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match=r"producer\.event_loop.*uvloop is not installed"):
+        settings_from_mapping({"producer": {"event_loop": "uvloop"}}, {})
+    assert settings_from_mapping({"producer": {"event_loop": "auto"}}, {})
