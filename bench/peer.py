@@ -380,6 +380,7 @@ def _figures(
     }
     for name, seconds in cpu.items():
         out[f"{name}_us_per_row"] = per_row(seconds)
+    out["cpu_per_simulator"] = peer_report.cpu_per_simulator(out)
     return out
 
 

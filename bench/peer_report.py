@@ -18,6 +18,9 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("p50_ms", "latency p50 ms", "{:.1f}"),
     ("p99_ms", "latency p99 ms", "{:.1f}"),
     ("cpu_us_per_row", "CPU us/row, total", "{:.1f}"),
+    # the same run's CPU per row over the simulator's, which does the same work for both: the
+    # box's speed at that moment divided out (it drifts ±20 % here between runs)
+    ("cpu_per_simulator", "CPU / simulator's CPU", "{:.2f}"),
     ("postgres_us_per_row", "PostgreSQL us/row (apart)", "{:.1f}"),
 )
 
@@ -75,6 +78,15 @@ def summarise(
                 summary[key] = float(sum(f.get(key, 0.0) for f in each))
             out[scenario][collector] = summary
     return out
+
+
+def cpu_per_simulator(figures: Mapping[str, float]) -> float:
+    """A run's CPU per row over its simulator's CPU per row; NaN without both."""
+    cpu = figures.get("cpu_us_per_row", math.nan)
+    sim = figures.get("simulator_us_per_row", math.nan)
+    if math.isnan(cpu) or math.isnan(sim) or sim <= 0:
+        return math.nan
+    return cpu / sim
 
 
 def ratio(ours: float, theirs: float) -> float:

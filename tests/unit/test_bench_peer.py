@@ -16,6 +16,7 @@ from bench.peer_cpu import CpuMeter, descendants, parse_schedstat, parse_stat, p
 from bench.peer_report import (
     CRYPTOFEED,
     TICKVAULT,
+    cpu_per_simulator,
     format_table,
     machine_lines,
     medians,
@@ -97,9 +98,11 @@ def test_ratio_is_tickvault_over_cryptofeed_and_nan_without_both() -> None:
 
 def test_table_shows_both_medians_the_ratio_checks_and_the_machine() -> None:
     cf = {"rows_per_s": 25_000.0, "p50_ms": 3500.0, "p99_ms": 3900.0, "cpu_us_per_row": 14.0,
-          "postgres_us_per_row": 20.0, "missing": 0.0, "duplicates": 0.0, "bad": 0.0}  # fmt: skip
+          "postgres_us_per_row": 20.0, "missing": 0.0, "duplicates": 0.0, "bad": 0.0,
+          "cpu_per_simulator": 1.75}  # fmt: skip
     tv = {"rows_per_s": 100_000.0, "p50_ms": 350.0, "p99_ms": 780.0, "cpu_us_per_row": 7.0,
-          "postgres_us_per_row": 10.0, "missing": 0.0, "duplicates": 3.0, "bad": 0.0}  # fmt: skip
+          "postgres_us_per_row": 10.0, "missing": 0.0, "duplicates": 3.0, "bad": 0.0,
+          "cpu_per_simulator": 0.7}  # fmt: skip
     summary = {
         "burst of 100,000": {CRYPTOFEED: cf, TICKVAULT: tv},
         "1,000/s paced": {TICKVAULT: tv},
@@ -118,6 +121,8 @@ def test_table_shows_both_medians_the_ratio_checks_and_the_machine() -> None:
     cpu = next(line for line in lines if "CPU us/row" in line and "14.0" in line)
     assert cpu.split()[-3:] == ["14.0", "7.0", "0.50"]
     assert any(line.split()[-5:] == ["0", "/", "3", "/", "0"] for line in lines)
+    normalised = next(line for line in lines if "CPU / simulator's CPU" in line)
+    assert normalised.split()[-3:] == ["1.75", "0.70", "0.40"]
     # a scenario without a cryptofeed run: dashes, no ratio
     paced = next(line for line in lines if line.startswith("1,000/s paced"))
     assert paced.split()[-3:] == ["-", "100,000", "-"]
@@ -245,3 +250,10 @@ def test_peer_venv_is_complete_only_with_the_pinned_cryptofeed() -> None:
     assert not peer_venv.complete({**good, "cryptofeed": "2.4.0"})
     assert not peer_venv.complete({**good, "asyncpg": None})
     assert not peer_venv.complete({})
+
+
+def test_cpu_is_divided_by_the_simulators_of_the_same_run() -> None:
+    assert cpu_per_simulator({"cpu_us_per_row": 30.0, "simulator_us_per_row": 12.0}) == 2.5
+    assert math.isnan(cpu_per_simulator({"cpu_us_per_row": 30.0}))
+    assert math.isnan(cpu_per_simulator({"cpu_us_per_row": 30.0, "simulator_us_per_row": 0.0}))
+    assert math.isnan(cpu_per_simulator({"cpu_us_per_row": math.nan, "simulator_us_per_row": 1}))
