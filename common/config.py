@@ -321,6 +321,13 @@ def _check_spill(p: ProducerSettings) -> None:
         raise ConfigError(
             "producer.spill_full", f"unknown policy {p.spill_full!r}", "use block or drop-oldest"
         )
+    if p.spill_max_bytes <= 0:
+        raise ConfigError("producer.spill_max_bytes", f"must be positive, got {p.spill_max_bytes}")
+    if "/" in p.name or p.name in (".", ".."):
+        raise ConfigError("producer.name", f"{p.name!r} cannot name a directory")
+
+
+def _check_event_loop(p: ProducerSettings) -> None:
     if p.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError(
             "producer.event_loop",
@@ -331,10 +338,6 @@ def _check_spill(p: ProducerSettings) -> None:
         raise ConfigError(
             "producer.event_loop", "uvloop is not installed", "pip install uvloop, or use auto"
         )
-    if p.spill_max_bytes <= 0:
-        raise ConfigError("producer.spill_max_bytes", f"must be positive, got {p.spill_max_bytes}")
-    if "/" in p.name or p.name in (".", ".."):
-        raise ConfigError("producer.name", f"{p.name!r} cannot name a directory")
 
 
 def _located(message: str) -> tuple[str, str]:
@@ -415,6 +418,7 @@ def settings_from_mapping(
             "0 derives the threshold from each feed",
         )  # fmt: skip
     _check_spill(raw.producer)
+    _check_event_loop(raw.producer)
     try:
         redis.retention_s  # noqa: B018  (parsed here so that a typo fails at start)
     except ValueError as exc:

@@ -287,7 +287,9 @@ class _Collector(Collector):
                 "tickvault_batch_frames", "Frames per committed batch", process
             )
             yield m.commit_seconds.family(
-                "tickvault_commit_seconds", "Write, dead-letter and ack time per batch", process
+                "tickvault_commit_seconds",
+                "Write and dead-letter time per batch (acks travel with reads)",
+                process,
             )
         for more in m.collectors:
             yield from more()

@@ -86,29 +86,18 @@ class Batch:
         if out.frames is None:
             self._add_frame(key, entry_id, fields, out)
             return
-        all_trades, spans = self.trades, self.spans
+        add = self._add_frame
         for i, frame_out in enumerate(out.frames):
             one = frame_id(entry_id, i)
-            trades = frame_out.trades
-            if trades and not frame_out.quotes and frame_out.dead is None:
-                # trades alone (so no control kind, no marker), the common case: inlined
-                self.frames += 1
-                recv_ns = frame_out.recv_ns
-                if recv_ns and (not self.oldest_recv_ns or recv_ns < self.oldest_recv_ns):
-                    self.oldest_recv_ns = recv_ns
-                t0 = len(all_trades)
-                all_trades += trades
-                q0 = len(self.quotes)
-                spans.append(Span(key, one, t0, len(all_trades), q0, q0))
-            elif frame_out.dead is not None:
+            if frame_out.dead is not None:
                 # the dead letter carries this frame alone, as a single-frame entry would
                 try:
                     own = run_frame_fields(as_dict(fields), i)
                 except Exception:  # a run that split once splits again; if not, keep it whole
                     own = as_dict(fields)
-                self._add_frame(key, one, own, frame_out)
+                add(key, one, own, frame_out)
             else:
-                self._add_frame(key, one, None, frame_out)
+                add(key, one, None, frame_out)
 
     def _add_frame(self, key: str, entry_id: str, fields: Fields | None, out: Outcome) -> None:
         self.frames += 1

@@ -74,7 +74,8 @@ class Committer:
         (the entries stay pending). Fatal errors and bugs propagate.
 
         With ``ack=False`` the caller acks (``consumer.reads``: with its next read, in one round
-        trip) and then calls :meth:`acked`; True then means written and dead-lettered."""
+        trip) and then calls :meth:`acked`, or :meth:`ack_now`; True then means written and
+        dead-lettered. ``commit_s`` is the write's and dead letters' time, not the ack's."""
         call = self.retrier.call
 
         def renew() -> None:
@@ -99,26 +100,22 @@ class Committer:
             if batch.dead:
                 send = self.deadletters.send
                 call("dead-letter", lambda: send(batch.dead), on_wait=renew, max_sleep=lease)
-            if ack:
-                call("ack", lambda: self.ack(batch), on_wait=renew, max_sleep=lease)
         except GaveUp as exc:  # the worker counts and releases what is left at its exit
             logger.error("batch of %d entries left pending: %s", batch.entries, exc)
             return False
         batch.commit_s = time.monotonic() - started
-        if ack:
-            self.acked(batch)
-        return True
+        return self.ack_now(batch) if ack else True
 
     def ack_now(self, batch: Batch) -> bool:
-        """Ack and count a batch committed with ``ack=False``: False when the stop deadline
-        passed first (its entries stay pending, for the worker to release)."""
-        lease = self.lease_ms / 1000
-
-        def renew() -> None:
-            self.claims.renew(batch.acks, self.lease_ms)
-
+        """Ack and count a committed batch (``commit`` does, unless ``ack=False``): False when
+        the stop deadline passed first (its entries stay pending, for the worker to release)."""
         try:
-            self.retrier.call("ack", lambda: self.ack(batch), on_wait=renew, max_sleep=lease)
+            self.retrier.call(
+                "ack",
+                lambda: self.ack(batch),
+                on_wait=lambda: self.claims.renew(batch.acks, self.lease_ms),
+                max_sleep=self.lease_ms / 1000,
+            )
         except GaveUp as exc:
             logger.error("batch of %d entries left pending: %s", batch.entries, exc)
             return False

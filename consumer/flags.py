@@ -169,6 +169,14 @@ def _positive(text: str) -> float:
     return value if 0.0 < value < _INF else 0.0
 
 
+def _remember(window: deque[float], ranked: list[float], value: float, size: int) -> None:
+    """``value`` enters a rolling window of ``size`` (arrival order) and its sorted copy."""
+    window.append(value)
+    insort(ranked, value)
+    if len(window) > size:
+        del ranked[bisect_left(ranked, window.popleft())]
+
+
 class Flagger:
     """Flags for trades and quotes, one instance per consumer process (not thread-safe)."""
 
@@ -211,12 +219,8 @@ class Flagger:
         if gap > 0:
             st.last_ns = ts
 
-        # (_positive and _remember inlined: this runs for every trade)
-        try:
-            price = float(trade.price)
-        except (ValueError, TypeError):
-            price = 0.0
-        if 0.0 < price < _INF:
+        price = _positive(trade.price)
+        if price:
             ranked = st.sorted_prices
             if st.priced < self._min_history:
                 st.priced += 1
@@ -230,27 +234,16 @@ class Flagger:
                 if st.run_side:  # the run of outliers is broken
                     st.run = []
                     st.run_side = 0
-                window = st.prices
-                window.append(price)
-                insort(ranked, price)
-                if len(window) > self._window:
-                    del ranked[bisect_left(ranked, window.popleft())]
+                _remember(st.prices, ranked, price, self._window)
 
-        try:
-            amount = float(trade.amount)
-        except (ValueError, TypeError):
-            amount = 0.0
-        if 0.0 < amount < _INF:
+        amount = _positive(trade.amount)
+        if amount:
             ranked = st.sorted_amounts
             if st.sized < self._min_history:
                 st.sized += 1
             elif amount > self._size_factor * ranked[len(ranked) >> 1]:
                 return flags | _SIZE
-            window = st.amounts
-            window.append(amount)
-            insort(ranked, amount)
-            if len(window) > self._window:
-                del ranked[bisect_left(ranked, window.popleft())]
+            _remember(st.amounts, ranked, amount, self._window)
         return flags
 
     def _outlier(self, st: _Symbol, price: float, gap_ns: int) -> bool:

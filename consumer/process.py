@@ -187,10 +187,14 @@ class Processor:
             if bits:
                 if out is rows:
                     out = list(rows)
-                out[i] = msgspec.structs.replace(row, flags=bits)
-                if self.on_flag is not None:
-                    self.on_flag(bits, row.exchange)
+                out[i] = self._marked(row, bits)
         return out
+
+    def _marked(self, row: R, bits: int) -> R:
+        """``row`` with its flags, counted."""
+        if self.on_flag is not None:
+            self.on_flag(bits, row.exchange)
+        return msgspec.structs.replace(row, flags=bits)
 
     def _marker(self, route: Route, conn: str, frame: bytes, at_ns: int) -> Outcome:
         exchange, context, venue, _ = route
@@ -218,17 +222,13 @@ class Processor:
             return Outcome(dead=f"unknown exchange {bounded(exchange, 40)!r}", recv_ns=recv_ns)
         parsed = venue.parse(frame, FrameContext(exchange, context, recv_ns, name, symbols))
         trades, quotes = parsed.trades, parsed.quotes
-        if len(trades) == 1 and not quotes:  # most frames: one trade, valid (same outcome)
-            trade = trades[0]
-            if self.validator.trade(trade) is None:
-                flagger = self.flagger
-                if flagger is not None:
-                    bits = flagger.trade(trade)
-                    if bits:
-                        trades = [msgspec.structs.replace(trade, flags=bits)]
-                        if self.on_flag is not None:
-                            self.on_flag(bits, trade.exchange)
-                return Outcome(trades, _NONE, None, None, recv_ns)
+        if len(trades) == 1 and not quotes and self.validator.trade(trades[0]) is None:
+            # most frames: one valid trade (the outcome the general path below gives it)
+            if self.flagger is not None:
+                bits = self.flagger.trade(trades[0])
+                if bits:
+                    trades = [self._marked(trades[0], bits)]
+            return Outcome(trades, _NONE, None, None, recv_ns)
         if parsed.control is not None and not trades and not quotes:
             return Outcome(_NONE, _NONE, parsed.control, None, recv_ns)
         check_trade, check_quote = self.validator.trade, self.validator.quote

@@ -115,26 +115,9 @@ class GroupReads:
         # Not woken for the XACKs' replies alone (they come at once; the read's may take
         # block_ms): the socket is readable from the bytes they take at most, plus one.
         lowat = ack_lowat([len(cmd) - 3 for cmd in commands[:acks]]) if acks else 1
-        if lowat > 1:
+        if lowat > 1:  # (reset at the first bytes; any failure closes the connection)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-        try:
-            self._replies(sock, parser, buf, len(commands), acks, on_acks, replies, lowat)
-        finally:
-            if lowat > 1:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-
-    @staticmethod
-    def _replies(
-        sock: socket.socket,
-        parser: hiredis.Reader,
-        buf: bytearray,
-        total: int,
-        acks: int,
-        on_acks: Callable[[BaseException | None], None] | None,
-        replies: list[Any],
-        lowat: int,
-    ) -> None:
-        while len(replies) < total:
+        while len(replies) < len(commands):
             if len(replies) == acks and acks and on_acks is not None:
                 on_acks(_first_error(replies))
                 on_acks = None

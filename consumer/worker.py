@@ -379,8 +379,6 @@ class Worker:
                 break
             if self._batcher.batch.entries == 0:
                 block_ms = o.block_ms
-                if self._reads is not None and pool.committing():
-                    block_ms = min(block_ms, ACK_WAIT_MS)  # its ack rides the next read
             else:
                 # A batch waits for the writer: wait for the writer (not for Redis, which
                 # polling would keep busy), then collect whatever arrived meanwhile.
@@ -430,7 +428,12 @@ class Worker:
         if self._slot_reads is not None:
             return self._slot_reads.read(live, count, block_ms)
         if self._reads is not None:
-            with self._acks_lock:  # a long read: writers ack their own batches meanwhile
+            # How long this read may block, for the acks: one that carries some is counted
+            # when it returns; a writer's batch committed meanwhile rides the next one, unless
+            # this one may block long: the writer then acks it itself.
+            if self._pool is not None and self._pool.committing():
+                block_ms = min(block_ms, ACK_WAIT_MS)
+            with self._acks_lock:
                 if self._committed:
                     self._unacked += self._committed
                     self._committed = []
@@ -499,8 +502,9 @@ class Worker:
         return total
 
     def _acks_answered(self, sent: list[Batch], error: BaseException | None) -> None:
-        """The XACKs sent with a read were answered (before the read may block): count the
-        batches acked, or keep them for the next read (``_settle_acks`` sorts the error)."""
+        """The XACKs sent with a read were answered (their replies are read with the read's):
+        count the batches acked, or keep them for the next read (``_settle_acks`` sorts the
+        error)."""
         if error is None:
             assert self._committer is not None
             done = {id(b) for b in sent}
