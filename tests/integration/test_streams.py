@@ -376,3 +376,49 @@ def test_a_read_carrying_acks_is_woken_once_when_the_reads_reply_comes(
     assert reply and error is None
     reads.close()
     r.delete(key, "lowat:not-a-stream")
+
+
+def test_a_read_waiting_past_its_acks_replies_sees_its_connection_killed_at_once(
+    redis_client: redis.Redis,
+) -> None:
+    """While the reader sleeps through the XACK's reply (SO_RCVLOWAT), the server closes the
+    connection (CLIENT KILL, as a fail-over or a restart does): the read fails at once with a
+    connection error, not at BLOCK's end; the ack had been applied, and the next read connects
+    afresh (the socket's mark does not outlive it)."""
+    key = raw_key("lowat-killed")
+    r = redis_client
+    r.delete(key)
+    r.xgroup_create(key, "g", id="0", mkstream=True)
+    ids = [r.xadd(key, {"f": b"x"}).decode() for _ in range(3)]
+    r.xreadgroup("g", "c", {key: ">"})
+    reads = GroupReads(r, "g", "c")
+    outcome: list[BaseException | float] = []
+
+    def read() -> None:
+        start = time.monotonic()
+        try:
+            reads.read({key: ">"}, 10, 10_000, [(key, ids)], lambda error: None)
+        except BaseException as exc:
+            outcome.append(exc)
+        outcome.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    deadline = time.monotonic() + 5
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        clients = r.client_list()
+        victim = next((c for c in clients if c.get("cmd") == "xreadgroup"), None)
+        time.sleep(0.02)
+    assert victim is not None, "the read never blocked"
+    r.client_kill_filter(_id=victim["id"])
+    thread.join(5)
+    assert not thread.is_alive()
+    error, took = outcome
+    assert isinstance(error, redis.ConnectionError) and isinstance(took, float) and took < 4
+    assert r.xpending(key, "g")["pending"] == 0  # the XACK ran before the read blocked
+    r.xadd(key, {"f": b"y"})
+    reply, ack_error = reads.read({key: ">"}, 10, 0)
+    assert reply and ack_error is None
+    reads.close()
+    r.delete(key)

@@ -5,6 +5,7 @@ real Redis and PostgreSQL in tests/integration and tests/e2e."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -400,3 +401,60 @@ def test_a_read_carrying_acks_blocks_briefly_so_they_are_counted_soon(
     w._read({KEY: ">"}, 1000)
     w._read({KEY: ">"}, 1000)
     assert blocks == [ACKS_BLOCK_MS, 1000] and committer.counted and not w._unacked
+
+
+def test_a_consumer_killed_after_a_writer_committed_before_the_read_that_acks_it(
+    r: fakeredis.FakeRedis,
+) -> None:
+    """The window the writers' handed-back acks add: a writer committed the batch, the main
+    thread's next read would carry its XACK. Killed there (no exit path runs), the entries stay
+    pending; the restarted consumer (same name) writes them again (the natural key stores
+    nothing twice) and acks them."""
+    n = INLINE_MAX_FRAMES + 8  # too big for the main thread: a writer commits it
+    for i in range(1, n + 1):
+        r.xadd(KEY, frame(i))
+    writers: set[str] = set()
+
+    class Recording(MemoryStore):
+        def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+            writers.add(threading.current_thread().name)
+            return super().write(trades, quotes)
+
+    class Killed(BaseException):
+        pass
+
+    store = Recording(r)
+    first = worker(r, store)
+    first._leave = lambda failure: None  # type: ignore[method-assign]  # as if killed -9
+    real_read = first._read_acking
+
+    def read_or_die(reads: Any, live: dict[str, str], count: int, block_ms: int) -> Any:
+        if first._unacked:  # the writer's batch is about to ride this read: die first
+            raise Killed
+        return real_read(reads, live, count, block_ms)
+
+    first._read_acking = read_or_die  # type: ignore[method-assign]
+
+    class Deadline:  # (if the batch never rode a read, the run ends here, without Killed)
+        end = time.monotonic() + 10
+
+        def is_set(self) -> bool:
+            return time.monotonic() > self.end
+
+    with pytest.raises(Killed):
+        first.run(Deadline())
+    assert writers and threading.main_thread().name not in writers
+    assert len(store.rows) == n and store.pending_at_write == [n]  # written before any ack
+    assert r.xpending(KEY, "tickvault")["pending"] == n  # committed, never acked
+    assert first.metrics.counters["acked"] == 0
+
+    again = worker(r, store)
+
+    class Acked:
+        def is_set(self) -> bool:
+            return again.metrics.counters["acked"] >= n
+
+    again.run(Acked())
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, n + 1))
+    assert again.metrics.counters["rows_duplicate"] == n and again.metrics.counters["acked"] == n
