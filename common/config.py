@@ -87,7 +87,7 @@ class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     buffer_frames: int = 200_000  # in-memory frames kept while Redis is unreachable
     pipeline_max: int = 2_000  # frames per pipelined XADD round trip at most
     linger_ms: float = 2.5  # a frame waits up to this long for others to share its XADD ...
-    linger_frames: int = 10  # ... unless this many wait (0 linger_ms: no waiting at all)
+    linger_frames: int = 100  # ... unless this many wait (0 linger_ms: no waiting at all)
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     rollover_overlap_s: float = 10.0  # make-before-break: both connections live this long

@@ -68,9 +68,12 @@ STATUS_EVERY_S = 10.0
 PROGRESS_WITHIN_S = 120.0  # /healthz fails past this without a cycle or an empty read
 SUSPECT_DELIVERIES = 3  # an entry delivered this often is handled alone
 # A batch this small, with every writer idle, is committed on the main thread: at low rates the
-# hand-off to a writer thread costs more than the commit. Bigger ones go to the writers, so
-# reading and parsing overlap the commit under load.
+# hand-off to a writer thread costs more than the commit. So is one of up to INLINE_DRAINED_MAX
+# frames when the read that ended it drained the stream (nothing waits to be read meanwhile).
+# Bigger ones, and any batch while a backlog is read, go to the writers, so reading and parsing
+# overlap the commit under load.
 INLINE_MAX_FRAMES = 32
+INLINE_DRAINED_MAX = 128
 # While a writer commits, a read blocks this long at most, so that the batch's ack can ride the
 # next read (a read that may block longer lets the writer send its XACK itself).
 ACK_WAIT_MS = 2
@@ -407,6 +410,7 @@ class Worker:
             if got == 0:
                 self.progress.beat()  # nothing to do is progress too
             drained = got < self._last_count
+            self._drained = drained
             if drained and o.stop_when_drained and all(v == ">" for v in cursor.values()):
                 self._done.update(cursor)
             # Drained: hand the batch over as soon as a writer is free. While they are busy the
@@ -415,6 +419,7 @@ class Worker:
                 self._flush()
 
     _last_count: int = 0
+    _drained: bool = False  # the last read took all there was
     # Frames per entry in the last read (rounded up); until a read tells, assume full runs.
     _run_hint: int = RUN_MAX
 
@@ -611,7 +616,7 @@ class Worker:
             return
         pool = self._pool
         assert pool is not None
-        if batch.frames <= INLINE_MAX_FRAMES:
+        if batch.frames <= (INLINE_DRAINED_MAX if self._drained else INLINE_MAX_FRAMES):
             committer = self._committer
             assert committer is not None
             if self._reads is None:

@@ -63,7 +63,7 @@ class Publisher:
         trim_every_s: float = 1.0,
         spill: Spill | None = None,
         linger_ms: float = 0.0,
-        linger_frames: int = 10,
+        linger_frames: int = 100,
     ) -> None:
         self.wire = wire
         # A frame may wait this long for company before it is sent: frames that share a round

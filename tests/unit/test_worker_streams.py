@@ -21,7 +21,13 @@ from common.records import Quote, Trade
 from consumer.batching import Batch
 from consumer.reads import ack_lowat
 from consumer.store import Store
-from consumer.worker import ACK_WAIT_MS, ACKS_BLOCK_MS, INLINE_MAX_FRAMES, Worker
+from consumer.worker import (
+    ACK_WAIT_MS,
+    ACKS_BLOCK_MS,
+    INLINE_DRAINED_MAX,
+    INLINE_MAX_FRAMES,
+    Worker,
+)
 
 KEY = raw_key("binance")
 SETTINGS = settings_from_mapping(
@@ -248,6 +254,44 @@ def test_small_batches_commit_on_the_main_thread_and_ack_with_the_next_read(
     assert w.metrics.counters["acked"] == 5 and w.metrics.counters["batches"] == 5
 
 
+@pytest.mark.parametrize(
+    ("entries", "per_read", "on_main"),
+    [
+        (INLINE_MAX_FRAMES + 8, None, True),  # one read took all there was: committed here
+        (INLINE_DRAINED_MAX, None, True),
+        (INLINE_DRAINED_MAX + 1, None, False),  # too big even when drained
+        (2 * (INLINE_MAX_FRAMES + 8), INLINE_MAX_FRAMES + 8, False),  # a backlog: writers
+    ],
+)
+def test_a_drained_reads_batch_commits_on_the_main_thread_a_backlogs_goes_to_a_writer(
+    r: fakeredis.FakeRedis, entries: int, per_read: int | None, on_main: bool
+) -> None:
+    """A batch bigger than INLINE_MAX_FRAMES is still committed on the main thread when the
+    read that ended it drained the stream (nothing waits to be read while it commits), up to
+    INLINE_DRAINED_MAX frames; while a backlog is read, a writer commits it, so reading
+    overlaps committing."""
+    for i in range(1, entries + 1):
+        r.xadd(KEY, frame(i))
+    writers: set[str] = set()
+
+    class Recording(MemoryStore):
+        def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+            writers.add(threading.current_thread().name)
+            return super().write(trades, quotes)
+
+    store = Recording(r)
+    kwargs = {} if per_read is None else {"batch_entries": per_read}
+    w = Worker.from_settings(
+        SETTINGS, name="w1", streams=[KEY], redis_client=r, store=store, **kwargs
+    )
+    w.sleep = lambda s: None
+    w.run(StopAfter(store, entries))
+    assert len(store.rows) == entries
+    main = threading.main_thread().name
+    assert (writers == {main}) if on_main else (main not in writers and writers)
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+
+
 def test_a_consumer_killed_between_a_commit_and_the_read_that_acks_it_loses_nothing(
     r: fakeredis.FakeRedis,
 ) -> None:
@@ -410,7 +454,7 @@ def test_a_consumer_killed_after_a_writer_committed_before_the_read_that_acks_it
     thread's next read would carry its XACK. Killed there (no exit path runs), the entries stay
     pending; the restarted consumer (same name) writes them again (the natural key stores
     nothing twice) and acks them."""
-    n = INLINE_MAX_FRAMES + 8  # too big for the main thread: a writer commits it
+    n = INLINE_DRAINED_MAX + 8  # too big for the main thread: a writer commits it
     for i in range(1, n + 1):
         r.xadd(KEY, frame(i))
     writers: set[str] = set()
