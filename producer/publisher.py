@@ -48,6 +48,52 @@ STALL_S = 1.0  # behind by high_water frames and no reply this long: Redis count
 CONNECT_S = 2.0  # the first connection's handshake (AUTH, SELECT, PING) at most this long
 
 
+class Wake:
+    """An ``asyncio.Event`` for one waiter whose wait ends after a timeout too.
+
+    The publisher waits on it for every batch (the linger) and between them: one timer handle
+    and one future a wait, where ``asyncio.timeout`` costs a context object, the task's
+    cancellation when the timer fires, and a ``TimeoutError`` caught (~10 % of the producer's
+    Python at 1,000 frames/s)."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self, seconds: float) -> bool:
+        """Until set (True) or for ``seconds`` (False)."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(seconds, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class Publisher:
     def __init__(
         self,
@@ -79,7 +125,7 @@ class Publisher:
         self.high_water = min(high_water, buffer_frames)
         self.spill = spill
         self._buffer: deque[Pending] = deque()
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         self._room = asyncio.Event()
         self._room.set()
         self.retention = Retention(
@@ -254,11 +300,7 @@ class Publisher:
         if stop_wait.done():
             return
         self._wake.clear()
-        try:
-            async with asyncio.timeout(max(0.0, seconds)):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+        await self._wake.wait(max(0.0, seconds))
 
     def _should_spill(self) -> bool:
         """Memory goes to the spill while Redis is away (a stall counts: see ``_send_some``),

@@ -206,3 +206,35 @@ def test_a_refused_ack_is_returned_and_the_read_still_answers() -> None:
     assert len(_ids(reply)) == 1  # the connection stayed in step
     reply, error = reads.read({key: ">"}, 10, 0)
     assert error is None and not reply  # nothing new, and the connection still works
+
+
+def test_the_publishers_wake_ends_on_a_set_a_timeout_or_a_cancel() -> None:
+    """The publisher's wait (every linger) is one future and one timer: a set wakes it, a
+    timeout ends it without an exception, a cancelled waiter leaves no timer behind."""
+    from producer.publisher import Wake
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        wake = Wake()
+        wake.set()
+        assert await wake.wait(10.0) is True  # already set: no waiting
+        wake.clear()
+        started = time.monotonic()
+        assert await wake.wait(0.02) is False  # the timeout: no TimeoutError
+        assert 0.015 <= time.monotonic() - started < 1.0
+        loop.call_later(0.01, wake.set)
+        started = time.monotonic()
+        assert await wake.wait(10.0) is True
+        assert time.monotonic() - started < 1.0
+        wake.clear()
+        task = asyncio.ensure_future(wake.wait(10.0))
+        await asyncio.sleep(0.01)
+        timers = len(loop._scheduled)  # type: ignore[attr-defined]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len([h for h in loop._scheduled if not h.cancelled()]) < timers  # type: ignore[attr-defined]
+        wake.set()  # nobody waits: nothing to resolve
+        assert wake.is_set()
+
+    asyncio.run(scenario())
