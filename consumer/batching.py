@@ -110,13 +110,19 @@ class Batch:
             t0, q0 = len(all_trades), len(all_quotes)
             all_trades += trades
             all_quotes += quotes
-            self.spans.append(Span(key, entry_id, t0, len(all_trades), q0, len(all_quotes)))
+            # (tuple.__new__: a NamedTuple's own __new__ is a Python call, 0.27 us a frame)
+            self.spans.append(
+                _new_span(Span, (key, entry_id, t0, len(all_trades), q0, len(all_quotes)))
+            )
         if out.dead is not None:
             self.dead.append(DeadLetter(key, entry_id, as_dict(fields), out.dead))
         if out.control is not None:
             self.controls[control_kind(out.control)] += 1
         if out.marker is not None:
             self.markers.append(out.marker)
+
+
+_new_span = tuple.__new__
 
 
 @dataclass(slots=True)
