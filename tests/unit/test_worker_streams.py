@@ -56,6 +56,7 @@ class MemoryStore(Store):
         self.failures = failures
         self.redis = redis
         self.pending_at_write: list[int] = []
+        self.writers: set[str] = set()  # the threads that wrote
 
     def connect(self, *, run_migrations: bool = True) -> None:
         return None
@@ -67,6 +68,7 @@ class MemoryStore(Store):
         return None
 
     def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+        self.writers.add(threading.current_thread().name)
         self.pending_at_write.append(int(self.redis.xpending(KEY, "tickvault")["pending"]))
         if self.failures:
             self.failures -= 1
@@ -217,7 +219,6 @@ def test_small_batches_commit_on_the_main_thread_and_ack_with_the_next_read(
     """At low rates a batch is committed without a writer thread, and its XACK goes in the same
     round trip as the next XREADGROUP: no XACK of its own, except for the last batch, at the
     stop. Each entry is still pending when its rows are written."""
-    writers: set[str] = set()
     xacks: list[int] = []
     xack = r.xack
 
@@ -227,12 +228,7 @@ def test_small_batches_commit_on_the_main_thread_and_ack_with_the_next_read(
 
     monkeypatch.setattr(r, "xack", counted_xack)
 
-    class Recording(MemoryStore):
-        def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
-            writers.add(threading.current_thread().name)
-            return super().write(trades, quotes)
-
-    store = Recording(r)
+    store = MemoryStore(r)
     w = worker(r, store)
     added = 0
 
@@ -247,7 +243,7 @@ def test_small_batches_commit_on_the_main_thread_and_ack_with_the_next_read(
             return len(store.rows) >= 5
 
     w.run(Trickle())
-    assert writers == {threading.main_thread().name}
+    assert store.writers == {threading.main_thread().name}
     assert store.pending_at_write == [1, 1, 1, 1, 1]  # its own entry: not acked before
     assert xacks == [1]  # the last batch's, at the stop; the others rode a read
     assert r.xpending(KEY, "tickvault")["pending"] == 0
@@ -272,14 +268,8 @@ def test_a_drained_reads_batch_commits_on_the_main_thread_a_backlogs_goes_to_a_w
     overlaps committing."""
     for i in range(1, entries + 1):
         r.xadd(KEY, frame(i))
-    writers: set[str] = set()
 
-    class Recording(MemoryStore):
-        def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
-            writers.add(threading.current_thread().name)
-            return super().write(trades, quotes)
-
-    store = Recording(r)
+    store = MemoryStore(r)
     kwargs = {} if per_read is None else {"batch_entries": per_read}
     w = Worker.from_settings(
         SETTINGS, name="w1", streams=[KEY], redis_client=r, store=store, **kwargs
@@ -288,7 +278,7 @@ def test_a_drained_reads_batch_commits_on_the_main_thread_a_backlogs_goes_to_a_w
     w.run(StopAfter(store, entries))
     assert len(store.rows) == entries
     main = threading.main_thread().name
-    assert (writers == {main}) if on_main else (main not in writers and writers)
+    assert (store.writers == {main}) if on_main else (main not in store.writers and store.writers)
     assert r.xpending(KEY, "tickvault")["pending"] == 0
 
 
@@ -457,17 +447,11 @@ def test_a_consumer_killed_after_a_writer_committed_before_the_read_that_acks_it
     n = INLINE_DRAINED_MAX + 8  # too big for the main thread: a writer commits it
     for i in range(1, n + 1):
         r.xadd(KEY, frame(i))
-    writers: set[str] = set()
-
-    class Recording(MemoryStore):
-        def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
-            writers.add(threading.current_thread().name)
-            return super().write(trades, quotes)
 
     class Killed(BaseException):
         pass
 
-    store = Recording(r)
+    store = MemoryStore(r)
     first = worker(r, store)
     first._leave = lambda failure: None  # type: ignore[method-assign]  # as if killed -9
     real_read = first._read_acking
@@ -487,7 +471,7 @@ def test_a_consumer_killed_after_a_writer_committed_before_the_read_that_acks_it
 
     with pytest.raises(Killed):
         first.run(Deadline())
-    assert writers and threading.main_thread().name not in writers
+    assert store.writers and threading.main_thread().name not in store.writers
     assert len(store.rows) == n and store.pending_at_write == [n]  # written before any ack
     assert r.xpending(KEY, "tickvault")["pending"] == n  # committed, never acked
     assert first.metrics.counters["acked"] == 0
