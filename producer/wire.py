@@ -143,13 +143,10 @@ def pack_runs(
     return b"".join(out), sizes
 
 
-def _abort(transport: asyncio.BaseTransport, expired: list[bool]) -> None:
+def _abort(transport: asyncio.WriteTransport, expired: list[bool]) -> None:
     """A round trip's timeout: abort its connection, which ends the read waiting on it."""
     expired.append(True)
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.abort()
-    else:
-        transport.close()
+    transport.abort()
 
 
 class RedisWire:
@@ -291,9 +288,7 @@ class RedisWire:
                 reply = self._parser.gets()
                 if reply is False:
                     data = await self._reader.read(1 << 16)
-                    if not data:
-                        if expired:
-                            raise TimeoutError(f"no reply within {self.timeout:g} s")
+                    if not data:  # (or the timeout aborted it: said below)
                         raise ConnectionResetError("redis closed the connection")
                     self._parser.feed(data)
                     continue
@@ -302,10 +297,9 @@ class RedisWire:
                 if isinstance(reply, hiredis.ReplyError):
                     errors.append(reply)
         except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
-            if expired and not isinstance(exc, TimeoutError):
-                exc = TimeoutError(f"no reply within {self.timeout:g} s")
+            why = TimeoutError(f"no reply within {self.timeout:g} s") if expired else exc
             await self.close()
-            raise TransientError(f"redis connection lost: {exc!r}") from exc
+            raise TransientError(f"redis connection lost: {why!r}") from exc
         finally:
             timer.cancel()
         return replies, errors
