@@ -282,34 +282,61 @@ def test_a_drained_reads_batch_commits_on_the_main_thread_a_backlogs_goes_to_a_w
     assert r.xpending(KEY, "tickvault")["pending"] == 0
 
 
+@pytest.mark.parametrize("n", [3, INLINE_MAX_FRAMES + 8])  # small; bigger, of a drained read
 def test_a_consumer_killed_between_a_commit_and_the_read_that_acks_it_loses_nothing(
-    r: fakeredis.FakeRedis,
+    r: fakeredis.FakeRedis, n: int
 ) -> None:
     """The one window the riding acks add: a batch committed on the main thread whose XACK
     has not gone out yet. Killed there (SIGKILL runs no exit path: no final ack, no release),
     its entries stay pending; the restarted consumer (same name) reads them again first,
     writes them again (the natural key stores nothing twice) and acks them."""
-    for i in range(1, 4):
+    for i in range(1, n + 1):
         r.xadd(KEY, frame(i))
     store = MemoryStore(r)
     first = worker(r, store)
     first._ack_unacked = lambda: None  # type: ignore[method-assign]  # as if killed -9
     first._leave = lambda failure: None  # type: ignore[method-assign]
-    first.run(StopAfter(store, 3))
-    assert len(store.rows) == 3
-    assert r.xpending(KEY, "tickvault")["pending"] == 3  # committed, never acked
+    first.run(StopAfter(store, n))
+    assert len(store.rows) == n and store.writers == {threading.main_thread().name}
+    assert r.xpending(KEY, "tickvault")["pending"] == n  # committed, never acked
     assert first.metrics.counters["acked"] == 0
 
     again = worker(r, store)
 
     class Acked:
         def is_set(self) -> bool:
-            return again.metrics.counters["acked"] >= 3
+            return again.metrics.counters["acked"] >= n
 
     again.run(Acked())
     assert r.xpending(KEY, "tickvault")["pending"] == 0
-    assert sorted(int(t.trade_id) for t in store.rows.values()) == [1, 2, 3]
-    assert again.metrics.counters["rows_duplicate"] == 3 and again.metrics.counters["acked"] == 3
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, n + 1))
+    assert again.metrics.counters["rows_duplicate"] == n and again.metrics.counters["acked"] == n
+
+
+def test_a_drained_reads_batch_on_the_main_thread_survives_a_refusal_and_a_hostile_frame(
+    r: fakeredis.FakeRedis,
+) -> None:
+    """A batch bigger than INLINE_MAX_FRAMES committed on the main thread takes the same road
+    as any: PostgreSQL refusing once (transient) is retried with nothing acked meanwhile, a
+    hostile frame among the entries is dead-lettered with its reason, and every entry is
+    acked once its batch is stored."""
+    n = INLINE_MAX_FRAMES + 8
+    bad_id = b""
+    for i in range(1, n + 1):
+        entry_id = r.xadd(KEY, {**frame(i), b"f": b"[oops"} if i == 7 else frame(i))
+        bad_id = entry_id if i == 7 else bad_id
+    store = MemoryStore(r, failures=1)
+    w = worker(r, store)
+    w.run(StopAfter(store, n - 1))
+    assert store.writers == {threading.main_thread().name}
+    assert store.pending_at_write == [n, n]  # refused, then written: nothing acked before
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == [
+        i for i in range(1, n + 1) if i != 7
+    ]
+    [(_, dead)] = r.xrange(dead_key("binance"))
+    assert dead[b"origin"] == bad_id and b"undecodable" in dead[b"reason"]
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert w.metrics.counters["dead"] == 1 and w.metrics.counters["acked"] == n
 
 
 class FakeCommitter:
