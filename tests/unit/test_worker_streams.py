@@ -282,6 +282,21 @@ def test_a_drained_reads_batch_commits_on_the_main_thread_a_backlogs_goes_to_a_w
     assert r.xpending(KEY, "tickvault")["pending"] == 0
 
 
+def _restart_stores_once_and_acks(r: fakeredis.FakeRedis, store: MemoryStore, n: int) -> None:
+    """A consumer restarted (same name) after one killed with entries 1..n committed and not
+    acked: it writes them again (the natural key stores nothing twice) and acks them."""
+    again = worker(r, store)
+
+    class Acked:
+        def is_set(self) -> bool:
+            return again.metrics.counters["acked"] >= n
+
+    again.run(Acked())
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, n + 1))
+    assert again.metrics.counters["rows_duplicate"] == n and again.metrics.counters["acked"] == n
+
+
 @pytest.mark.parametrize("n", [3, INLINE_MAX_FRAMES + 8])  # small; bigger, of a drained read
 def test_a_consumer_killed_between_a_commit_and_the_read_that_acks_it_loses_nothing(
     r: fakeredis.FakeRedis, n: int
@@ -301,16 +316,7 @@ def test_a_consumer_killed_between_a_commit_and_the_read_that_acks_it_loses_noth
     assert r.xpending(KEY, "tickvault")["pending"] == n  # committed, never acked
     assert first.metrics.counters["acked"] == 0
 
-    again = worker(r, store)
-
-    class Acked:
-        def is_set(self) -> bool:
-            return again.metrics.counters["acked"] >= n
-
-    again.run(Acked())
-    assert r.xpending(KEY, "tickvault")["pending"] == 0
-    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, n + 1))
-    assert again.metrics.counters["rows_duplicate"] == n and again.metrics.counters["acked"] == n
+    _restart_stores_once_and_acks(r, store, n)
 
 
 def test_a_drained_reads_batch_on_the_main_thread_survives_a_refusal_and_a_hostile_frame(
@@ -503,13 +509,4 @@ def test_a_consumer_killed_after_a_writer_committed_before_the_read_that_acks_it
     assert r.xpending(KEY, "tickvault")["pending"] == n  # committed, never acked
     assert first.metrics.counters["acked"] == 0
 
-    again = worker(r, store)
-
-    class Acked:
-        def is_set(self) -> bool:
-            return again.metrics.counters["acked"] >= n
-
-    again.run(Acked())
-    assert r.xpending(KEY, "tickvault")["pending"] == 0
-    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, n + 1))
-    assert again.metrics.counters["rows_duplicate"] == n and again.metrics.counters["acked"] == n
+    _restart_stores_once_and_acks(r, store, n)
