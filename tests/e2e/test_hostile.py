@@ -358,8 +358,14 @@ def test_hostile_frames_are_dead_lettered_and_good_trades_stored_once(
         unexpected = [f[b"reason"] for d, fs in by_frame.items() if d not in wanted for f in fs]
         assert unexpected == [], "frames dead-lettered that should not have been"
 
-        # The unknown event type is counted, and cannot add a line to the exposition.
-        expositions = [_metrics(port) for port in metrics_ports.values()]
+        # The unknown event type is counted, and cannot add a line to the exposition. A batch is
+        # counted when its XACK's reply is read, with the next read, which may block (up to
+        # ACKS_BLOCK_MS): "nothing pending" can be seen before the count, so wait for it.
+        def scraped() -> list[str]:
+            texts = [_metrics(port) for port in metrics_ports.values()]
+            return texts if sum(_unknown_counted(text) for text in texts) >= 1 else []
+
+        expositions = wait_for(scraped, timeout=5, what="the unknown event type counted")
         for text in expositions:
             for line in text.splitlines():
                 assert not line.startswith("fake_metric"), line
@@ -367,7 +373,6 @@ def test_hostile_frames_are_dead_lettered_and_good_trades_stored_once(
                     assert "\n" not in line and line.isprintable(), line
                     continue
                 assert METRIC_LINE.match(line), f"not an exposition line: {line!r}"
-        assert sum(_unknown_counted(text) for text in expositions) >= 1, expositions
 
         p.check_alive()
         assert p.stop(producer) == 0, p.log("producer")
