@@ -39,7 +39,11 @@ class DeadLetter:
 
 class Span(NamedTuple):
     """Where one frame's rows sit in the batch's flat lists (to find a row PostgreSQL rejects).
-    Flat (one tuple per frame): the bounds are read only when PostgreSQL refuses a batch."""
+    Flat (one tuple per frame): the bounds are read only when PostgreSQL refuses a batch.
+
+    A run whose every frame gave one trade, and nothing else, is held as one span with ``run``
+    set (its frame ``i`` is trade ``trades_from + i``): :meth:`Batch.frame_spans` gives its
+    frames' own spans when they are needed."""
 
     key: str
     entry_id: str  # the entry's id, or ``<entry id>/<index>`` for a frame of a run
@@ -47,6 +51,7 @@ class Span(NamedTuple):
     trades_to: int
     quotes_from: int
     quotes_to: int
+    run: bool = False  # a whole run of one-trade frames (``entry_id`` is the entry's)
 
     @property
     def trades(self) -> tuple[int, int]:
@@ -83,11 +88,14 @@ class Batch:
         if ids is None:
             ids = self.acks[key] = []
         ids.append(entry_id)
-        if out.frames is None:
+        frames = out.frames
+        if frames is None:
             self._add_frame(key, entry_id, fields, out)
             return
+        if self._add_plain_run(key, entry_id, frames):
+            return
         add = self._add_frame
-        for i, frame_out in enumerate(out.frames):
+        for i, frame_out in enumerate(frames):
             one = frame_id(entry_id, i)
             if frame_out.dead is not None:
                 # the dead letter carries this frame alone, as a single-frame entry would
@@ -98,6 +106,44 @@ class Batch:
                 add(key, one, own, frame_out)
             else:
                 add(key, one, None, frame_out)
+
+    def _add_plain_run(self, key: str, entry_id: str, frames: list[Outcome]) -> bool:
+        """A run whose every frame gave one trade and nothing else (most runs), added whole
+        with one span instead of one a frame; False (nothing added) for any other run."""
+        all_trades = self.trades
+        t0 = len(all_trades)
+        add = all_trades.append
+        oldest = self.oldest_recv_ns
+        for o in frames:
+            trades = o.trades
+            if (
+                len(trades) != 1 or o.quotes or o.dead is not None or o.control is not None
+                or o.marker is not None or not o.recv_ns
+            ):  # fmt: skip
+                del all_trades[t0:]
+                return False
+            add(trades[0])
+            if o.recv_ns < oldest or not oldest:
+                oldest = o.recv_ns
+        self.oldest_recv_ns = oldest
+        self.frames += len(frames)
+        q0 = len(self.quotes)
+        self.spans.append(_new_span(Span, (key, entry_id, t0, len(all_trades), q0, q0, True)))
+        return True
+
+    def frame_spans(self) -> list[Span]:
+        """One span a frame (a plain run's expanded): what isolation splits."""
+        out: list[Span] = []
+        for span in self.spans:
+            if not span.run:
+                out.append(span)
+                continue
+            key, entry_id, first, last, q0, _, _ = span
+            out += [
+                Span(key, frame_id(entry_id, i), first + i, first + i + 1, q0, q0)
+                for i in range(last - first)
+            ]
+        return out
 
     def _add_frame(self, key: str, entry_id: str, fields: Fields | None, out: Outcome) -> None:
         self.frames += 1
@@ -112,7 +158,7 @@ class Batch:
             all_quotes += quotes
             # (tuple.__new__: a NamedTuple's own __new__ is a Python call, 0.27 us a frame)
             self.spans.append(
-                _new_span(Span, (key, entry_id, t0, len(all_trades), q0, len(all_quotes)))
+                _new_span(Span, (key, entry_id, t0, len(all_trades), q0, len(all_quotes), False))
             )
         if out.dead is not None:
             self.dead.append(DeadLetter(key, entry_id, as_dict(fields), out.dead))

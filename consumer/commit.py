@@ -194,11 +194,11 @@ class Committer:
                 raise
             logger.warning(
                 "postgres refused a batch of %d frames (%s); finding the bad ones",
-                len(batch.spans),
+                batch.frames,
                 refusal_reason(exc),
             )
         self.metrics.inc("isolations")
-        for span, refusal in isolate(batch.spans, write):
+        for span, refusal in isolate(batch.frame_spans(), write):
             fields = self.retrier.call("fetch", partial(self.deadletters.fetch, *span[:2]))
             reason = refusal_reason(refusal)
             batch.dead.append(DeadLetter(span.key, span.entry_id, fields, reason))

@@ -190,6 +190,8 @@ class Flagger:
         self._window = settings.window
         self._band = settings.price_band
         self._size_factor = settings.size_factor
+        self._last_key: tuple[str, str] | None = None  # the last trade's symbol, and its state
+        self._last: _Symbol | None = None
 
     @property
     def tracked(self) -> int:
@@ -197,30 +199,36 @@ class Flagger:
         return len(self._states)
 
     def trade(self, trade: Trade) -> int:
-        """The flags of ``trade`` (0: clean); the trade enters its symbol's history."""
+        """The flags of ``trade`` (0: clean); the trade enters its symbol's history.
+
+        (Runs for every trade: the window updates of :func:`_remember` and :func:`_positive`
+        are written out here, and the last symbol's state is kept at hand.)"""
         ts = trade.ts_ns
-        flags = 0
         lag = trade.recv_ns - ts
-        if lag > self._late_ns:
-            flags = _LATE
-        elif -lag > self._early_ns:
-            flags = _EARLY
+        flags = _LATE if lag > self._late_ns else _EARLY if -lag > self._early_ns else 0
 
         key = (trade.exchange, trade.symbol)
-        states = self._states
-        st = states.get(key)
-        if st is None:
-            st = states[key] = _Symbol(ts)
-            if len(states) > self.settings.max_symbols:
-                states.popitem(last=False)
-        else:
-            states.move_to_end(key)
+        st = self._last
+        if st is None or key != self._last_key:
+            states = self._states
+            st = states.get(key)
+            if st is None:
+                st = states[key] = _Symbol(ts)
+                if len(states) > self.settings.max_symbols:
+                    states.popitem(last=False)
+            else:
+                states.move_to_end(key)  # (the last key is at the end already)
+            self._last_key, self._last = key, st
         gap = ts - st.last_ns
         if gap > 0:
             st.last_ns = ts
 
-        price = _positive(trade.price)
-        if price:
+        window = self._window
+        try:
+            price = float(trade.price)
+        except (ValueError, TypeError):
+            price = 0.0
+        if 0.0 < price < _INF:
             ranked = st.sorted_prices
             if st.priced < self._min_history:
                 st.priced += 1
@@ -234,16 +242,27 @@ class Flagger:
                 if st.run_side:  # the run of outliers is broken
                     st.run = []
                     st.run_side = 0
-                _remember(st.prices, ranked, price, self._window)
+                prices = st.prices
+                prices.append(price)
+                insort(ranked, price)
+                if len(prices) > window:
+                    del ranked[bisect_left(ranked, prices.popleft())]
 
-        amount = _positive(trade.amount)
-        if amount:
+        try:
+            amount = float(trade.amount)
+        except (ValueError, TypeError):
+            amount = 0.0
+        if 0.0 < amount < _INF:
             ranked = st.sorted_amounts
             if st.sized < self._min_history:
                 st.sized += 1
             elif amount > self._size_factor * ranked[len(ranked) >> 1]:
                 return flags | _SIZE
-            _remember(st.amounts, ranked, amount, self._window)
+            amounts = st.amounts
+            amounts.append(amount)
+            insort(ranked, amount)
+            if len(amounts) > window:
+                del ranked[bisect_left(ranked, amounts.popleft())]
         return flags
 
     def _outlier(self, st: _Symbol, price: float, gap_ns: int) -> bool:

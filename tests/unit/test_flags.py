@@ -353,6 +353,30 @@ def test_any_rows_never_raise(
     assert f.tracked <= 3
 
 
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from(["100", "101", "99", "150", "40"]),
+            st.sampled_from(["1", "2", "500"]),
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+)
+def test_the_last_symbol_kept_at_hand_gives_the_flags_of_a_lookup_every_trade(
+    rows: list[tuple[int, str, str]],
+) -> None:
+    # the shortcut to the last trade's symbol state must not change a verdict, evictions too
+    settings = FlagSettings(window=4, min_history=2, rebase_after=2, max_symbols=2)
+    fast, slow = Flagger(settings), Flagger(settings)
+    for symbol, price, amount in rows:
+        t = Trade("binance", f"S{symbol}", "1", price, amount, None, T0, T0)
+        slow._last = None  # every trade looks its symbol up
+        assert fast.trade(t) == slow.trade(t)
+        assert fast.tracked == slow.tracked
+
+
 def test_the_processor_keeps_flagged_rows_with_their_bits_and_counts_each_check() -> None:
     from common.metrics import Metrics
     from consumer.process import Processor

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fakeredis
 import hiredis
+import psycopg.errors as pg
 import pytest
 
 from common.envelope import (
@@ -15,10 +16,12 @@ from common.envelope import (
     split_run,
 )
 from common.errors import PoisonFrame
-from consumer.batching import Batch
+from consumer.batching import Batch, Span
 from consumer.process import Processor
 from producer.wire import XaddPacker, pack_runs
 
+from .test_worker_failures import MemoryStore as RefusingStore
+from .test_worker_failures import make
 from .test_worker_streams import KEY, SETTINGS, MemoryStore, StopAfter, worker
 
 NOW = 1_700_000_000_000_000_000
@@ -125,3 +128,54 @@ def test_the_worker_stores_runs_acks_their_entries_and_dead_letters_frames() -> 
     assert dead[b"origin"] == f"{ids[1]}/4".encode() and dead[b"f"] == b"[oops"
     assert dead[b"n"] == b"37" and b"l" not in dead
     assert SETTINGS.consumer.batch_entries >= 96
+
+
+def test_a_run_of_one_trade_frames_is_one_span_expanded_to_its_frames_when_needed() -> None:
+    plain = run_fields([body(1), body(2), body(3)])
+    single = run_fields([body(4)])
+    batch = Batch()
+    batch.add(KEY, "9-0", plain, P.process("9-0", plain), 0.0)
+    batch.add(KEY, "9-1", single, P.process("9-1", single), 0.0)
+    assert [t.trade_id for t in batch.trades] == ["1", "2", "3", "4"]
+    assert (batch.entries, batch.frames, batch.oldest_recv_ns) == (2, 4, NOW)
+    assert batch.spans == [
+        Span(KEY, "9-0", 0, 3, 0, 0, True),
+        Span(KEY, "9-1", 3, 4, 0, 0, False),
+    ]
+    assert [(s.entry_id, s.trades, s.run) for s in batch.frame_spans()] == [
+        ("9-0/0", (0, 1), False),
+        ("9-0/1", (1, 2), False),
+        ("9-0/2", (2, 3), False),
+        ("9-1", (3, 4), False),
+    ]
+
+
+def test_a_run_with_any_other_frame_keeps_a_span_a_frame() -> None:
+    # a control frame (an unknown event type) among trades: nothing of the fast path is kept
+    flat = run_fields([body(1), b'{"e":"kline","E":1}', body(3)])
+    batch = Batch()
+    batch.add(KEY, "9-0", flat, P.process("9-0", flat), 0.0)
+    assert [t.trade_id for t in batch.trades] == ["1", "3"]
+    assert [(s.entry_id, s.trades, s.run) for s in batch.spans] == [
+        ("9-0/0", (0, 1), False),
+        ("9-0/2", (1, 2), False),
+    ]
+    assert batch.controls == {"unknown": 1} and batch.frames == 3
+
+
+def test_a_row_postgres_refuses_inside_a_run_dead_letters_that_frame_alone() -> None:
+    r = fakeredis.FakeRedis()
+    r.xgroup_create(KEY, "tickvault", id="0", mkstream=True)
+    ids = []
+    for start in (1, 33, 65):
+        flat = run_fields([body(i) for i in range(start, start + 32)], first_seq=start)
+        ids.append(r.xadd(KEY, dict(zip(flat[::2], flat[1::2], strict=True))).decode())
+    store = RefusingStore({"45": pg.CheckViolation('violates check constraint "x"')})
+    w = make(r, store, batch_entries=96, batch_ms=1000)
+    w.run(StopAfter(store, 95))  # type: ignore[arg-type]
+    assert sorted(int(i) for i in store.rows) == [i for i in range(1, 97) if i != 45]
+    assert len(store.writes) <= 20  # halving over the frames: not one write a frame
+    [(_, dead)] = r.xrange(dead_key("binance"))
+    assert dead[b"origin"] == f"{ids[1]}/12".encode() and dead[b"f"] == body(45)
+    assert dead[b"reason"].startswith(b"postgres rejected (23514)") and b"l" not in dead
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
