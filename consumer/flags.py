@@ -200,9 +200,7 @@ class Flagger:
 
     def trade(self, trade: Trade) -> int:
         """The flags of ``trade`` (0: clean); the trade enters its symbol's history.
-
-        (Runs for every trade: the window updates of :func:`_remember` and :func:`_positive`
-        are written out here, and the last symbol's state is kept at hand.)"""
+        (Runs for every trade: the last trade's symbol state is kept at hand.)"""
         ts = trade.ts_ns
         lag = trade.recv_ns - ts
         flags = _LATE if lag > self._late_ns else _EARLY if -lag > self._early_ns else 0
@@ -217,18 +215,14 @@ class Flagger:
                 if len(states) > self.settings.max_symbols:
                     states.popitem(last=False)
             else:
-                states.move_to_end(key)  # (the last key is at the end already)
+                states.move_to_end(key)  # (the last symbol stays at the end: no move)
             self._last_key, self._last = key, st
         gap = ts - st.last_ns
         if gap > 0:
             st.last_ns = ts
 
-        window = self._window
-        try:
-            price = float(trade.price)
-        except (ValueError, TypeError):
-            price = 0.0
-        if 0.0 < price < _INF:
+        price = _positive(trade.price)
+        if price:
             ranked = st.sorted_prices
             if st.priced < self._min_history:
                 st.priced += 1
@@ -242,27 +236,16 @@ class Flagger:
                 if st.run_side:  # the run of outliers is broken
                     st.run = []
                     st.run_side = 0
-                prices = st.prices
-                prices.append(price)
-                insort(ranked, price)
-                if len(prices) > window:
-                    del ranked[bisect_left(ranked, prices.popleft())]
+                _remember(st.prices, ranked, price, self._window)
 
-        try:
-            amount = float(trade.amount)
-        except (ValueError, TypeError):
-            amount = 0.0
-        if 0.0 < amount < _INF:
+        amount = _positive(trade.amount)
+        if amount:
             ranked = st.sorted_amounts
             if st.sized < self._min_history:
                 st.sized += 1
             elif amount > self._size_factor * ranked[len(ranked) >> 1]:
                 return flags | _SIZE
-            amounts = st.amounts
-            amounts.append(amount)
-            insort(ranked, amount)
-            if len(amounts) > window:
-                del ranked[bisect_left(ranked, amounts.popleft())]
+            _remember(st.amounts, ranked, amount, self._window)
         return flags
 
     def _outlier(self, st: _Symbol, price: float, gap_ns: int) -> bool:
