@@ -3,6 +3,8 @@ frame, acked once."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import fakeredis
 import hiredis
 import psycopg.errors as pg
@@ -15,7 +17,8 @@ from common.envelope import (
     run_frame_fields,
     split_run,
 )
-from common.errors import PoisonFrame
+from common.errors import PoisonFrame, TransientError
+from common.records import Quote, Trade
 from consumer.batching import Batch, Span
 from consumer.process import Processor
 from producer.wire import XaddPacker, pack_runs
@@ -178,4 +181,84 @@ def test_a_row_postgres_refuses_inside_a_run_dead_letters_that_frame_alone() -> 
     [(_, dead)] = r.xrange(dead_key("binance"))
     assert dead[b"origin"] == f"{ids[1]}/12".encode() and dead[b"f"] == body(45)
     assert dead[b"reason"].startswith(b"postgres rejected (23514)") and b"l" not in dead
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+
+
+def _add_runs(r: fakeredis.FakeRedis, runs: list[list[bytes]]) -> list[str]:
+    ids, seq = [], 1
+    for frames in runs:
+        flat = run_fields(frames, first_seq=seq)
+        seq += len(frames)
+        ids.append(r.xadd(KEY, dict(zip(flat[::2], flat[1::2], strict=True))).decode())
+    return ids
+
+
+def test_runs_committed_and_killed_before_their_ack_are_stored_once_after_the_restart() -> None:
+    # SIGKILL between the commit of a batch of plain runs and the read that would ack it: the
+    # entries stay pending; the restarted consumer (same name) writes them again, the natural
+    # key stores nothing twice, and it acks them.
+    r = fakeredis.FakeRedis()
+    _add_runs(r, [[body(i) for i in range(start, start + 32)] for start in (1, 33, 65)])
+    store = MemoryStore(r)
+    first = worker(r, store)
+    first._ack_unacked = lambda: None  # type: ignore[method-assign]  # as if killed -9
+    first._leave = lambda failure: None  # type: ignore[method-assign]
+    first.run(StopAfter(store, 96))
+    assert len(store.rows) == 96 and first.metrics.counters["acked"] == 0
+    assert r.xpending(KEY, "tickvault")["pending"] == 3  # committed, never acked
+
+    again = worker(r, store)
+
+    class Acked:
+        def is_set(self) -> bool:
+            return again.metrics.counters["acked"] >= 3
+
+    again.run(Acked())
+    assert r.xpending(KEY, "tickvault")["pending"] == 0
+    assert sorted(int(t.trade_id) for t in store.rows.values()) == list(range(1, 97))
+    counters = again.metrics.counters
+    assert (counters["rows_duplicate"], counters["frames"], counters.get("dead", 0)) == (96, 96, 0)
+
+
+class FlakyRefusingStore(RefusingStore):
+    """Refuses its first ``failures`` writes as a PostgreSQL outage, then some rows for good."""
+
+    def __init__(self, refuse: dict[str, BaseException], failures: int) -> None:
+        super().__init__(refuse)
+        self.failures = failures
+
+    def write(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("postgres down")
+        return super().write(trades, quotes)
+
+
+def test_plain_and_hostile_runs_in_one_batch_survive_an_outage_and_a_refused_row() -> None:
+    # one batch: a plain run, a run with a hostile frame, a plain run with a row PostgreSQL
+    # refuses; PostgreSQL away for the first two writes. Nothing is acked before the batch is
+    # stored; the hostile frame and the refused row are dead-lettered alone; the rest is stored.
+    r = fakeredis.FakeRedis()
+    r.xgroup_create(KEY, "tickvault", id="0", mkstream=True)
+    middle = [body(i) for i in range(33, 65)]
+    middle[4] = b"[oops"  # frame 37
+    ids = _add_runs(r, [[body(i) for i in range(1, 33)], middle, [body(i) for i in range(65, 97)]])
+    store = FlakyRefusingStore({"70": pg.CheckViolation('violates check constraint "x"')}, 2)
+    pending_at_write: list[int] = []
+    write = store.write
+
+    def recording(trades: Sequence[Trade], quotes: Sequence[Quote]) -> tuple[int, int]:
+        pending_at_write.append(int(r.xpending(KEY, "tickvault")["pending"]))
+        return write(trades, quotes)
+
+    store.write = recording  # type: ignore[method-assign]
+    w = make(r, store, batch_entries=96, batch_ms=1000)
+    w.run(StopAfter(store, 94))  # type: ignore[arg-type]
+    assert sorted(int(i) for i in store.rows) == [i for i in range(1, 97) if i not in (37, 70)]
+    assert pending_at_write[:3] == [3, 3, 3]  # refused twice, then written: nothing acked
+    letters = {f[b"origin"]: f for _, f in r.xrange(dead_key("binance"))}
+    assert set(letters) == {f"{ids[1]}/4".encode(), f"{ids[2]}/5".encode()}
+    assert letters[f"{ids[1]}/4".encode()][b"f"] == b"[oops"
+    refused = letters[f"{ids[2]}/5".encode()]
+    assert refused[b"f"] == body(70) and refused[b"reason"].startswith(b"postgres rejected (23514)")
     assert r.xpending(KEY, "tickvault")["pending"] == 0
