@@ -39,11 +39,11 @@ class DeadLetter:
 
 class Span(NamedTuple):
     """Where one frame's rows sit in the batch's flat lists (to find a row PostgreSQL rejects).
-    Flat (one tuple per frame): the bounds are read only when PostgreSQL refuses a batch.
+    Flat tuples: the bounds are read only when PostgreSQL refuses a batch.
 
     A run whose every frame gave one trade, and nothing else, is held as one span with ``run``
-    set (its frame ``i`` is trade ``trades_from + i``): :meth:`Batch.frame_spans` gives its
-    frames' own spans when they are needed."""
+    set (its frame ``i`` is trade ``trades_from + i``); any other frame has a span of its own.
+    :meth:`Batch.frame_spans` gives a span a frame, for isolation."""
 
     key: str
     entry_id: str  # the entry's id, or ``<entry id>/<index>`` for a frame of a run

@@ -207,7 +207,7 @@ class Flagger:
 
         key = (trade.exchange, trade.symbol)
         st = self._last
-        if st is None or key != self._last_key:
+        if st is None or key != self._last_key:  # (the same symbol: last in the LRU order)
             states = self._states
             st = states.get(key)
             if st is None:
@@ -215,7 +215,7 @@ class Flagger:
                 if len(states) > self.settings.max_symbols:
                     states.popitem(last=False)
             else:
-                states.move_to_end(key)  # (the last symbol stays at the end: no move)
+                states.move_to_end(key)
             self._last_key, self._last = key, st
         gap = ts - st.last_ns
         if gap > 0:
