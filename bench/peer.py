@@ -317,6 +317,8 @@ def one_run(ctx: Context, collector: str, scenario: Scenario, run_dir: Path) -> 
         sim.stop()
     sent = [line.split() for line in _log_lines(sim) if line.startswith("sent ")]
     figures = _figures(ctx, collector, scenario, cpu, list(mine))
+    if sent:  # (on a burst, about the floor of a collector's p99: peer_report.FIGURES)
+        figures["send_ms"] = (int(sent[0][2]) / 1e9 - go) * 1000
     return {
         "scenario": scenario.name,
         "collector": collector,
