@@ -117,6 +117,8 @@ class ConsumerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     backoff_max_s: float = 30.0
     writers: int = 2  # writer threads, each with its own PostgreSQL connection
     max_deliveries: int = 5  # an entry delivered more often is dead-lettered unprocessed
+    # a small batch's commit is sent, and its outcome read after the next read (see README)
+    defer_commits: bool = True
     stop_timeout_s: float = 20.0  # one budget for a stop: below compose's 30 s grace period
 
 

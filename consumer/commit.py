@@ -106,6 +106,52 @@ class Committer:
         batch.commit_s = time.monotonic() - started
         return self.ack_now(batch) if ack else True
 
+    def send(self, batch: Batch, store: Store) -> bool:
+        """Start committing ``batch`` without waiting for PostgreSQL (``Store.send``): True
+        when its statement is sent, and :meth:`received` must follow before ``store`` is used
+        again. False (nothing sent) for a batch :meth:`commit` must take: one with dead
+        letters, coverage markers or redelivered entries (each written in its order), one
+        ``Store.send`` declines, or one whose send failed (``commit`` retries it).
+
+        Raises: a fatal refusal, as ``commit`` does."""
+        if batch.dead or batch.markers or batch.deliveries or self.halted():
+            return False
+        started = time.monotonic()
+        try:
+            self._refresh_partitions(store)
+            sent = store.send(batch.trades, batch.quotes)
+        except GaveUp:
+            return False
+        except Exception as exc:
+            if classify(exc) is Action.FATAL:
+                raise
+            return False  # (commit writes it again: retried, or its bad rows isolated)
+        batch.commit_s = started
+        return sent
+
+    def received(self, batch: Batch, store: Store) -> bool:
+        """The outcome of the statement :meth:`send` sent for ``batch``, as ``commit(batch,
+        store, ack=False)`` would give it: True when committed (the ack is the caller's).
+        A refused or lost statement committed nothing, or the whole batch (a lost connection
+        cannot tell): the batch is committed again the usual way (``commit``: retried, its bad
+        rows isolated and dead-lettered; rows already in are not written twice)."""
+        started = batch.commit_s
+        try:
+            new = store.received()
+        except Exception as exc:
+            if classify(exc) is Action.FATAL:
+                raise
+            logger.info("a batch of %d frames is written again: %s", batch.frames, exc)
+            return self.commit(batch, store, ack=False)
+        fresh = new[0] + new[1]
+        rows = len(batch.trades) + len(batch.quotes)
+        self.metrics.inc_many((("rows_new", fresh), ("rows_duplicate", rows - fresh)))
+        batch.committed_ns = time.time_ns()
+        if self.halted():
+            return False  # another writer hit a fatal error: ack nothing more
+        batch.commit_s = time.monotonic() - started
+        return True
+
     def ack_now(self, batch: Batch) -> bool:
         """Ack and count a committed batch (``commit`` does, unless ``ack=False``): False when
         the stop deadline passed first (its entries stay pending, for the worker to release)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import select
 from collections.abc import Sequence
 
 import psycopg
@@ -190,6 +191,7 @@ class Store:
         )
         self._conn: psycopg.Connection[object] | None = None
         self._prepared: set[str] = set()  # _PQ statements prepared on this connection
+        self._sent: tuple[str, bool] | None = None  # the statement ``send`` sent, not received
 
     def connect(self, *, run_migrations: bool = True) -> None:
         """(Re)connect.
@@ -201,6 +203,7 @@ class Store:
         """
         self.close()
         self._prepared = set()
+        self._sent = None
         conn: psycopg.Connection[object] | None = None
         try:
             conn = psycopg.connect(
@@ -227,6 +230,7 @@ class Store:
         twin = copy.copy(self)
         twin._conn = None
         twin._prepared = set()
+        twin._sent = None
         return twin
 
     def connect_again(self) -> None:
@@ -309,17 +313,93 @@ class Store:
             # libpq sends text parameters as C strings: it would cut one at the NUL. psycopg's
             # own refusal, with its reason (the validator already keeps NUL out of ids).
             raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
-        pgconn = conn.pgconn
-        ok = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
-        if name not in self._prepared:
-            res = pgconn.prepare(name.encode(), _PQ[name], None)
-            if res.status not in ok:
-                raise _failure(conn, res)
-            self._prepared.add(name)
-        res = pgconn.exec_prepared(name.encode(), [p.encode() for p in params])
-        if res.status not in ok:
+        self._prepare(conn, name)
+        res = conn.pgconn.exec_prepared(name.encode(), [p.encode() for p in params])
+        if res.status not in _OK:
             raise _failure(conn, res)
         return res
+
+    def _prepare(self, conn: psycopg.Connection[object], name: str) -> None:
+        if name not in self._prepared:
+            res = conn.pgconn.prepare(name.encode(), _PQ[name], None)
+            if res.status not in _OK:
+                raise _failure(conn, res)
+            self._prepared.add(name)
+
+    # -- a write whose outcome is read later -------------------------------------------------
+    def send(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> bool:
+        """Send the statement that writes ``trades`` and ``quotes`` (one, in autocommit: it
+        commits or fails whole) without waiting for its outcome; :meth:`received` reads it.
+        The caller does something else meanwhile (the worker reads Redis): the commit's reply
+        then wakes no one, and is read when the caller is awake anyway.
+
+        False, with nothing sent, for a batch that :meth:`write` must take: too many rows for
+        one statement, a value the statement's text cannot carry, or a store whose ``write``
+        is not this class's (a wrapper that counts or fails: it sees every write).
+
+        Raises (nothing committed): as :meth:`write` does.
+        """
+        if type(self).write is not Store.write or not (trades or quotes):
+            return False
+        if len(trades) + len(quotes) > self.statement_max_rows:
+            return False
+        text = trades_statement_text(trades) if trades else ""
+        qtext = quotes_statement_text(quotes) if quotes else ""
+        if text is None or qtext is None or "\x00" in text or "\x00" in qtext:
+            return False  # (write COPYs it, or refuses it with its reason)
+        if trades and quotes:
+            name, params = "tv_both", [text, qtext]
+        else:
+            name, params = ("tv_trades", [text]) if trades else ("tv_quotes", [qtext])
+        conn = self.conn
+        try:
+            self._prepare(conn, name)
+            conn.pgconn.send_query_prepared(name.encode(), [p.encode() for p in params])
+        except psycopg.Error as exc:
+            raise self._lost_or(exc) from exc
+        self._sent = (name, bool(trades))
+        return True
+
+    def received(self) -> tuple[int, int]:
+        """The outcome of the statement :meth:`send` sent: the rows newly inserted (trades,
+        quotes). Waits for it (without the GIL) if it is not in yet.
+
+        Raises: as :meth:`write` does; a lost connection (the statement may or may not have
+        committed) is a ``TransientError``: the batch is safe to write again.
+        """
+        sent, self._sent = self._sent, None
+        assert sent is not None, "received() without send()"
+        name, trades = sent
+        conn = self._conn
+        try:
+            if conn is None or conn.closed:
+                raise psycopg.OperationalError("postgres connection lost: closed")
+            pgconn = conn.pgconn
+            while pgconn.is_busy():
+                select.select([pgconn.socket], [], [])
+                pgconn.consume_input()
+            res = pgconn.get_result()
+            while pgconn.get_result() is not None:  # (to the end of the statement's results)
+                pass
+            if res is None:
+                raise psycopg.OperationalError("postgres connection lost: no result")
+            if res.status not in _OK:
+                raise _failure(conn, res)
+        except psycopg.Error as exc:
+            raise self._lost_or(exc) from exc
+        if name == "tv_both":
+            return int(res.get_value(0, 0) or 0), int(res.get_value(0, 1) or 0)
+        count = int(res.command_tuples or 0)
+        return (count, 0) if trades else (0, count)
+
+    def _lost_or(self, exc: psycopg.Error) -> Exception:
+        """``exc`` as :meth:`write` raises it: a lost connection (closed here) or a refusal to
+        retry as a TransientError, anything else as it is."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken or classify(exc) is Action.RETRY:
+            self.close()
+            return TransientError(f"postgres write failed: {exc}")
+        return exc
 
     @staticmethod
     def _write_copy(
@@ -383,6 +463,9 @@ class Store:
                 raise
             self.close()
             raise TransientError(f"postgres unreachable: {exc}") from exc
+
+
+_OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 
 
 def _failure(conn: psycopg.Connection[object], res: pq.abc.PGresult) -> psycopg.Error:

@@ -80,6 +80,9 @@ ACK_WAIT_MS = 2
 # A read that carries acks blocks this long at most: their replies are read with the read's
 # (``consumer.reads``), so on a quiet stream the last batch is counted acked within this.
 ACKS_BLOCK_MS = 100
+# ... and one made while a batch's commit is in flight (``consumer.defer_commits``), so that on a
+# quiet stream the commit is confirmed, and acked with the read after, this soon.
+INFLIGHT_BLOCK_MS = 20
 
 
 @dataclass(kw_only=True)
@@ -102,6 +105,7 @@ class WorkerOptions:
     stop_timeout_s: float = 20.0
     writers: int = 2
     max_deliveries: int = 5
+    defer_commits: bool = True
 
 
 def _ids_le(a: str, b: str) -> bool:
@@ -142,6 +146,10 @@ class Worker:
     _writers_ack: bool = True
     _acks_lock: threading.Lock = field(default_factory=threading.Lock)
     _ack_error: BaseException | None = None  # what the last read's XACKs answered
+    # A batch whose statement was sent on the main thread, its outcome read after the next
+    # read (``consumer.defer_commits``); and how many were committed so.
+    _inflight: Batch | None = None
+    deferred_commits: int = 0
 
     def __post_init__(self) -> None:
         # Raw XREADGROUP replies: entries stay [id, [name, value, ...]] lists instead of being
@@ -195,6 +203,7 @@ class Worker:
             writers=c.writers,
             stop_timeout_s=c.stop_timeout_s,
             max_deliveries=c.max_deliveries,
+            defer_commits=c.defer_commits,
         )
         for key, value in overrides.items():
             setattr(options, key, value)
@@ -333,6 +342,8 @@ class Worker:
     def _held(self) -> list[Batch]:
         with self._acks_lock:
             batches = list(self._dropped) + self._unacked + self._committed
+        if self._inflight is not None:
+            batches.append(self._inflight)
         if self._pool is not None:
             batches += self._pool.held()
         if self._batcher.batch.entries:
@@ -405,6 +416,8 @@ class Worker:
                     self._retrier.call("redis-setup", self.ensure_groups)
                 self.sleep(min(1.0, o.backoff_max_s, self._retrier.remaining()))
                 continue
+            if self._inflight is not None:  # its outcome is in by now, or soon
+                self._finish_inflight()
             got = self._handle_read(reply, cursor)
             self._settle_acks()
             if got == 0:
@@ -444,6 +457,8 @@ class Worker:
                     self._committed = []
                 if self._unacked:
                     block_ms = min(block_ms, ACKS_BLOCK_MS)
+                if self._inflight is not None:
+                    block_ms = min(block_ms, INFLIGHT_BLOCK_MS)
                 self._writers_ack = block_ms > ACK_WAIT_MS
             try:
                 return self._read_acking(self._reads, live, count, block_ms)
@@ -583,6 +598,8 @@ class Worker:
     def _flush_and_wait(self) -> None:
         """Commit everything in hand before going on (around an entry handled alone)."""
         self._flush()
+        if self._inflight is not None:
+            self._finish_inflight()
         pool = self._pool
         assert pool is not None
         while not pool.wait_all_idle(0.5):
@@ -611,6 +628,8 @@ class Worker:
     # -- handing over ---------------------------------------------------------------------------
     def _flush(self) -> None:
         """Hand the batch to a writer, which commits it and then acks it."""
+        if self._inflight is not None:  # (its connection is a writer's: free it first)
+            self._finish_inflight()
         batch = self._batcher.take()
         if batch.entries == 0:
             return
@@ -621,6 +640,13 @@ class Worker:
             assert committer is not None
             if self._reads is None:
                 done = pool.commit_here(batch)
+            elif (
+                self.options.defer_commits and pool.all_idle() and committer.send(batch, self.store)
+            ):
+                # Its outcome is read after the next read (``_finish_inflight``): the commit's
+                # reply wakes no one, and the ack rides the read after that.
+                self._inflight = batch
+                return
             else:  # the ack goes with the next read
                 done = pool.commit_here(batch, partial(committer.commit, ack=False))
                 if done:
@@ -635,6 +661,23 @@ class Worker:
         )
         if not handed:
             logger.error("batch of %d entries left pending: stop deadline", batch.entries)
+            self._dropped.append(batch)
+
+    def _finish_inflight(self) -> None:
+        """The outcome of the batch whose statement ``_flush`` sent: committed, it is acked
+        with the next read; else it was committed again the usual way (``Committer.received``),
+        or is held for the exit to release (the stop deadline passed, or a fatal error)."""
+        batch, self._inflight = self._inflight, None
+        assert batch is not None and self._committer is not None
+        try:
+            done = self._committer.received(batch, self.store)
+        except BaseException:
+            self._dropped.append(batch)
+            raise
+        if done:
+            self._unacked.append(batch)
+            self.deferred_commits += 1
+        else:
             self._dropped.append(batch)
 
     def _status(self) -> None:

@@ -105,6 +105,12 @@ class WriterPool:
                     self._held.pop(id(batch), None)
         return done
 
+    def all_idle(self) -> bool:
+        """No writer is committing or holds a batch, none is queued: the first writer's
+        connection is free for the main thread (as in ``commit_here``)."""
+        with self._lock:
+            return not self._busy and self._queue.empty() and not self._held
+
     def committing(self) -> bool:
         """A batch is being committed, or waits for a writer."""
         return self._busy > 0 or not self._queue.empty()

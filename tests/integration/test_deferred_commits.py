@@ -1,0 +1,234 @@
+"""A small batch's commit sent, its outcome read after the next read (``consumer.defer_commits``),
+against a real Redis and a real PostgreSQL: entries stay pending until their commit is known,
+a refused row is dead-lettered alone, a connection lost with a commit in flight loses and
+doubles nothing, and a stop with one in flight acks it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+import pytest
+import redis
+
+from common.config import settings_from_mapping
+from common.envelope import Envelope, raw_key
+from common.errors import TransientError
+from common.records import Quote, Trade
+from consumer.store import Store
+from consumer.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+KEY = raw_key("binance")
+GROUP = "tickvault"
+
+
+def frame(i: int) -> dict[bytes, bytes]:
+    body = (
+        f'{{"e":"trade","E":1700000000000,"s":"BTCUSDT","t":{i},"p":"1.{i}","q":"1",'
+        f'"T":1700000000000,"m":false,"M":true}}'
+    ).encode()
+    return Envelope(body, False, "binance", "", "c", i, 1_700_000_000_000_000_000).fields()
+
+
+class WatchingStore(Store):
+    """A store that writes as ``Store`` does (its ``write`` is not overridden, so batches may
+    be sent and received later) and records what it sees: the entries still pending when a
+    batch's outcome is read, the errors that outcome raised, and a hook after each send."""
+
+    def __init__(self, url: str, client: redis.Redis) -> None:
+        super().__init__(url)
+        self.client = client
+        self.sends = 0
+        self.pending_at_outcome: list[int] = []
+        self.errors: list[BaseException] = []
+        self.before_send: Callable[[int], None] = lambda n: None
+        self.after_send: Callable[[Sequence[Trade]], None] = lambda trades: None
+
+    def send(self, trades: Sequence[Trade], quotes: Sequence[Quote]) -> bool:
+        self.before_send(self.sends + 1)
+        sent = super().send(trades, quotes)
+        if sent:
+            self.sends += 1
+            self.after_send(trades)
+        return sent
+
+    def received(self) -> tuple[int, int]:
+        self.pending_at_outcome.append(int(self.client.xpending(KEY, GROUP)["pending"]))
+        try:
+            return super().received()
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+
+def run_paced(
+    client: redis.Redis,
+    store: Store,
+    ids: Sequence[int],
+    *,
+    defer: bool = True,
+    gap_s: float = 0.004,
+    stop_when: Callable[[Worker], bool] | None = None,
+) -> Worker:
+    """A worker on its own thread while ``ids`` arrive one entry every ``gap_s`` (a paced
+    feed: each read drains the stream, so each batch is small); stopped once every row is in
+    PostgreSQL and nothing is pending (or when ``stop_when`` says)."""
+    settings = settings_from_mapping(
+        {
+            "consumer": {"block_ms": 200, "claim_every_s": 3600, "defer_commits": defer},
+            "feeds": [{"exchange": "binance", "symbols": ["BTC-USDT"]}],
+        },
+        {},
+    )
+    worker = Worker.from_settings(
+        settings, name="w1", streams=[KEY], redis_client=client, store=store
+    )
+    worker.sleep = lambda s: None
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:
+            failure.append(exc)
+
+    client.xgroup_create(KEY, GROUP, id="0", mkstream=True)
+    thread = threading.Thread(target=work)
+    thread.start()
+    try:
+        for i in ids:
+            client.xadd(KEY, frame(i))  # type: ignore[arg-type]
+            time.sleep(gap_s)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not failure:
+            if stop_when is not None and stop_when(worker):
+                break
+            if stored(store.url) >= len(ids) and client.xpending(KEY, GROUP)["pending"] == 0:
+                break
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    if failure:
+        raise failure[0]
+    return worker
+
+
+def stored(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM trades").fetchone()
+    return int(row[0]) if row else 0
+
+
+def trade_ids(url: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        return sorted(int(r[0]) for r in conn.execute("SELECT trade_id FROM trades"))
+
+
+def test_a_paced_feed_commits_deferred_and_acks_only_what_is_known_committed(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    store = WatchingStore(database_url, redis_client)
+    try:
+        worker = run_paced(redis_client, store, range(1, 101))
+    finally:
+        store.close()
+    assert trade_ids(database_url) == list(range(1, 101))  # each once
+    assert redis_client.xpending(KEY, GROUP)["pending"] == 0
+    assert worker.deferred_commits == store.sends > 10  # small batches, sent and read later
+    # the batch whose outcome is read is still pending: none is acked before its commit is known
+    assert min(store.pending_at_outcome) >= 1
+    assert worker.metrics.counters["trades"] == 100 and not store.errors
+    assert worker.metrics.counters["rows_new"] == 100
+
+
+def test_with_defer_commits_off_every_commit_is_waited_for(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    store = WatchingStore(database_url, redis_client)
+    try:
+        worker = run_paced(redis_client, store, range(1, 31), defer=False)
+    finally:
+        store.close()
+    assert trade_ids(database_url) == list(range(1, 31))
+    assert worker.deferred_commits == store.sends == 0
+
+
+def test_a_row_postgres_refuses_in_a_deferred_batch_is_dead_lettered_alone(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    """The statement fails whole (SQLSTATE 23514 from a CHECK the test adds): its outcome,
+    read after the next read, sends the batch the usual way, where the bad frame is found by
+    halving and dead-lettered with PostgreSQL's reason; the rest are stored and all acked."""
+    store = WatchingStore(database_url, redis_client)
+    store.connect()
+    store.conn.execute("ALTER TABLE trades ADD CONSTRAINT no_seven CHECK (trade_id <> '7')")
+    try:
+        run_paced(redis_client, store, range(1, 16))
+    finally:
+        store.close()
+    assert trade_ids(database_url) == [i for i in range(1, 16) if i != 7]
+    assert any(isinstance(e, psycopg.errors.CheckViolation) for e in store.errors)
+    [(_, dead)] = redis_client.xrange("tickvault:dead:{binance}")
+    assert dead[b"reason"].startswith(b"postgres rejected (23514):")
+    assert b'"t":7,' in dead[b"f"]
+    assert redis_client.xpending(KEY, GROUP)["pending"] == 0
+
+
+def test_a_connection_lost_with_a_commit_in_flight_loses_and_doubles_nothing(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    """PostgreSQL ends the connection (pg_terminate_backend, as a restart or a fail-over
+    does) just before the 3rd and the 6th statements are sent: their outcome is a lost
+    connection, the batch is written again on a new connection, and every row is there once,
+    every entry acked after its commit."""
+    store = WatchingStore(database_url, redis_client)
+
+    def terminate(n: int) -> None:
+        if n in (3, 6) and store._conn is not None:
+            pid = store._conn.info.backend_pid
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+                while admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]
+                ).fetchone():
+                    time.sleep(0.01)
+
+    store.before_send = terminate
+    try:
+        worker = run_paced(redis_client, store, range(1, 41))
+    finally:
+        store.close()
+    assert trade_ids(database_url) == list(range(1, 41))
+    assert redis_client.xpending(KEY, GROUP)["pending"] == 0
+    lost = [e for e in store.errors if isinstance(e, TransientError)]
+    assert len(lost) >= 1  # (a send may also fail at once: then it is committed the usual way)
+    assert worker.metrics.counters["retries:postgres-write"] + len(lost) >= 2
+
+
+def test_a_stop_with_a_commit_in_flight_reads_its_outcome_and_acks_it(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    """The stop comes right after the last batch's statement is sent: the worker reads its
+    outcome on the way out and acks it; nothing is left pending or unstored."""
+    store = WatchingStore(database_url, redis_client)
+    sent_last = threading.Event()
+
+    def after_send(trades: Sequence[Trade]) -> None:
+        if any(t.trade_id == "20" for t in trades):  # the last batch, in flight
+            sent_last.set()
+
+    store.after_send = after_send
+    try:
+        run_paced(redis_client, store, range(1, 21), stop_when=lambda w: sent_last.is_set())
+    finally:
+        store.close()
+    assert sent_last.is_set()
+    assert trade_ids(database_url) == list(range(1, 21))
+    assert redis_client.xpending(KEY, GROUP)["pending"] == 0
