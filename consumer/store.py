@@ -376,7 +376,7 @@ class Store:
                 raise psycopg.OperationalError("postgres connection lost: closed")
             pgconn = conn.pgconn
             while pgconn.is_busy():
-                select.select([pgconn.socket], [], [])
+                _wait_readable(pgconn.socket)
                 pgconn.consume_input()
             res = pgconn.get_result()
             while pgconn.get_result() is not None:  # (to the end of the statement's results)
@@ -387,6 +387,9 @@ class Store:
                 raise _failure(conn, res)
         except psycopg.Error as exc:
             raise self._lost_or(exc) from exc
+        except (OSError, ValueError) as exc:  # waiting on the socket failed: start afresh
+            self.close()
+            raise TransientError(f"postgres write failed: {exc!r}") from exc
         if name == "tv_both":
             return int(res.get_value(0, 0) or 0), int(res.get_value(0, 1) or 0)
         count = int(res.command_tuples or 0)
@@ -466,6 +469,17 @@ class Store:
 
 
 _OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+
+
+def _wait_readable(fd: int) -> None:
+    """Until ``fd`` can be read (without the GIL): poll where there is one (select cannot
+    take a descriptor past FD_SETSIZE), select elsewhere (Windows)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll()
+    else:
+        select.select([fd], [], [])
 
 
 def _failure(conn: psycopg.Connection[object], res: pq.abc.PGresult) -> psycopg.Error:

@@ -291,6 +291,8 @@ class Worker:
                     waiting = self._slot_reads.finish(self.options.block_ms / 1000 + 1.0)
                     self._handle_read(waiting, cursor)
                 self._flush()
+                if self._inflight is not None:  # (the last batch may have been sent just now)
+                    self._finish_inflight()
                 self._writers_ack_from_now()
                 self._ack_unacked()
             except GaveUp as exc:
@@ -416,9 +418,9 @@ class Worker:
                     self._retrier.call("redis-setup", self.ensure_groups)
                 self.sleep(min(1.0, o.backoff_max_s, self._retrier.remaining()))
                 continue
-            if self._inflight is not None:  # its outcome is in by now, or soon
-                self._finish_inflight()
             got = self._handle_read(reply, cursor)
+            if self._inflight is not None:  # its outcome is in by now, or soon (after the
+                self._finish_inflight()  # read's entries are in a batch: held if it fails)
             self._settle_acks()
             if got == 0:
                 self.progress.beat()  # nothing to do is progress too
@@ -640,9 +642,7 @@ class Worker:
             assert committer is not None
             if self._reads is None:
                 done = pool.commit_here(batch)
-            elif (
-                self.options.defer_commits and pool.all_idle() and committer.send(batch, self.store)
-            ):
+            elif self.options.defer_commits and pool.all_idle() and self._send(batch, committer):
                 # Its outcome is read after the next read (``_finish_inflight``): the commit's
                 # reply wakes no one, and the ack rides the read after that.
                 self._inflight = batch
@@ -662,6 +662,14 @@ class Worker:
         if not handed:
             logger.error("batch of %d entries left pending: stop deadline", batch.entries)
             self._dropped.append(batch)
+
+    def _send(self, batch: Batch, committer: Committer) -> bool:
+        """``Committer.send``; a batch it raises for is held for the exit to release."""
+        try:
+            return committer.send(batch, self.store)
+        except BaseException:
+            self._dropped.append(batch)
+            raise
 
     def _finish_inflight(self) -> None:
         """The outcome of the batch whose statement ``_flush`` sent: committed, it is acked

@@ -14,11 +14,12 @@ import pytest
 import redis
 
 from common.config import settings_from_mapping
-from common.envelope import Envelope, raw_key
+from common.envelope import raw_key
 from common.errors import TransientError
 from common.records import Quote, Trade
 from consumer.store import Store
 from consumer.worker import Worker
+from tests.integration.test_streams import frame  # a Binance trade entry, trade id i
 
 pytestmark = pytest.mark.integration
 
@@ -26,20 +27,12 @@ KEY = raw_key("binance")
 GROUP = "tickvault"
 
 
-def frame(i: int) -> dict[bytes, bytes]:
-    body = (
-        f'{{"e":"trade","E":1700000000000,"s":"BTCUSDT","t":{i},"p":"1.{i}","q":"1",'
-        f'"T":1700000000000,"m":false,"M":true}}'
-    ).encode()
-    return Envelope(body, False, "binance", "", "c", i, 1_700_000_000_000_000_000).fields()
-
-
 class WatchingStore(Store):
     """A store that writes as ``Store`` does (its ``write`` is not overridden, so batches may
     be sent and received later) and records what it sees: the entries still pending when a
     batch's outcome is read, the errors that outcome raised, and a hook after each send."""
 
-    def __init__(self, url: str, client: redis.Redis) -> None:
+    def __init__(self, url: str, client: redis.Redis | None) -> None:
         super().__init__(url)
         self.client = client
         self.sends = 0
@@ -57,7 +50,8 @@ class WatchingStore(Store):
         return sent
 
     def received(self) -> tuple[int, int]:
-        self.pending_at_outcome.append(int(self.client.xpending(KEY, GROUP)["pending"]))
+        if self.client is not None:
+            self.pending_at_outcome.append(int(self.client.xpending(KEY, GROUP)["pending"]))
         try:
             return super().received()
         except BaseException as exc:
@@ -73,6 +67,7 @@ def run_paced(
     defer: bool = True,
     gap_s: float = 0.004,
     stop_when: Callable[[Worker], bool] | None = None,
+    keep: list[Worker] | None = None,
 ) -> Worker:
     """A worker on its own thread while ``ids`` arrive one entry every ``gap_s`` (a paced
     feed: each read drains the stream, so each batch is small); stopped once every row is in
@@ -88,6 +83,8 @@ def run_paced(
         settings, name="w1", streams=[KEY], redis_client=client, store=store
     )
     worker.sleep = lambda s: None
+    if keep is not None:
+        keep.append(worker)  # (for a caller whose worker fails)
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -101,6 +98,12 @@ def run_paced(
     thread = threading.Thread(target=work)
     thread.start()
     try:
+        # the feed starts once the worker reads (else its first read takes a backlog at once)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not failure:
+            if any(c["name"] == b"w1" for c in client.xinfo_consumers(KEY, GROUP)):
+                break
+            time.sleep(0.01)
         for i in ids:
             client.xadd(KEY, frame(i))  # type: ignore[arg-type]
             time.sleep(gap_s)
@@ -232,3 +235,57 @@ def test_a_stop_with_a_commit_in_flight_reads_its_outcome_and_acks_it(
     assert sent_last.is_set()
     assert trade_ids(database_url) == list(range(1, 21))
     assert redis_client.xpending(KEY, GROUP)["pending"] == 0
+
+
+def test_a_replay_of_a_short_range_reads_and_acks_its_last_deferred_batch(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    """A replay whose range is one small batch, with more entries after it: its first read is
+    full (not drained), the range's end stops the loop with the batch still in hand, and the
+    final flush sends it deferred; its outcome is read and the batch acked before the end
+    (not left pending, as the stop's acks would miss a batch still in flight)."""
+    from consumer.replay import replay
+
+    ids = [redis_client.xadd(KEY, frame(i)).decode() for i in range(1, 301)]  # type: ignore[arg-type]
+    settings = settings_from_mapping(
+        {"feeds": [{"exchange": "binance", "symbols": ["BTC-USDT"]}]}, {}
+    )
+    store = WatchingStore(database_url, None)  # (the replay's group is its own)
+    try:
+        counts = replay(
+            settings, [KEY], start=ids[2], end=ids[11], client=redis_client, store=store
+        )
+    finally:
+        store.close()
+    assert trade_ids(database_url) == list(range(3, 13))
+    assert store.sends >= 1  # it was deferred
+    assert counts["rows_new"] == 10 and counts["acked"] == 10
+    assert counts.get("left_pending", 0) == 0
+
+
+def test_a_fatal_refusal_when_sending_stops_the_worker_and_releases_the_batch(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    """PostgreSQL refuses for good as a batch is sent (a privilege revoked: 42501): the worker
+    stops with that error, nothing of the batch is acked, and its entries are given back for
+    the next consumer (counted ``left_pending``), as with a commit that is waited for."""
+    store = WatchingStore(database_url, redis_client)
+
+    def refuse(n: int) -> None:
+        if n == 3:
+            raise psycopg.errors.InsufficientPrivilege("permission denied for table trades")
+
+    store.before_send = refuse
+    holder: list[Worker] = []
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        try:
+            run_paced(redis_client, store, range(1, 21), keep=holder)
+        finally:
+            store.close()
+    [worker] = holder
+    assert store.sends == 2
+    assert worker.metrics.counters["left_pending"] >= 1  # the refused batch, held and released
+    pending = redis_client.xpending_range(KEY, GROUP, "-", "+", 1000)
+    assert len(pending) >= worker.metrics.counters["left_pending"]  # none of it acked
+    # every entry held was given its delivery back, the refused batch's too
+    assert [p["times_delivered"] for p in pending] == [0] * len(pending)
