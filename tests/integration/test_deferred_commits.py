@@ -172,8 +172,13 @@ def test_a_row_postgres_refuses_in_a_deferred_batch_is_dead_lettered_alone(
     store = WatchingStore(database_url, redis_client)
     store.connect()
     store.conn.execute("ALTER TABLE trades ADD CONSTRAINT no_seven CHECK (trade_id <> '7')")
+
+    def settled(worker: Worker) -> bool:  # 14 rows in, nothing pending
+        pending = redis_client.xpending(KEY, GROUP)["pending"]
+        return stored(database_url) >= 14 and pending == 0
+
     try:
-        run_paced(redis_client, store, range(1, 16))
+        run_paced(redis_client, store, range(1, 16), stop_when=settled)
     finally:
         store.close()
     assert trade_ids(database_url) == [i for i in range(1, 16) if i != 7]
