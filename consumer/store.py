@@ -191,7 +191,7 @@ class Store:
         )
         self._conn: psycopg.Connection[object] | None = None
         self._prepared: set[str] = set()  # _PQ statements prepared on this connection
-        self._sent: tuple[str, bool] | None = None  # the statement ``send`` sent, not received
+        self._sent: str | None = None  # the statement ``send`` sent, not received yet
 
     def connect(self, *, run_migrations: bool = True) -> None:
         """(Re)connect.
@@ -265,40 +265,35 @@ class Store:
             return 0, 0
         conn = self.conn
         try:
-            if len(trades) + len(quotes) <= self.statement_max_rows:
-                params = {
-                    "trades": trades_statement_text(trades) if trades else "",
-                    "quotes": quotes_statement_text(quotes) if quotes else "",
-                }
-                if params["trades"] is not None and params["quotes"] is not None:
-                    return self._write_prepared(conn, params, bool(trades), bool(quotes))
-            return self._write_copy(conn, trades, quotes)
+            statement = self._statement(trades, quotes)
+            if statement is None:
+                return self._write_copy(conn, trades, quotes)
+            # One statement in autocommit, through libpq's prepared statements (``_PQ``): it
+            # commits, or fails and commits nothing.
+            name, params = statement
+            return _counts(name, self._exec(conn, name, params))
         except psycopg.Error as exc:
-            # By what the error means (its SQLSTATE), not by its class: a row too big for an
-            # index (54000) is an OperationalError, yet retrying it can never succeed.
-            if conn.closed or conn.broken or classify(exc) is Action.RETRY:
-                self.close()
-                raise TransientError(f"postgres write failed: {exc}") from exc
+            error = self._lost_or(exc)
+            if error is not exc:
+                raise error from exc
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 self._rollback()  # the COPY way's transaction is aborted
             raise
 
-    def _write_prepared(
-        self,
-        conn: psycopg.Connection[object],
-        params: dict[str, str | None],
-        trades: bool,
-        quotes: bool,
-    ) -> tuple[int, int]:
-        """One statement in autocommit, through libpq's prepared statements (``_PQ``): it
-        commits, or fails and commits nothing."""
+    def _statement(
+        self, trades: Sequence[Trade], quotes: Sequence[Quote]
+    ) -> tuple[str, list[str]] | None:
+        """The prepared statement (``_PQ``) that writes these rows, and its parameters; None
+        when they go by COPY instead (too many, or a value the text cannot carry)."""
+        if len(trades) + len(quotes) > self.statement_max_rows:
+            return None
+        text = trades_statement_text(trades) if trades else ""
+        qtext = quotes_statement_text(quotes) if quotes else ""
+        if text is None or qtext is None:
+            return None
         if trades and quotes:
-            res = self._exec(conn, "tv_both", [params["trades"] or "", params["quotes"] or ""])
-            return int(res.get_value(0, 0) or 0), int(res.get_value(0, 1) or 0)
-        res = self._exec(conn, "tv_trades" if trades else "tv_quotes",
-                         [params["trades" if trades else "quotes"] or ""])  # fmt: skip
-        count = int(res.command_tuples or 0)
-        return (count, 0) if trades else (0, count)
+            return "tv_both", [text, qtext]
+        return ("tv_trades", [text]) if trades else ("tv_quotes", [qtext])
 
     def _exec(
         self, conn: psycopg.Connection[object], name: str, params: list[str]
@@ -341,23 +336,17 @@ class Store:
         """
         if type(self).write is not Store.write or not (trades or quotes):
             return False
-        if len(trades) + len(quotes) > self.statement_max_rows:
-            return False
-        text = trades_statement_text(trades) if trades else ""
-        qtext = quotes_statement_text(quotes) if quotes else ""
-        if text is None or qtext is None or "\x00" in text or "\x00" in qtext:
+        statement = self._statement(trades, quotes)
+        if statement is None or any("\x00" in p for p in statement[1]):
             return False  # (write COPYs it, or refuses it with its reason)
-        if trades and quotes:
-            name, params = "tv_both", [text, qtext]
-        else:
-            name, params = ("tv_trades", [text]) if trades else ("tv_quotes", [qtext])
+        name, params = statement
         conn = self.conn
         try:
             self._prepare(conn, name)
             conn.pgconn.send_query_prepared(name.encode(), [p.encode() for p in params])
         except psycopg.Error as exc:
             raise self._lost_or(exc) from exc
-        self._sent = (name, bool(trades))
+        self._sent = name
         return True
 
     def received(self) -> tuple[int, int]:
@@ -367,9 +356,8 @@ class Store:
         Raises: as :meth:`write` does; a lost connection (the statement may or may not have
         committed) is a ``TransientError``: the batch is safe to write again.
         """
-        sent, self._sent = self._sent, None
-        assert sent is not None, "received() without send()"
-        name, trades = sent
+        name, self._sent = self._sent, None
+        assert name is not None, "received() without send()"
         conn = self._conn
         try:
             if conn is None or conn.closed:
@@ -390,14 +378,13 @@ class Store:
         except (OSError, ValueError) as exc:  # waiting on the socket failed: start afresh
             self.close()
             raise TransientError(f"postgres write failed: {exc!r}") from exc
-        if name == "tv_both":
-            return int(res.get_value(0, 0) or 0), int(res.get_value(0, 1) or 0)
-        count = int(res.command_tuples or 0)
-        return (count, 0) if trades else (0, count)
+        return _counts(name, res)
 
     def _lost_or(self, exc: psycopg.Error) -> Exception:
-        """``exc`` as :meth:`write` raises it: a lost connection (closed here) or a refusal to
-        retry as a TransientError, anything else as it is."""
+        """``exc`` as the writes raise it: a lost connection (closed here) or a refusal to retry
+        as a TransientError, anything else as it is. By what the error means (its SQLSTATE), not
+        by its class: a row too big for an index (54000) is an OperationalError, yet retrying
+        it can never succeed."""
         conn = self._conn
         if conn is None or conn.closed or conn.broken or classify(exc) is Action.RETRY:
             self.close()
@@ -469,6 +456,14 @@ class Store:
 
 
 _OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+
+
+def _counts(name: str, res: pq.abc.PGresult) -> tuple[int, int]:
+    """The rows newly inserted (trades, quotes) by the ``_PQ`` statement ``name``."""
+    if name == "tv_both":
+        return int(res.get_value(0, 0) or 0), int(res.get_value(0, 1) or 0)
+    count = int(res.command_tuples or 0)
+    return (count, 0) if name == "tv_trades" else (0, count)
 
 
 def _wait_readable(fd: int) -> None:
