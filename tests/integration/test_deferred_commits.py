@@ -5,6 +5,10 @@ doubles nothing, and a stop with one in flight acks it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -94,7 +98,8 @@ def run_paced(
         except BaseException as exc:
             failure.append(exc)
 
-    client.xgroup_create(KEY, GROUP, id="0", mkstream=True)
+    with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: a consumer had made it
+        client.xgroup_create(KEY, GROUP, id="0", mkstream=True)
     thread = threading.Thread(target=work)
     thread.start()
     try:
@@ -294,3 +299,90 @@ def test_a_fatal_refusal_when_sending_stops_the_worker_and_releases_the_batch(
     assert len(pending) >= worker.metrics.counters["left_pending"]  # none of it acked
     # every entry held was given its delivery back, the refused batch's too
     assert [p["times_delivered"] for p in pending] == [0] * len(pending)
+
+
+_KILLED_MID_COMMIT = """
+import os, signal, sys
+import redis
+from common.config import settings_from_mapping
+from consumer.store import Store
+from consumer.worker import Worker
+
+class KillingStore(Store):
+    def send(self, trades, quotes):
+        sent = super().send(trades, quotes)
+        if sent and any(t.trade_id == "5" for t in trades):
+            os.kill(os.getpid(), signal.SIGKILL)  # its statement sent, its outcome unread
+        return sent
+
+settings = settings_from_mapping(
+    {"consumer": {"block_ms": 200, "claim_every_s": 3600},
+     "feeds": [{"exchange": "binance", "symbols": ["BTC-USDT"]}]}, {})
+client = redis.Redis.from_url(sys.argv[1])
+worker = Worker.from_settings(settings, name="w1", streams=[sys.argv[3]], redis_client=client,
+                              store=KillingStore(sys.argv[2]))
+worker.run(type("Never", (), {"is_set": staticmethod(lambda: False)})())
+"""
+
+
+def test_a_consumer_killed_with_a_commit_in_flight_stores_it_once_after_the_restart(
+    redis_client: redis.Redis, redis_url: str, database_url: str
+) -> None:
+    """SIGKILL right after a batch's statement is sent (the commit in flight, nothing acked):
+    its entries stay pending; the consumer started again under its name reads them again,
+    and every row is stored once (the killed batch's are duplicates of what PostgreSQL had
+    committed), every entry acked."""
+    redis_client.xgroup_create(KEY, GROUP, id="0", mkstream=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_COMMIT, redis_url, database_url, KEY],
+        cwd=os.getcwd(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(c["name"] == b"w1" for c in redis_client.xinfo_consumers(KEY, GROUP)):
+                break
+            time.sleep(0.01)
+        for i in range(1, 11):
+            redis_client.xadd(KEY, frame(i))  # type: ignore[arg-type]
+            time.sleep(0.004)
+        assert proc.wait(30) == -9  # killed by its own hook: the batch with trade 5 was sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_pending = redis_client.xpending(KEY, GROUP)["pending"]
+    assert killed_pending >= 1  # the batch in flight was not acked
+    assert 5 in trade_ids(database_url)  # ... though PostgreSQL committed it
+    store = WatchingStore(database_url, redis_client)
+    try:
+        worker = run_paced(redis_client, store, range(11, 21))
+    finally:
+        store.close()
+    assert trade_ids(database_url) == list(range(1, 21))  # each once
+    assert redis_client.xpending(KEY, GROUP)["pending"] == 0
+    assert worker.metrics.counters["rows_duplicate"] >= 1  # the killed batch, written again
+
+
+def test_redis_connections_killed_with_a_commit_in_flight_lose_and_double_nothing(
+    redis_client: redis.Redis, database_url: str
+) -> None:
+    """Every connection of the worker to Redis is killed (a restart, a fail-over) right after
+    the 3rd batch's statement is sent: the read fails and is retried, the commit's outcome is
+    read after the next read that succeeds, and every row is stored once, every entry acked."""
+    store = WatchingStore(database_url, redis_client)
+    kills = 0
+
+    def kill_redis_clients(trades: Sequence[Trade]) -> None:
+        nonlocal kills
+        if store.sends == 3:
+            kills += redis_client.client_kill_filter(_type="normal", skipme=True)
+
+    store.after_send = kill_redis_clients
+    try:
+        worker = run_paced(redis_client, store, range(1, 31))
+    finally:
+        store.close()
+    assert kills >= 1
+    assert trade_ids(database_url) == list(range(1, 31))
+    assert redis_client.xpending(KEY, GROUP)["pending"] == 0
+    assert worker.metrics.counters["retries:read"] >= 1 and worker.deferred_commits >= 3
