@@ -75,7 +75,7 @@ def run_paced(
 ) -> Worker:
     """A worker on its own thread while ``ids`` arrive one entry every ``gap_s`` (a paced
     feed: each read drains the stream, so each batch is small); stopped once every row is in
-    PostgreSQL and nothing is pending (or when ``stop_when`` says)."""
+    PostgreSQL and nothing is pending (or when ``stop_when`` says); the store closed."""
     settings = settings_from_mapping(
         {
             "consumer": {"block_ms": 200, "claim_every_s": 3600, "defer_commits": defer},
@@ -122,6 +122,7 @@ def run_paced(
     finally:
         stop.set()
         thread.join(30)
+        store.close()
     assert not thread.is_alive()
     if failure:
         raise failure[0]
@@ -143,10 +144,7 @@ def test_a_paced_feed_commits_deferred_and_acks_only_what_is_known_committed(
     redis_client: redis.Redis, database_url: str
 ) -> None:
     store = WatchingStore(database_url, redis_client)
-    try:
-        worker = run_paced(redis_client, store, range(1, 101))
-    finally:
-        store.close()
+    worker = run_paced(redis_client, store, range(1, 101))
     assert trade_ids(database_url) == list(range(1, 101))  # each once
     assert redis_client.xpending(KEY, GROUP)["pending"] == 0
     assert worker.deferred_commits == store.sends > 10  # small batches, sent and read later
@@ -160,10 +158,7 @@ def test_with_defer_commits_off_every_commit_is_waited_for(
     redis_client: redis.Redis, database_url: str
 ) -> None:
     store = WatchingStore(database_url, redis_client)
-    try:
-        worker = run_paced(redis_client, store, range(1, 31), defer=False)
-    finally:
-        store.close()
+    worker = run_paced(redis_client, store, range(1, 31), defer=False)
     assert trade_ids(database_url) == list(range(1, 31))
     assert worker.deferred_commits == store.sends == 0
 
@@ -182,10 +177,7 @@ def test_a_row_postgres_refuses_in_a_deferred_batch_is_dead_lettered_alone(
         pending = redis_client.xpending(KEY, GROUP)["pending"]
         return stored(database_url) >= 14 and pending == 0
 
-    try:
-        run_paced(redis_client, store, range(1, 16), stop_when=settled)
-    finally:
-        store.close()
+    run_paced(redis_client, store, range(1, 16), stop_when=settled)
     assert trade_ids(database_url) == [i for i in range(1, 16) if i != 7]
     assert any(isinstance(e, psycopg.errors.CheckViolation) for e in store.errors)
     [(_, dead)] = redis_client.xrange("tickvault:dead:{binance}")
@@ -214,10 +206,7 @@ def test_a_connection_lost_with_a_commit_in_flight_loses_and_doubles_nothing(
                     time.sleep(0.01)
 
     store.before_send = terminate
-    try:
-        worker = run_paced(redis_client, store, range(1, 41))
-    finally:
-        store.close()
+    worker = run_paced(redis_client, store, range(1, 41))
     assert trade_ids(database_url) == list(range(1, 41))
     assert redis_client.xpending(KEY, GROUP)["pending"] == 0
     lost = [e for e in store.errors if isinstance(e, TransientError)]
@@ -238,10 +227,7 @@ def test_a_stop_with_a_commit_in_flight_reads_its_outcome_and_acks_it(
             sent_last.set()
 
     store.after_send = after_send
-    try:
-        run_paced(redis_client, store, range(1, 21), stop_when=lambda w: sent_last.is_set())
-    finally:
-        store.close()
+    run_paced(redis_client, store, range(1, 21), stop_when=lambda w: sent_last.is_set())
     assert sent_last.is_set()
     assert trade_ids(database_url) == list(range(1, 21))
     assert redis_client.xpending(KEY, GROUP)["pending"] == 0
@@ -288,10 +274,7 @@ def test_a_fatal_refusal_when_sending_stops_the_worker_and_releases_the_batch(
     store.before_send = refuse
     holder: list[Worker] = []
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        try:
-            run_paced(redis_client, store, range(1, 21), keep=holder)
-        finally:
-            store.close()
+        run_paced(redis_client, store, range(1, 21), keep=holder)
     [worker] = holder
     assert store.sends == 2
     assert worker.metrics.counters["left_pending"] >= 1  # the refused batch, held and released
@@ -354,10 +337,7 @@ def test_a_consumer_killed_with_a_commit_in_flight_stores_it_once_after_the_rest
     assert killed_pending >= 1  # the batch in flight was not acked
     assert 5 in trade_ids(database_url)  # ... though PostgreSQL committed it
     store = WatchingStore(database_url, redis_client)
-    try:
-        worker = run_paced(redis_client, store, range(11, 21))
-    finally:
-        store.close()
+    worker = run_paced(redis_client, store, range(11, 21))
     assert trade_ids(database_url) == list(range(1, 21))  # each once
     assert redis_client.xpending(KEY, GROUP)["pending"] == 0
     assert worker.metrics.counters["rows_duplicate"] >= 1  # the killed batch, written again
@@ -378,10 +358,7 @@ def test_redis_connections_killed_with_a_commit_in_flight_lose_and_double_nothin
             kills += redis_client.client_kill_filter(_type="normal", skipme=True)
 
     store.after_send = kill_redis_clients
-    try:
-        worker = run_paced(redis_client, store, range(1, 31))
-    finally:
-        store.close()
+    worker = run_paced(redis_client, store, range(1, 31))
     assert kills >= 1
     assert trade_ids(database_url) == list(range(1, 31))
     assert redis_client.xpending(KEY, GROUP)["pending"] == 0
