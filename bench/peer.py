@@ -111,6 +111,15 @@ LATENCIES = FIRST + (
     "SELECT (committed - event_ts) * 1000, (receipt_ts - event_ts) * 1000 FROM f "
     "WHERE event_ts >= (SELECT min(event_ts) FROM f) + %(warmup)s"
 )
+# The longest time between two of the collector's commits (of the rows LATENCIES measures):
+# a commit that waits (here, mostly a WAL fsync of this VM's disk taking 50-800 ms now and then)
+# shows as a gap, and every row that arrived meanwhile waits as long: one such gap in a 10 s
+# run at 1,000/s is its p99.
+COMMIT_GAP = FIRST + (
+    "SELECT max(c - p) * 1000 FROM (SELECT c, lag(c) OVER (ORDER BY c) AS p FROM "
+    "(SELECT DISTINCT committed AS c FROM f "
+    "WHERE event_ts >= (SELECT min(event_ts) FROM f) + %(warmup)s) d) g"
+)
 # Cheap progress, then the exact count once it says done.
 PROGRESS = {
     CRYPTOFEED: f"SELECT coalesce(max(id), 0) FROM {CF_TABLE}",
@@ -353,6 +362,7 @@ def _figures(
         stats = conn.execute(STATS.format(rows=rows_sql, ok=EXPECTED), params).fetchone()
         pairs = conn.execute(LATENCIES.format(rows=rows_sql), params).fetchall()
     lat = [float(total) for total, _ in pairs]
+    gap = longest_commit_gap_ms(ctx.env.database_url, collector, params)
     received = [float(part) for _, part in pairs if part is not None]
     stored = [float(total - part) for total, part in pairs if part is not None]
     assert stats is not None
@@ -379,11 +389,20 @@ def _figures(
         "receive_to_commit_p50_ms": peer_report.percentile(stored, 0.5),
         "receive_to_commit_p99_ms": peer_report.percentile(stored, 0.99),
         "cpu_us_per_row": per_row(sum(cpu.get(name, 0.0) for name in mine)),
+        "commit_gap_ms": gap,
     }
     for name, seconds in cpu.items():
         out[f"{name}_us_per_row"] = per_row(seconds)
     out["cpu_per_simulator"] = peer_report.cpu_per_simulator(out)
     return out
+
+
+def longest_commit_gap_ms(database_url: str, collector: str, params: Mapping[str, Any]) -> float:
+    """COMMIT_GAP of ``collector``'s rows (``params``: ``n`` trades, ``warmup`` seconds); NaN
+    for fewer than two commits."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(COMMIT_GAP.format(rows=ROWS[collector]), params).fetchone()
+    return float(row[0]) if row is not None and row[0] is not None else math.nan
 
 
 def _line(run: Mapping[str, Any]) -> str:

@@ -22,6 +22,9 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     # box's speed at that moment divided out (it drifts ±20 % here between runs)
     ("cpu_per_simulator", "CPU / simulator's CPU", "{:.2f}"),
     ("postgres_us_per_row", "PostgreSQL us/row (apart)", "{:.1f}"),
+    # the longest wait between two commits: a stalled commit (peer.COMMIT_GAP), which sets
+    # the p99 of a paced run when it is longer than the p99
+    ("commit_gap_ms", "longest gap between commits ms", "{:,.1f}"),
     # when the simulator had written its last trade, after the start. On a burst its trades
     # are stamped in its first ticks (within ~0.2 s) and written over this time, so no
     # collector's p99 gets much below it (the p99 ratio's floor is about this over

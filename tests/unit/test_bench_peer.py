@@ -99,10 +99,10 @@ def test_ratio_is_tickvault_over_cryptofeed_and_nan_without_both() -> None:
 def test_table_shows_both_medians_the_ratio_checks_and_the_machine() -> None:
     cf = {"rows_per_s": 25_000.0, "p50_ms": 3500.0, "p99_ms": 3900.0, "cpu_us_per_row": 14.0,
           "postgres_us_per_row": 20.0, "missing": 0.0, "duplicates": 0.0, "bad": 0.0,
-          "cpu_per_simulator": 1.75, "send_ms": 1043.0}  # fmt: skip
+          "cpu_per_simulator": 1.75, "send_ms": 1043.0, "commit_gap_ms": 1204.5}  # fmt: skip
     tv = {"rows_per_s": 100_000.0, "p50_ms": 350.0, "p99_ms": 780.0, "cpu_us_per_row": 7.0,
           "postgres_us_per_row": 10.0, "missing": 0.0, "duplicates": 3.0, "bad": 0.0,
-          "cpu_per_simulator": 0.7, "send_ms": 1210.4}  # fmt: skip
+          "cpu_per_simulator": 0.7, "send_ms": 1210.4, "commit_gap_ms": 40.2}  # fmt: skip
     summary = {
         "burst of 100,000": {CRYPTOFEED: cf, TICKVAULT: tv},
         "1,000/s paced": {TICKVAULT: tv},
@@ -126,6 +126,8 @@ def test_table_shows_both_medians_the_ratio_checks_and_the_machine() -> None:
     # when the simulator had sent all: on a burst, about the floor of either p99
     sent = next(line for line in lines if "simulator's last send ms" in line)
     assert sent.split()[-3:] == ["1,043", "1,210", "1.16"]
+    gap = next(line for line in lines if "longest gap between commits ms" in line)
+    assert gap.split()[-3:] == ["1,204.5", "40.2", "0.03"]
     # a scenario without a cryptofeed run: dashes, no ratio
     paced = next(line for line in lines if line.startswith("1,000/s paced"))
     assert paced.split()[-3:] == ["-", "100,000", "-"]
