@@ -314,7 +314,7 @@ def _ledgers(db: psycopg.Connection[Any], since: float) -> None:
     print(f"\ngap ledger ({len(gaps)}): tickvault gaps --since 1h")
     for g in gaps:
         what = (
-            f"ids {g.first_missing}..{g.last_missing} ({g.missing})"
+            f"ids {g.ids} ({g.missing})"
             if g.first_missing is not None
             else f"{g.after:%H:%M:%S.%f}"[:-3] + f"..{g.before:%H:%M:%S.%f}"[:-3]
         )

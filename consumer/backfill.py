@@ -43,7 +43,15 @@ from common.rest import BadAnswer, Span, TradeHistory, all_histories
 from common.rest.fetch import Bucket, Fetched, Unavailable, fetch_span
 from common.venues import all_venues
 
-from .gaps import GAP_COLUMNS, GapRow, detect_id_gaps, detect_time_gaps, gap_row, open_gap_counts
+from .gaps import (
+    GAP_COLUMNS,
+    GapRow,
+    detect_id_gaps,
+    detect_time_gaps,
+    gap_row,
+    id_pattern,
+    open_gap_counts,
+)
 from .ledger import read_sessions
 from .store import Store
 from .validate import Validator
@@ -93,8 +101,8 @@ WHERE exchange = %s AND symbol = %s AND ts >= %s AND ts <= %s AND trade_id = ANY
 
 _STORED_IDS = """
 SELECT count(DISTINCT trade_id) FROM trades
-WHERE exchange = %s AND symbol = %s AND ts >= %s AND ts <= %s
-  AND trade_id ~ '^[0-9]{1,18}$' AND trade_id::bigint BETWEEN %s AND %s
+WHERE exchange = %(ex)s AND symbol = %(sym)s AND ts >= %(after)s AND ts <= %(before)s
+  AND trade_id ~ %(pattern)s AND substr(trade_id, %(skip)s)::bigint BETWEEN %(first)s AND %(last)s
 """
 
 
@@ -162,8 +170,11 @@ class Backfiller:
                 continue
             if venues[exchange].consecutive_ids:
                 new = sum(
-                    detect_id_gaps(conn, exchange, s, now=now, settle=settle, lookback=lookback)
+                    detect_id_gaps(
+                        conn, exchange, s, now=now, settle=settle, lookback=lookback, id_prefix=p
+                    )
                     for s in symbols
+                    for p in venues[exchange].id_prefixes
                 )
             else:
                 sessions = read_sessions(conn, since=now - lookback, exchanges=[exchange])
@@ -261,6 +272,7 @@ class Backfiller:
             last_id=gap.last_missing,
             after_ns=_ns(after),
             before_ns=_ns(before),
+            id_prefix=gap.id_prefix,
         )
         bucket = self.buckets.get(gap.exchange)
         if bucket is None:
@@ -330,8 +342,11 @@ class Backfiller:
         expected = gap.last_missing - gap.first_missing + 1
         row = self.store.conn.execute(
             _STORED_IDS,
-            (gap.exchange, gap.symbol, gap.after, gap.before, gap.first_missing, gap.last_missing),
-        ).fetchone()
+            {
+                "ex": gap.exchange, "sym": gap.symbol, "after": gap.after, "before": gap.before,
+                "first": gap.first_missing, "last": gap.last_missing, **id_pattern(gap.id_prefix),
+            },
+        ).fetchone()  # fmt: skip
         stored = int(row[0]) if row else 0  # type: ignore[index]
         if stored >= expected:
             late = expected - inserted
@@ -378,7 +393,7 @@ class Backfiller:
 
 def _describe(gap: GapRow) -> str:
     if gap.first_missing is not None:
-        return f"ids {gap.first_missing}..{gap.last_missing}"
+        return f"ids {gap.ids}"
     return f"{gap.after:%H:%M:%S.%f}..{gap.before:%H:%M:%S.%f}"
 
 

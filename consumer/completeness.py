@@ -100,7 +100,7 @@ def gaps(argv: list[str]) -> int:
             print(f"checked {', '.join(exchanges) or 'nothing'} since {since.isoformat()}: "
                   f"{len(found)} gap(s), {sum(g.missing for g in found)} missing")  # fmt: skip
             for g in found:
-                where = f"{g.exchange:<16} {g.symbol:<16} ids {g.first_missing}..{g.last_missing}"
+                where = f"{g.exchange:<16} {g.symbol:<16} ids {g.ids}"
                 print(f"  {where} ({g.missing}) between {g.after.isoformat()} and "
                       f"{g.before.isoformat()}")  # fmt: skip
             return 1 if found else 0
@@ -117,7 +117,7 @@ def gaps(argv: list[str]) -> int:
     print(f"gaps since {since.isoformat(timespec='seconds')}: {summary}")
     for row in rows:
         what = (
-            f"ids {row.first_missing}..{row.last_missing} ({row.missing})"
+            f"ids {row.ids} ({row.missing})"
             if row.first_missing is not None
             else f"{row.after.isoformat(timespec='milliseconds')}.."
             f"{row.before.isoformat(timespec='milliseconds')}"
@@ -153,7 +153,7 @@ def backfill(argv: list[str]) -> int:
     print(f"{found} new gap(s) found; {len(outcomes)} gap(s) worked on")
     for o in outcomes:
         g = o.gap
-        what = f"ids {g.first_missing}..{g.last_missing}" if g.first_missing is not None else (
+        what = f"ids {g.ids}" if g.first_missing is not None else (
             f"{g.after.isoformat(timespec='milliseconds')}..{g.before.isoformat(timespec='milliseconds')}"
         )  # fmt: skip
         print(f"{g.id:>6} {g.exchange:<16} {g.symbol:<14} {o.status:<13} {what}: {o.note}")

@@ -5,7 +5,10 @@ Two kinds of gap:
 - **id gaps**, on venues whose trade ids are consecutive per symbol: the ids between two stored
   neighbours. Found incrementally per symbol from a cursor (``gap_cursors``: the highest id
   already judged), only among trades older than the settle window, so N consumers committing
-  out of order (or a stream that is replayed late) do not make gaps that are not there.
+  out of order (or a stream that is replayed late) do not make gaps that are not there. Each id
+  space of the venue on its own (``Venue.id_prefixes``: Binance spot's ``agg-`` rows of
+  ``@aggTrade`` are consecutive aggregate ids, apart from its plain trade ids); a gap and a
+  cursor name theirs (``id_prefix``, '' for plain ids).
 - **time gaps**, on the other venues: the coverage ledger's closed blind intervals
   (``consumer.ledger.blind_intervals``), when no connection covered the symbol.
 
@@ -17,6 +20,7 @@ exchange, symbol and first id or start time), so detection can run anywhere, aga
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +36,16 @@ STATUSES = ("open", "backfilling", "filled", "exchange-hole", "unfillable")
 # take trades sharing a time. Each detection reads only the trades since (a few seconds' worth).
 CURSOR_MARGIN = dt.timedelta(seconds=2)
 
+# The ids of one id space: trade_id is the prefix and up to 18 digits (%(pattern)s, see
+# id_pattern); the id starts at character %(skip)s (the prefix's length + 1).
 _GAPS = """
 SELECT exchange, symbol, prev_id + 1, trade_id - 1, trade_id - prev_id - 1, prev_ts, ts
 FROM (
-    SELECT exchange, symbol, trade_id::bigint AS trade_id, ts,
-           lag(trade_id::bigint) OVER w AS prev_id, lag(ts) OVER w AS prev_ts
+    SELECT exchange, symbol, substr(trade_id, %(skip)s)::bigint AS trade_id, ts,
+           lag(substr(trade_id, %(skip)s)::bigint) OVER w AS prev_id, lag(ts) OVER w AS prev_ts
     FROM trades
-    WHERE exchange = ANY(%s) AND ts >= %s AND trade_id ~ '^[0-9]{1,18}$'
-    WINDOW w AS (PARTITION BY exchange, symbol ORDER BY trade_id::bigint)
+    WHERE exchange = ANY(%(exchanges)s) AND ts >= %(since)s AND trade_id ~ %(pattern)s
+    WINDOW w AS (PARTITION BY exchange, symbol ORDER BY substr(trade_id, %(skip)s)::bigint)
 ) t
 WHERE trade_id - prev_id > 1
 ORDER BY exchange, symbol, prev_id
@@ -48,9 +54,9 @@ ORDER BY exchange, symbol, prev_id
 # One symbol's new id gaps after its cursor, and the new cursor (the newest settled trade).
 _ID_GAPS = """
 WITH r AS (
-    SELECT trade_id::bigint AS id, ts FROM trades
+    SELECT substr(trade_id, %(skip)s)::bigint AS id, ts FROM trades
     WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND ts >= %(start)s AND ts < %(until)s
-      AND trade_id ~ '^[0-9]{1,18}$'
+      AND trade_id ~ %(pattern)s
 ), w AS (
     SELECT id, ts, lag(id) OVER (ORDER BY id) AS prev_id, lag(ts) OVER (ORDER BY id) AS prev_ts
     FROM r
@@ -62,9 +68,11 @@ UNION ALL
 """
 
 _INSERT_ID_GAP = """
-INSERT INTO gaps (exchange, symbol, first_missing, last_missing, after_ts, before_ts, note)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (exchange, symbol, first_missing) WHERE first_missing IS NOT NULL DO NOTHING
+INSERT INTO gaps (exchange, symbol, id_prefix, first_missing, last_missing, after_ts, before_ts,
+                  note)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (exchange, symbol, id_prefix, first_missing) WHERE first_missing IS NOT NULL
+DO NOTHING
 """
 
 _INSERT_TIME_GAP = """
@@ -82,6 +90,17 @@ class Gap:
     missing: int
     after: dt.datetime  # time of the last trade before the gap
     before: dt.datetime  # time of the first trade after it
+    id_prefix: str = ""  # its id space: the missing trade_ids are this and the ids
+
+    @property
+    def ids(self) -> str:
+        """The missing ids as the stored trade_ids read: ``agg-4..agg-6``."""
+        return f"{self.id_prefix}{self.first_missing}..{self.id_prefix}{self.last_missing}"
+
+
+def id_pattern(prefix: str) -> dict[str, object]:
+    """The query parameters that select the trade_ids of one id space (``_GAPS``)."""
+    return {"pattern": "^" + re.escape(prefix) + "[0-9]{1,18}$", "skip": len(prefix) + 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +119,14 @@ class GapRow:
     rows_recovered: int
     attempts: int
     note: str
+    id_prefix: str = ""  # an id gap's id space ('' for plain ids)
+
+    @property
+    def ids(self) -> str | None:
+        """An id gap's missing ids as the stored trade_ids read (``agg-4..agg-6``)."""
+        if self.first_missing is None:
+            return None
+        return f"{self.id_prefix}{self.first_missing}..{self.id_prefix}{self.last_missing}"
 
     @property
     def missing(self) -> int | None:
@@ -110,14 +137,14 @@ class GapRow:
 
 GAP_COLUMNS = (
     "id, exchange, symbol, first_missing, last_missing, after_ts, before_ts, detected_at,"
-    " status, rows_recovered, attempts, note"
+    " status, rows_recovered, attempts, note, id_prefix"
 )
 
 
 def gap_row(r: Sequence[Any]) -> GapRow:
     return GapRow(
         int(r[0]), str(r[1]), str(r[2]), r[3], r[4], r[5], r[6], r[7], str(r[8]), int(r[9]),
-        int(r[10]), str(r[11]),
+        int(r[10]), str(r[11]), str(r[12]),
     )  # fmt: skip
 
 
@@ -131,9 +158,16 @@ def checked_exchanges(exchanges: Sequence[str] | None = None) -> list[str]:
 def find_gaps(
     conn: psycopg.Connection[object], *, since: dt.datetime, exchanges: Sequence[str]
 ) -> list[Gap]:
-    """Every id gap in the stored trades since ``since`` (a full scan: ``tickvault gaps``)."""
-    rows = conn.execute(_GAPS, (list(exchanges), since)).fetchall()
-    return [Gap(*row) for row in rows]  # type: ignore[misc]
+    """Every id gap in the stored trades since ``since`` (a full scan: ``tickvault gaps``),
+    in each id space of the exchanges."""
+    venues = all_venues()
+    prefixes = sorted({p for e in exchanges if e in venues for p in venues[e].id_prefixes})
+    gaps: list[Gap] = []
+    for prefix in prefixes or [""]:
+        params = {"exchanges": list(exchanges), "since": since, **id_pattern(prefix)}
+        rows = conn.execute(_GAPS, params).fetchall()
+        gaps += [Gap(*row, id_prefix=prefix) for row in rows]  # type: ignore[misc]
+    return sorted(gaps, key=lambda g: (g.exchange, g.symbol, g.id_prefix, g.first_missing))
 
 
 def detect_id_gaps(
@@ -144,21 +178,26 @@ def detect_id_gaps(
     now: dt.datetime,
     settle: dt.timedelta,
     lookback: dt.timedelta,
+    id_prefix: str = "",
 ) -> int:
-    """Record ``symbol``'s new id gaps among trades older than ``now - settle``; returns how
-    many were new. Advances the symbol's cursor in the same transaction."""
+    """Record ``symbol``'s new id gaps (in the id space ``id_prefix``) among trades older than
+    ``now - settle``; returns how many were new. Advances the symbol's cursor of that id space
+    in the same transaction."""
     until = now - settle
     with conn.transaction():
         row = conn.execute(
             "SELECT checked_id, checked_ts FROM gap_cursors"
-            " WHERE exchange = %s AND symbol = %s FOR UPDATE",
-            (exchange, symbol),
+            " WHERE exchange = %s AND symbol = %s AND id_prefix = %s FOR UPDATE",
+            (exchange, symbol, id_prefix),
         ).fetchone()
         if row is None:
             cursor, start = -1, now - lookback
         else:
             cursor, start = int(row[0]), row[1] - CURSOR_MARGIN  # type: ignore[index]
-        params = {"exchange": exchange, "symbol": symbol, "start": start, "until": until}
+        params = {
+            "exchange": exchange, "symbol": symbol, "start": start, "until": until,
+            **id_pattern(id_prefix),
+        }  # fmt: skip
         rows: list[tuple[Any, ...]] = conn.execute(  # type: ignore[assignment]
             _ID_GAPS, {**params, "cursor": cursor}
         ).fetchall()
@@ -168,15 +207,19 @@ def detect_id_gaps(
             if first is None:
                 newest = (int(last), before)
                 continue
-            note = f"{int(last) - int(first) + 1} trade ids missing between stored neighbours"
-            cur = conn.execute(_INSERT_ID_GAP, (exchange, symbol, first, last, after, before, note))
+            kind = "aggregate trade ids" if id_prefix else "trade ids"
+            note = f"{int(last) - int(first) + 1} {kind} missing between stored neighbours"
+            cur = conn.execute(
+                _INSERT_ID_GAP, (exchange, symbol, id_prefix, first, last, after, before, note)
+            )
             new += cur.rowcount
         if newest is not None and newest[0] > cursor:
             conn.execute(
-                "INSERT INTO gap_cursors (exchange, symbol, checked_id, checked_ts)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (exchange, symbol) DO UPDATE"
-                " SET checked_id = EXCLUDED.checked_id, checked_ts = EXCLUDED.checked_ts",
-                (exchange, symbol, newest[0], newest[1]),
+                "INSERT INTO gap_cursors (exchange, symbol, id_prefix, checked_id, checked_ts)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (exchange, symbol, id_prefix)"
+                " DO UPDATE SET checked_id = EXCLUDED.checked_id,"
+                " checked_ts = EXCLUDED.checked_ts",
+                (exchange, symbol, id_prefix, newest[0], newest[1]),
             )
     return new
 
@@ -259,6 +302,7 @@ __all__ = [
     "detect_time_gaps",
     "find_gaps",
     "gap_row",
+    "id_pattern",
     "open_gap_counts",
     "read_gaps",
 ]

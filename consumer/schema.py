@@ -126,6 +126,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE quotes ADD COLUMN IF NOT EXISTS flags smallint NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        4,
+        # Id gaps per id space: a symbol's trade_ids are its plain ids, or a prefix and an id
+        # (Binance spot's @aggTrade rows: "agg-<aggregate id>", consecutive on their own). The
+        # ledger and the cursors name the space ('' for plain ids); existing rows are plain.
+        """
+        ALTER TABLE gaps ADD COLUMN IF NOT EXISTS id_prefix text NOT NULL DEFAULT '';
+        DROP INDEX IF EXISTS gaps_by_id;
+        CREATE UNIQUE INDEX IF NOT EXISTS gaps_by_space_id
+            ON gaps (exchange, symbol, id_prefix, first_missing) WHERE first_missing IS NOT NULL;
+        ALTER TABLE gap_cursors ADD COLUMN IF NOT EXISTS id_prefix text NOT NULL DEFAULT '';
+        ALTER TABLE gap_cursors DROP CONSTRAINT IF EXISTS gap_cursors_pkey;
+        ALTER TABLE gap_cursors ADD PRIMARY KEY (exchange, symbol, id_prefix);
+        """,
+    ),
 ]
 
 # Serialises migrations and partition maintenance between consumers starting together.

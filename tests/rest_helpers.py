@@ -52,9 +52,11 @@ def make_span(
     first_id: int | None = None,
     last_id: int | None = None,
     context: str = "",
+    id_prefix: str = "",
 ) -> Span:
-    """A span of ``symbol``'s trades: ids ``first_id..last_id`` where given, else the times
-    ``after_ns..before_ns``; ``context`` is the WebSocket rows' connection context."""
+    """A span of ``symbol``'s trades: ids ``first_id..last_id`` where given (of the id space
+    ``id_prefix``), else the times ``after_ns..before_ns``; ``context`` is the WebSocket rows'
+    connection context."""
     return Span(
         exchange=exchange,
         symbol=symbol,
@@ -63,6 +65,7 @@ def make_span(
         last_id=last_id,
         after_ns=after_ns,
         before_ns=before_ns,
+        id_prefix=id_prefix,
     )
 
 

@@ -40,6 +40,9 @@ class Span:
     last_id: int | None
     after_ns: int  # time of the last stored trade before the span (or the blind interval's start)
     before_ns: int  # time of the first stored trade after it (or the blind interval's end)
+    # The id space of an id span: its stored trade_ids are this prefix and the id ("agg-" for
+    # Binance spot's aggregate trades, "" for plain trade ids)
+    id_prefix: str = ""
 
     @property
     def by_id(self) -> bool:
@@ -49,9 +52,13 @@ class Span:
         """Whether ``trade`` belongs to the span (what the shell stores)."""
         if self.by_id:
             assert self.first_id is not None and self.last_id is not None
-            if not trade.trade_id.isdigit() or len(trade.trade_id) > 19:
+            prefix, tid = self.id_prefix, trade.trade_id
+            if not tid.startswith(prefix):
                 return False
-            return self.first_id <= int(trade.trade_id) <= self.last_id
+            digits = tid[len(prefix) :]
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+                return False
+            return self.first_id <= int(digits) <= self.last_id
         # both ends included: a missed trade may share its millisecond with a stored neighbour
         # (the insert skips what is stored already)
         return self.after_ns <= trade.ts_ns <= self.before_ns

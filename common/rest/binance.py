@@ -21,16 +21,23 @@ Docs (https://developers.binance.com/docs/binance-spot-api-docs/rest-api):
   https://developers.binance.com/docs/binance-spot-api-docs/CHANGELOG
 - "HTTP 403 return code is used when a WAF (Web Application Firewall) rule has been violated.
   This can indicate a rate limit violation or a security block": not final (:meth:`refusal`).
-- Only id spans: Binance's trade ids are consecutive, so its gaps are id gaps
-  (``consumer.gaps``). A time span is refused (:meth:`cannot`): its context (the time unit)
-  does not say whether the rows came from ``@trade`` (plain ids, this endpoint) or
-  ``@aggTrade`` (``agg-`` ids, ``/api/v3/aggTrades``), and filling one feed's interval with the
-  other's rows would store the same trades twice under other keys.
+- Compressed/Aggregate trades list,
+  https://developers.binance.com/docs/binance-spot-api-docs/rest-api/market-data-endpoints#compressedaggregate-trades-list:
+  ``GET /api/v3/aggTrades``, "Weight: 4", ``fromId`` "ID to get aggregate trades from
+  INCLUSIVE", ``limit`` "Default 500; max 1000", "Data Source: Database"; each element
+  ``a`` (aggregate tradeId), ``p``, ``q``, ``f``/``l`` (first/last tradeId), ``T``, ``m``,
+  ``M``. The same time unit header applies.
+- Only id spans: Binance's trade ids and aggregate trade ids are each consecutive, so its gaps
+  are id gaps (``consumer.gaps``), each in its id space: a span whose ``id_prefix`` is
+  ``agg-`` (rows of ``@aggTrade``) is paged on ``aggTrades``, any other on
+  ``historicalTrades``. A time span is refused (:meth:`cannot`): its context (the time unit)
+  does not say which of the two streams the rows came from, and filling one feed's interval
+  with the other's rows would store the same trades twice under other keys.
 
 Key: a fetched trade is built by the WebSocket parser's own ``Binance._trade`` from the same
 fields (``id`` = ``t``, ``time`` = ``T``, ``isBuyerMaker`` = ``m``), so it is the row a ``@trade``
-event makes: plain ``trade_id``. ``@aggTrade`` rows (``agg-`` ids) are not gap-checked (their ids
-are not plain numbers), so no id span reaches them.
+event makes: plain ``trade_id``. An aggregate (``a``, ``T``, ``m``) is the row an ``@aggTrade``
+event makes: ``trade_id`` ``agg-<a>``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ from .base import BadAnswer, Page, RateLimit, Request, Span, TradeHistory
 HISTORICAL = "/api/v3/historicalTrades"
 PAGE_SIZE = 1000  # "limit ... Default: 500; Maximum: 1000"
 HISTORICAL_WEIGHT = 25
+SPOT_AGG_TRADES = "/api/v3/aggTrades"
+SPOT_AGG_WEIGHT = 4
 TIME_UNIT_HEADER = "X-MBX-TIME-UNIT"
 
 T = TypeVar("T")
@@ -149,12 +158,20 @@ class BinanceHistory(TradeHistory):
         """What the WebSocket parser would know of the span's rows."""
         return self.frame_context(span, recv_ns, self.venue_symbol(span))
 
+    def aggregates(self, span: Span) -> bool:
+        """Whether ``span`` is of aggregate trade ids (rows of ``@aggTrade``)."""
+        return bool(self.venue.agg_prefix) and span.id_prefix == self.venue.agg_prefix
+
     def by_id(self, span: Span, from_id: int) -> Request:
+        path, weight = (
+            (SPOT_AGG_TRADES, SPOT_AGG_WEIGHT) if self.aggregates(span)
+            else (HISTORICAL, HISTORICAL_WEIGHT)
+        )  # fmt: skip
         return Request(
-            HISTORICAL,
+            path,
             (("symbol", self.venue_symbol(span)), ("fromId", str(from_id)), ("limit", "1000")),
             self.headers(span),
-            HISTORICAL_WEIGHT,
+            weight,
         )
 
     def cannot(self, span: Span) -> str | None:
@@ -163,6 +180,8 @@ class BinanceHistory(TradeHistory):
                 "binance spot backfills id gaps only: a time span does not say whether its rows "
                 "are @trade ids or @aggTrade (agg-) ids"
             )
+        if span.id_prefix and not self.aggregates(span):
+            return f"binance spot has no id space {span.id_prefix!r}"
         return None
 
     def first(self, span: Span) -> Request:
@@ -176,7 +195,9 @@ class BinanceHistory(TradeHistory):
         return self.by_id(span, span.first_id)
 
     def page(self, span: Span, request: Request, body: bytes, recv_ns: int) -> Page:
-        if request.path != HISTORICAL:
+        if request.path == SPOT_AGG_TRADES and self.aggregates(span):
+            return self._aggregates_page(span, request, body, recv_ns)
+        if request.path != HISTORICAL or self.aggregates(span):
             raise BadAnswer(f"{self.exchange}: no answer expected for {request.path}")
         rows = decode(TRADES, body, self.exchange)
         if not rows:
@@ -196,6 +217,27 @@ class BinanceHistory(TradeHistory):
             len(rows) >= PAGE_SIZE,
         )
         return Page(trades, None if done else self.by_id(span, rows[-1].id + 1), short)
+
+    def _aggregates_page(self, span: Span, request: Request, body: bytes, recv_ns: int) -> Page:
+        """An ``aggTrades`` answer: the rows ``@aggTrade`` events make (``agg-<a>``)."""
+        rows = decode(AGGS, body, self.exchange)
+        if not rows:
+            return Page([], None)
+        ctx = self.context(span, recv_ns)
+        venue_symbol = self.venue_symbol(span)
+        prefix = self.venue.agg_prefix
+        trades = [
+            self.venue._trade(venue_symbol, f"{prefix}{r.a}", r.p, r.q, r.T, r.m, ctx) for r in rows
+        ]
+        asked = param(request, "fromId")
+        done, short = next_after(
+            span,
+            [r.a for r in rows],
+            trades,
+            int(asked) if asked is not None else None,
+            len(rows) >= PAGE_SIZE,
+        )
+        return Page(trades, None if done else self.by_id(span, rows[-1].a + 1), short)
 
     def refusal(self, status: int, body: bytes) -> str | None:
         if status == 403:

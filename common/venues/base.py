@@ -111,6 +111,9 @@ class Venue(abc.ABC):
     # Trade ids are consecutive integers per symbol, so a missing id is a missing trade
     # (``tickvault gaps`` checks these venues).
     consecutive_ids: ClassVar[bool] = False
+    # The id spaces of its trade_ids, each consecutive on its own: '' is plain ids; a prefix
+    # names another (Binance spot's "agg-" rows of @aggTrade). ``consumer.gaps`` checks each.
+    id_prefixes: ClassVar[tuple[str, ...]] = ("",)
     options: ClassVar[dict[str, tuple[str, ...]]] = {}  # option name -> allowed values
 
     def base_url(self, url: str | None) -> str:

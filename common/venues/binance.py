@@ -149,6 +149,7 @@ class Binance(Venue):
     }
     stream_path = "/stream"
     agg_prefix = "agg-"  # aggTrade ids live in another id space than trade ids
+    id_prefixes: ClassVar[tuple[str, ...]] = ("", agg_prefix)
 
     def venue_symbol(self, symbol: Symbol) -> str:
         return f"{symbol.base}{symbol.quote}"

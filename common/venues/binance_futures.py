@@ -75,6 +75,7 @@ class BinanceFutures(Binance):
     )
     options: ClassVar[dict[str, tuple[str, ...]]] = {}  # trades are always aggTrade
     agg_prefix = ""  # only aggTrade is subscribed here: the aggregate id is the trade id
+    id_prefixes = ("",)
 
     def venue_symbol(self, symbol: Symbol) -> str:
         root = f"{symbol.base}{symbol.quote}"

@@ -26,15 +26,19 @@ def cli(config: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("exchange", ["binance", "coinbase"])
+@pytest.mark.parametrize("exchange", ["binance", "binance-aggTrade", "coinbase"])
 def test_a_killed_producer_leaves_a_gap_that_backfill_fills(
     exchange: str, redis_url: str, database_url: str, work_dir
 ) -> None:
+    exchange, _, stream = exchange.partition("-")  # binance-aggTrade: the @aggTrade stream
     symbol = {"binance": "BTC-USDT", "coinbase": "BTC-USD"}[exchange]
+    prefix = "agg-" if stream else ""  # its trade_ids: agg-<aggregate id>, gaps in that space
+    options = {"trades": stream} if stream else {}
     rate, total = 100, 1_500
     with pipeline(
         work=work_dir, redis_url=redis_url, database_url=database_url,
-        feeds=[Feed(exchange, [symbol])], backfill={"every_s": 0.5, "settle_s": 1.0},
+        feeds=[Feed(exchange, [symbol], options=options)],
+        backfill={"every_s": 0.5, "settle_s": 1.0},
     ) as p:  # fmt: skip
         p.simulator(rate=rate, trades=total)
         consumer = p.start_consumer()
@@ -55,14 +59,17 @@ def test_a_killed_producer_leaves_a_gap_that_backfill_fills(
             return rows[0] == (total, total) and gaps[0][0] == 0
 
         wait_for(complete, timeout=60 * SLOW, what="every trade stored once, gaps filled")
-        gaps = p.query("SELECT first_missing, last_missing, status, rows_recovered, note FROM gaps")
+        gaps = p.query(
+            "SELECT first_missing, last_missing, status, rows_recovered, note, id_prefix FROM gaps"
+        )
         assert len(gaps) >= 1, "the kill opened no gap"
         missed = sum(g[1] - g[0] + 1 for g in gaps)
         assert missed >= rate, gaps  # ~2 s of trades were never received
         assert all(g[2] == "filled" for g in gaps)
+        assert all(g[5] == prefix for g in gaps)
         assert sum(g[3] for g in gaps) >= rate  # most came from REST
-        ids = [int(r[0]) for r in p.query("SELECT trade_id FROM trades ORDER BY 1::int")]
-        assert sorted(ids) == list(range(1, total + 1))
+        stored = [str(r[0]) for r in p.query("SELECT trade_id FROM trades")]
+        assert sorted(stored) == sorted(f"{prefix}{i}" for i in range(1, total + 1))
 
         coverage = cli(str(p.config), "coverage", "--since=1h")
         assert coverage.returncode == 1, coverage.stderr  # a blind interval: exit 1

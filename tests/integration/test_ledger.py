@@ -23,7 +23,7 @@ from common.metrics import Metrics
 from common.records import Trade
 from common.rest import Page, RateLimit, Request, Span, TradeHistory
 from consumer.backfill import Backfiller
-from consumer.gaps import detect_id_gaps, detect_time_gaps, read_gaps
+from consumer.gaps import detect_id_gaps, detect_time_gaps, find_gaps, read_gaps
 from consumer.ledger import UNSEEN_END, blind_intervals, read_sessions
 from consumer.store import Store
 
@@ -137,6 +137,59 @@ def test_id_gaps_are_found_once_from_stored_ids_past_the_settle_window(store: St
     assert gaps[0].after == dt.datetime.fromtimestamp(trade(10).ts_ns / 1e9, dt.UTC)
 
 
+def test_aggregate_ids_are_an_id_space_of_their_own(store: Store) -> None:
+    """Binance spot's @aggTrade rows (agg-<a>) are consecutive on their own: their gaps are
+    found apart from the plain ids', with their own cursor, even at the same numbers."""
+
+    def agg(i: int) -> Trade:
+        return msgspec.structs.replace(trade(i), trade_id=f"agg-{i}")
+
+    have = [*range(1, 4), *range(7, 10)]
+    store.write([trade(i) for i in have] + [agg(i) for i in have], [])
+    conn = store.conn
+    kw: dict[str, Any] = {"settle": dt.timedelta(seconds=10), "lookback": dt.timedelta(hours=1)}
+    assert detect_id_gaps(conn, "binance", "BTC-USDT", now=NOW, **kw) == 1
+    assert detect_id_gaps(conn, "binance", "BTC-USDT", now=NOW, id_prefix="agg-", **kw) == 1
+    assert detect_id_gaps(conn, "binance", "BTC-USDT", now=NOW, id_prefix="agg-", **kw) == 0
+    gaps = read_gaps(conn)
+    assert sorted((g.id_prefix, g.first_missing, g.last_missing, g.ids) for g in gaps) == [
+        ("", 4, 6, "4..6"), ("agg-", 4, 6, "agg-4..agg-6"),
+    ]  # fmt: skip
+    assert [g.note for g in gaps if g.id_prefix] == [
+        "3 aggregate trade ids missing between stored neighbours"
+    ]
+    cursors = conn.execute("SELECT id_prefix, checked_id FROM gap_cursors ORDER BY 1").fetchall()
+    assert cursors == [("", 9), ("agg-", 9)]
+    # a longer plain run moves the plain cursor only
+    store.write([trade(i) for i in range(10, 13)], [])
+    assert detect_id_gaps(conn, "binance", "BTC-USDT", now=NOW, **kw) == 0
+    cursors = conn.execute("SELECT id_prefix, checked_id FROM gap_cursors ORDER BY 1").fetchall()
+    assert cursors == [("", 12), ("agg-", 9)]
+    # the full scan (tickvault gaps --scan) finds both, each in its space
+    found = find_gaps(conn, since=T0 - dt.timedelta(minutes=1), exchanges=["binance"])
+    assert [(g.id_prefix, g.ids, g.missing) for g in found] == [
+        ("", "4..6", 3), ("agg-", "agg-4..agg-6", 3),
+    ]  # fmt: skip
+
+
+def test_an_aggregate_gap_is_backfilled_as_aggregates(
+    store: Store, venue: tuple[Venue, str], database_url: str
+) -> None:
+    """The span of an agg- gap holds agg- rows only, and the verdict counts agg- ids."""
+    state, url = venue
+    state.trades = {i: trade(i) for i in range(1, 21)}  # what the venue serves (IdHistory)
+    b = backfiller(database_url, url)
+    b.histories = {"binance": AggIdHistory()}
+    have = [i for i in range(1, 21) if i not in range(6, 10)]
+    store.write([msgspec.structs.replace(trade(i), trade_id=f"agg-{i}") for i in have], [])
+    detect_id_gaps(store.conn, "binance", "BTC-USDT", now=NOW, settle=dt.timedelta(seconds=1),
+                   lookback=dt.timedelta(hours=1), id_prefix="agg-")  # fmt: skip
+    [outcome] = b.backfill(now=True)
+    assert (outcome.status, outcome.recovered) == ("filled", 4), outcome
+    rows = store.conn.execute("SELECT trade_id FROM trades ORDER BY 1").fetchall()
+    assert sorted(str(r[0]) for r in rows) == sorted(f"agg-{i}" for i in range(1, 21))  # type: ignore[index]
+
+
 def test_time_gaps_come_from_closed_blind_intervals(store: Store) -> None:
     store.write_markers([
         marker("subscribed", "a", 0, exchange="okx"),
@@ -183,6 +236,17 @@ class IdHistory(TradeHistory):
         more = data["last"] >= nxt and span.last_id is not None and nxt <= span.last_id
         short = "the venue serves ids from 5 only" if data.get("short") else None
         return Page(trades, Request("/trades", (("from", str(nxt)),)) if more else None, short)
+
+
+class AggIdHistory(IdHistory):
+    """IdHistory's answers as aggregate rows (``agg-<id>``), for spans of that id space (the
+    venue's other rows would be refused by the span: ``Span.holds``)."""
+
+    def page(self, span: Span, request: Request, body: bytes, recv_ns: int) -> Page:
+        assert span.id_prefix == "agg-"
+        page = super().page(span, request, body, recv_ns)
+        trades = [msgspec.structs.replace(t, trade_id=f"agg-{t.trade_id}") for t in page.trades]
+        return Page(trades, page.next, page.short)
 
 
 class TimeHistory(TradeHistory):

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.records import Trade
-from common.rest import Page, Request, Span, all_histories
+from common.rest import BadAnswer, Page, Request, Span, all_histories
 from common.rest.binance import HISTORY
 from common.simulator.dialect import RestReply, SimSession
 from common.simulator.dialects import get_dialect
@@ -45,6 +45,14 @@ def id_span(first: int, last: int, *, context: str = "", after: int = 0, before:
     return make_span(
         "binance", SYMBOL, after, before or 2**62, first_id=first, last_id=last, context=context
     )
+
+
+def agg_span(first: int, last: int, *, context: str = "", after: int = 0, before: int = 0) -> Span:
+    """A span of aggregate trade ids: the rows of ``@aggTrade`` (``agg-<a>``)."""
+    return make_span(
+        "binance", SYMBOL, after, before or 2**62, first_id=first, last_id=last, context=context,
+        id_prefix="agg-",
+    )  # fmt: skip
 
 
 def time_span(after: int, before: int, *, context: str = "") -> Span:
@@ -120,6 +128,75 @@ def test_same_key_as_the_websocket_trade_event(context: str) -> None:
         span, HISTORY.first(span), fixture("binance", "rest_historical_trades.json"), RECV_NS
     ).trades
     assert rest == ws  # every field, the receive time included (the same RECV_NS)
+
+
+def test_docs_agg_trades_example() -> None:
+    span = agg_span(26129, 26129)
+    request = HISTORY.first(span)
+    assert request == Request(
+        "/api/v3/aggTrades",
+        (("symbol", "BTCUSDT"), ("fromId", "26129"), ("limit", "1000")),
+        (),
+        4,  # "Weight: 4" (historicalTrades: 25)
+    )
+    page = HISTORY.page(span, request, fixture("binance", "rest_agg_trades.json"), RECV_NS)
+    assert page == Page(
+        [
+            Trade(
+                exchange="binance",
+                symbol=SYMBOL,
+                trade_id="agg-26129",
+                price="0.01633102",
+                amount="4.70443515",
+                side="sell",  # m true: the buyer was the maker
+                ts_ns=1_498_793_709_153_000_000,
+                recv_ns=RECV_NS,
+            )
+        ],
+        None,
+    )
+
+
+@pytest.mark.parametrize("context", ["", "microsecond"])
+def test_same_key_as_the_websocket_aggtrade_event(context: str) -> None:
+    # The docs' REST aggregate as the documented @aggTrade event (fields a, p, q, f, l, T, m).
+    frame = (
+        b'{"e":"aggTrade","E":1498793709153,"s":"BTCUSDT","a":26129,"p":"0.01633102",'
+        b'"q":"4.70443515","f":27781,"l":27781,"T":1498793709153,"m":true,"M":true}'
+    )
+    [ws] = parse("binance", frame, context=context).trades
+    span = agg_span(26129, 26129, context=context)
+    request = HISTORY.first(span)
+    assert request.headers == ((("X-MBX-TIME-UNIT", "MICROSECOND"),) if context else ())
+    [rest] = HISTORY.page(span, request, fixture("binance", "rest_agg_trades.json"), RECV_NS).trades
+    assert rest == ws
+
+
+def test_an_id_space_answers_only_its_own_endpoint() -> None:
+    trades, aggs = (
+        fixture("binance", "rest_historical_trades.json"),
+        fixture("binance", "rest_agg_trades.json"),
+    )
+    plain, agg = id_span(1, 5), agg_span(1, 5)
+    with pytest.raises(BadAnswer):
+        HISTORY.page(agg, Request("/api/v3/historicalTrades"), trades, RECV_NS)
+    with pytest.raises(BadAnswer):
+        HISTORY.page(plain, Request("/api/v3/aggTrades"), aggs, RECV_NS)
+    other = make_span("binance", SYMBOL, 0, 2**62, first_id=1, last_id=5, id_prefix="x-")
+    assert HISTORY.cannot(other) == "binance spot has no id space 'x-'"
+    assert HISTORY.cannot(plain) is None and HISTORY.cannot(agg) is None
+
+
+def test_a_span_holds_the_trades_of_its_id_space_only() -> None:
+    def t(trade_id: str) -> Trade:
+        return Trade("binance", SYMBOL, trade_id, "1", "1", "buy", T0, RECV_NS)
+
+    plain, agg = id_span(5, 7), agg_span(5, 7)
+    assert [plain.holds(t(i)) for i in ("4", "5", "7", "8", "agg-5")] == [
+        False, True, True, False, False
+    ]  # fmt: skip
+    ids = ("agg-4", "agg-5", "agg-7", "agg-8", "5", "agg-", "agg-\u0665")  # (an Arabic-Indic 5)
+    assert [agg.holds(t(i)) for i in ids] == [False, True, True, False, False, False, False]
 
 
 def test_error_object_is_a_bad_answer_and_a_reasoned_refusal() -> None:
@@ -311,6 +388,24 @@ def test_fetch_span_by_id_from_the_simulator(context: str, faults: int) -> None:
         want = book.trade(SYMBOL, int(trade.trade_id))
         assert (trade.price, trade.amount, trade.side) == (want.price, want.amount, want.side)
         assert trade.ts_ns == stored_ns(book, int(trade.trade_id), context)
+
+
+@pytest.mark.parametrize("context", ["", "microsecond"])
+def test_fetch_agg_span_from_the_simulator(context: str) -> None:
+    book = book_of(5000)
+    span = agg_span(
+        1234,
+        3456,
+        context=context,
+        after=stored_ns(book, 1233, context),
+        before=stored_ns(book, 3457, context),
+    )
+    trades = fetch_whole(HISTORY, book, span, requests=3)
+    assert [t.trade_id for t in trades] == [f"agg-{i}" for i in range(1234, 3457)]
+    for trade in trades:
+        want = book.trade(SYMBOL, int(trade.trade_id.removeprefix("agg-")))
+        assert (trade.price, trade.amount, trade.side) == (want.price, want.amount, want.side)
+        assert trade.ts_ns == stored_ns(book, int(trade.trade_id.removeprefix("agg-")), context)
 
 
 def test_fetch_time_span_is_refused_without_a_request() -> None:
