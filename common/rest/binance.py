@@ -195,49 +195,33 @@ class BinanceHistory(TradeHistory):
         return self.by_id(span, span.first_id)
 
     def page(self, span: Span, request: Request, body: bytes, recv_ns: int) -> Page:
-        if request.path == SPOT_AGG_TRADES and self.aggregates(span):
-            return self._aggregates_page(span, request, body, recv_ns)
-        if request.path != HISTORICAL or self.aggregates(span):
+        aggregates = self.aggregates(span)
+        if request.path != (SPOT_AGG_TRADES if aggregates else HISTORICAL):
             raise BadAnswer(f"{self.exchange}: no answer expected for {request.path}")
-        rows = decode(TRADES, body, self.exchange)
+        # (id, price, qty, time, buyer is maker) of each trade, or of each aggregate (agg-<a>)
+        prefix = self.venue.agg_prefix if aggregates else ""
+        rows = (
+            [(r.a, r.p, r.q, r.T, r.m) for r in decode(AGGS, body, self.exchange)] if aggregates
+            else [(r.id, r.price, r.qty, r.time, r.isBuyerMaker)
+                  for r in decode(TRADES, body, self.exchange)]
+        )  # fmt: skip
         if not rows:
             return Page([], None)  # nothing from fromId on (yet)
         ctx = self.context(span, recv_ns)
         venue_symbol = self.venue_symbol(span)
         trades = [
-            self.venue._trade(venue_symbol, str(r.id), r.price, r.qty, r.time, r.isBuyerMaker, ctx)
-            for r in rows
+            self.venue._trade(venue_symbol, f"{prefix}{i}", price, qty, time, maker, ctx)
+            for i, price, qty, time, maker in rows
         ]
         asked = param(request, "fromId")
         done, short = next_after(
             span,
-            [r.id for r in rows],
+            [r[0] for r in rows],
             trades,
             int(asked) if asked is not None else None,
             len(rows) >= PAGE_SIZE,
         )
-        return Page(trades, None if done else self.by_id(span, rows[-1].id + 1), short)
-
-    def _aggregates_page(self, span: Span, request: Request, body: bytes, recv_ns: int) -> Page:
-        """An ``aggTrades`` answer: the rows ``@aggTrade`` events make (``agg-<a>``)."""
-        rows = decode(AGGS, body, self.exchange)
-        if not rows:
-            return Page([], None)
-        ctx = self.context(span, recv_ns)
-        venue_symbol = self.venue_symbol(span)
-        prefix = self.venue.agg_prefix
-        trades = [
-            self.venue._trade(venue_symbol, f"{prefix}{r.a}", r.p, r.q, r.T, r.m, ctx) for r in rows
-        ]
-        asked = param(request, "fromId")
-        done, short = next_after(
-            span,
-            [r.a for r in rows],
-            trades,
-            int(asked) if asked is not None else None,
-            len(rows) >= PAGE_SIZE,
-        )
-        return Page(trades, None if done else self.by_id(span, rows[-1].a + 1), short)
+        return Page(trades, None if done else self.by_id(span, rows[-1][0] + 1), short)
 
     def refusal(self, status: int, body: bytes) -> str | None:
         if status == 403:

@@ -11,6 +11,7 @@ Fixtures, copied from the docs' response examples:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from urllib.parse import parse_qs
 
@@ -33,7 +34,6 @@ from tests.rest_helpers import (
     page_or_bad_answer,
     sim_get,
     simulated_page,
-    trade_ids,
 )
 from tests.venue_helpers import RECV_NS, fixture, parse
 
@@ -115,21 +115,6 @@ def test_docs_example_in_microseconds() -> None:
     assert trade.ts_ns == 1_499_865_549_590 * 1_000
 
 
-@pytest.mark.parametrize("context", ["", "microsecond"])
-def test_same_key_as_the_websocket_trade_event(context: str) -> None:
-    # The docs' REST trade as the documented @trade event (fields t, p, q, T, m).
-    frame = (
-        b'{"e":"trade","E":1499865549590,"s":"BTCUSDT","t":28457,"p":"4.00000100",'
-        b'"q":"12.00000000","T":1499865549590,"m":true,"M":true}'
-    )
-    [ws] = parse("binance", frame, context=context).trades
-    span = id_span(28457, 28457, context=context)
-    [rest] = HISTORY.page(
-        span, HISTORY.first(span), fixture("binance", "rest_historical_trades.json"), RECV_NS
-    ).trades
-    assert rest == ws  # every field, the receive time included (the same RECV_NS)
-
-
 def test_docs_agg_trades_example() -> None:
     span = agg_span(26129, 26129)
     request = HISTORY.first(span)
@@ -157,19 +142,36 @@ def test_docs_agg_trades_example() -> None:
     )
 
 
+# The docs' REST trade as the documented @trade event (fields t, p, q, T, m), and the docs' REST
+# aggregate as the documented @aggTrade event (fields a, p, q, f, l, T, m).
+TRADE_EVENT = (
+    b'{"e":"trade","E":1499865549590,"s":"BTCUSDT","t":28457,"p":"4.00000100",'
+    b'"q":"12.00000000","T":1499865549590,"m":true,"M":true}'
+)
+AGG_EVENT = (
+    b'{"e":"aggTrade","E":1498793709153,"s":"BTCUSDT","a":26129,"p":"0.01633102",'
+    b'"q":"4.70443515","f":27781,"l":27781,"T":1498793709153,"m":true,"M":true}'
+)
+
+
 @pytest.mark.parametrize("context", ["", "microsecond"])
-def test_same_key_as_the_websocket_aggtrade_event(context: str) -> None:
-    # The docs' REST aggregate as the documented @aggTrade event (fields a, p, q, f, l, T, m).
-    frame = (
-        b'{"e":"aggTrade","E":1498793709153,"s":"BTCUSDT","a":26129,"p":"0.01633102",'
-        b'"q":"4.70443515","f":27781,"l":27781,"T":1498793709153,"m":true,"M":true}'
-    )
+@pytest.mark.parametrize(
+    ("frame", "span", "answer"),
+    [
+        (TRADE_EVENT, id_span(28457, 28457), "rest_historical_trades.json"),
+        (AGG_EVENT, agg_span(26129, 26129), "rest_agg_trades.json"),
+    ],
+    ids=["trade", "aggTrade"],
+)
+def test_same_key_as_the_websocket_event(
+    context: str, frame: bytes, span: Span, answer: str
+) -> None:
     [ws] = parse("binance", frame, context=context).trades
-    span = agg_span(26129, 26129, context=context)
+    span = dataclasses.replace(span, context=context)
     request = HISTORY.first(span)
     assert request.headers == ((("X-MBX-TIME-UNIT", "MICROSECOND"),) if context else ())
-    [rest] = HISTORY.page(span, request, fixture("binance", "rest_agg_trades.json"), RECV_NS).trades
-    assert rest == ws
+    [rest] = HISTORY.page(span, request, fixture("binance", answer), RECV_NS).trades
+    assert rest == ws  # every field, the receive time included (the same RECV_NS)
 
 
 def test_an_id_space_answers_only_its_own_endpoint() -> None:
@@ -373,9 +375,11 @@ def test_simulator_answers_in_the_docs_shape() -> None:
 
 @pytest.mark.parametrize("context", ["", "microsecond"])
 @pytest.mark.parametrize("faults", [0, 2])
-def test_fetch_span_by_id_from_the_simulator(context: str, faults: int) -> None:
+@pytest.mark.parametrize("prefix", ["", "agg-"], ids=["trade", "aggTrade"])
+def test_fetch_span_by_id_from_the_simulator(context: str, faults: int, prefix: str) -> None:
+    # (the simulator's aggregates are one trade each: aggregate id = trade id)
     book = book_of(5000)
-    span = id_span(
+    span = (agg_span if prefix else id_span)(
         1234,
         3456,
         context=context,
@@ -383,29 +387,12 @@ def test_fetch_span_by_id_from_the_simulator(context: str, faults: int) -> None:
         before=stored_ns(book, 3457, context),
     )
     trades = fetch_whole(HISTORY, book, span, requests=3, faults=faults)  # 1234.., 2234.., 3234..
-    assert trade_ids(trades) == list(range(1234, 3457))
+    assert [t.trade_id for t in trades] == [f"{prefix}{i}" for i in range(1234, 3457)]
     for trade in trades:
-        want = book.trade(SYMBOL, int(trade.trade_id))
+        n = int(trade.trade_id.removeprefix(prefix))
+        want = book.trade(SYMBOL, n)
         assert (trade.price, trade.amount, trade.side) == (want.price, want.amount, want.side)
-        assert trade.ts_ns == stored_ns(book, int(trade.trade_id), context)
-
-
-@pytest.mark.parametrize("context", ["", "microsecond"])
-def test_fetch_agg_span_from_the_simulator(context: str) -> None:
-    book = book_of(5000)
-    span = agg_span(
-        1234,
-        3456,
-        context=context,
-        after=stored_ns(book, 1233, context),
-        before=stored_ns(book, 3457, context),
-    )
-    trades = fetch_whole(HISTORY, book, span, requests=3)
-    assert [t.trade_id for t in trades] == [f"agg-{i}" for i in range(1234, 3457)]
-    for trade in trades:
-        want = book.trade(SYMBOL, int(trade.trade_id.removeprefix("agg-")))
-        assert (trade.price, trade.amount, trade.side) == (want.price, want.amount, want.side)
-        assert trade.ts_ns == stored_ns(book, int(trade.trade_id.removeprefix("agg-")), context)
+        assert trade.ts_ns == stored_ns(book, n, context)
 
 
 def test_fetch_time_span_is_refused_without_a_request() -> None:
