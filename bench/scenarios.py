@@ -65,6 +65,8 @@ class Env:
             exists = conn.execute("SELECT to_regclass('trades')").fetchone()
             if exists and exists[0] is not None:
                 conn.execute("TRUNCATE trades, quotes")
+            with contextlib.suppress(psycopg.Error):  # needs superuser or pg_checkpoint
+                conn.execute("CHECKPOINT")  # (so WAL segments are recycled: warm_wal)
 
     def config(self, *ports: int, **consumer: Any) -> Path:
         """Feeds for SYMBOLS, split evenly over one simulator per port."""

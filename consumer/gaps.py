@@ -161,10 +161,13 @@ def find_gaps(
     """Every id gap in the stored trades since ``since`` (a full scan: ``tickvault gaps``),
     in each id space of the exchanges."""
     venues = all_venues()
-    prefixes = sorted({p for e in exchanges if e in venues for p in venues[e].id_prefixes})
+    spaces: dict[str, list[str]] = {}  # id prefix -> the exchanges that have that id space
+    for e in exchanges:
+        for prefix in venues[e].id_prefixes if e in venues else ("",):
+            spaces.setdefault(prefix, []).append(e)
     gaps: list[Gap] = []
-    for prefix in prefixes or [""]:
-        params = {"exchanges": list(exchanges), "since": since, **id_pattern(prefix)}
+    for prefix, names in spaces.items():
+        params = {"exchanges": names, "since": since, **id_pattern(prefix)}
         rows = conn.execute(_GAPS, params).fetchall()
         gaps += [Gap(*row, id_prefix=prefix) for row in rows]  # type: ignore[misc]
     return sorted(gaps, key=lambda g: (g.exchange, g.symbol, g.id_prefix, g.first_missing))
@@ -214,14 +217,29 @@ def detect_id_gaps(
             )
             new += cur.rowcount
         if newest is not None and newest[0] > cursor:
-            conn.execute(
-                "INSERT INTO gap_cursors (exchange, symbol, id_prefix, checked_id, checked_ts)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (exchange, symbol, id_prefix)"
-                " DO UPDATE SET checked_id = EXCLUDED.checked_id,"
-                " checked_ts = EXCLUDED.checked_ts",
-                (exchange, symbol, id_prefix, newest[0], newest[1]),
-            )
+            _set_cursor(conn, exchange, symbol, id_prefix, newest[0], newest[1])
+        elif newest is None and (row is None or until > row[1]):  # type: ignore[index]
+            # Nothing of this id space before ``until`` (a quiet symbol, or a space no feed
+            # fills: @trade feeds have no agg- rows): the next round starts from there, not
+            # from the lookback again (a day of the other space's rows, every round).
+            _set_cursor(conn, exchange, symbol, id_prefix, cursor, until)
     return new
+
+
+def _set_cursor(
+    conn: psycopg.Connection[object],
+    exchange: str,
+    symbol: str,
+    id_prefix: str,
+    checked_id: int,
+    checked_ts: dt.datetime,
+) -> None:
+    conn.execute(
+        "INSERT INTO gap_cursors (exchange, symbol, id_prefix, checked_id, checked_ts)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (exchange, symbol, id_prefix)"
+        " DO UPDATE SET checked_id = EXCLUDED.checked_id, checked_ts = EXCLUDED.checked_ts",
+        (exchange, symbol, id_prefix, checked_id, checked_ts),
+    )
 
 
 def detect_time_gaps(

@@ -165,10 +165,24 @@ def test_aggregate_ids_are_an_id_space_of_their_own(store: Store) -> None:
     assert detect_id_gaps(conn, "binance", "BTC-USDT", now=NOW, **kw) == 0
     cursors = conn.execute("SELECT id_prefix, checked_id FROM gap_cursors ORDER BY 1").fetchall()
     assert cursors == [("", 12), ("agg-", 9)]
+    # an id space with no rows (a @trade feed's agg-, or a quiet symbol) is not searched back
+    # over the whole lookback again each round: its cursor moves to the settled end
+    kw["lookback"] = dt.timedelta(hours=1)
+    assert detect_id_gaps(conn, "binance", "ETH-USDT", now=NOW, id_prefix="agg-", **kw) == 0
+    row = conn.execute(
+        "SELECT checked_id, checked_ts FROM gap_cursors WHERE symbol = 'ETH-USDT'"
+    ).fetchone()
+    assert row == (-1, NOW - kw["settle"])
+    eth = [msgspec.structs.replace(agg(i), symbol="ETH-USDT") for i in (1, 2, 5)]
+    later = NOW + dt.timedelta(minutes=2)  # rows that come later, past the moved cursor
+    eth = [msgspec.structs.replace(t, ts_ns=t.ts_ns + 11 * 60 * 10**9) for t in eth]
+    store.write(eth, [])
+    assert detect_id_gaps(conn, "binance", "ETH-USDT", now=later, id_prefix="agg-", **kw) == 1
     # the full scan (tickvault gaps --scan) finds both, each in its space
-    found = find_gaps(conn, since=T0 - dt.timedelta(minutes=1), exchanges=["binance"])
-    assert [(g.id_prefix, g.ids, g.missing) for g in found] == [
-        ("", "4..6", 3), ("agg-", "agg-4..agg-6", 3),
+    found = find_gaps(conn, since=T0 - dt.timedelta(minutes=1), exchanges=["binance", "okx"])
+    assert [(g.symbol, g.id_prefix, g.ids, g.missing) for g in found] == [
+        ("BTC-USDT", "", "4..6", 3), ("BTC-USDT", "agg-", "agg-4..agg-6", 3),
+        ("ETH-USDT", "agg-", "agg-3..agg-4", 2),
     ]  # fmt: skip
 
 

@@ -109,6 +109,37 @@ def test_ids_with_tabs_newlines_and_backslashes_are_stored_as_sent(database_url:
     store.close()
 
 
+def test_migration_4_keeps_the_ledger_and_gives_it_id_spaces(database_url: str) -> None:
+    """A version-3 database with gaps and cursors: they become plain-id rows, and a gap of
+    another id space at the same ids is a row of its own."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE tickvault_migrations"
+            " (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, statement in MIGRATIONS[:3]:
+            conn.execute(statement.encode())
+            conn.execute("INSERT INTO tickvault_migrations (version) VALUES (%s)", (version,))
+        conn.execute(
+            "INSERT INTO gaps (exchange, symbol, first_missing, last_missing, after_ts, "
+            "before_ts) VALUES ('binance', 'BTC-USDT', 4, 6, now(), now())"
+        )
+        conn.execute("INSERT INTO gap_cursors VALUES ('binance', 'BTC-USDT', 9, now())")
+        assert migrate(conn) == 4
+        assert conn.execute("SELECT id_prefix, first_missing FROM gaps").fetchall() == [("", 4)]
+        assert conn.execute("SELECT id_prefix, checked_id FROM gap_cursors").fetchall() == [("", 9)]
+        conn.execute(
+            "INSERT INTO gaps (exchange, symbol, id_prefix, first_missing, last_missing, "
+            "after_ts, before_ts) VALUES ('binance', 'BTC-USDT', 'agg-', 4, 6, now(), now())"
+        )
+        conn.execute("INSERT INTO gap_cursors VALUES ('binance', 'BTC-USDT', 3, now(), 'agg-')")
+        with pytest.raises(psycopg.errors.UniqueViolation):  # the same space: one row
+            conn.execute(
+                "INSERT INTO gaps (exchange, symbol, first_missing, last_missing, after_ts, "
+                "before_ts) VALUES ('binance', 'BTC-USDT', 4, 5, now(), now())"
+            )
+
+
 def test_migrations_are_idempotent_and_partitions_daily(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         latest = MIGRATIONS[-1][0]
