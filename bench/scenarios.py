@@ -64,7 +64,8 @@ class Env:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             exists = conn.execute("SELECT to_regclass('trades')").fetchone()
             if exists and exists[0] is not None:
-                conn.execute("TRUNCATE trades, quotes")
+                # (and the gap ledger: each run's ids start again at 1)
+                conn.execute("TRUNCATE trades, quotes, gaps, gap_cursors")
             with contextlib.suppress(psycopg.Error):  # needs superuser or pg_checkpoint
                 conn.execute("CHECKPOINT")  # (so WAL segments are recycled: warm_wal)
 
