@@ -200,11 +200,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 return feed.rest_url
         return None
 
-    def trade_contexts(self, exchange: str) -> dict[str, str]:
-        """Canonical symbol -> the connection context its trades come from."""
+    def trade_contexts(self, exchange: str, id_prefix: str | None = None) -> dict[str, str]:
+        """Canonical symbol -> the connection context its trades come from: of the feeds whose
+        trades are of the id space ``id_prefix`` where one is given (a Binance symbol may have
+        a @trade feed in ms and an @aggTrade one in µs), else (or when no feed has that space
+        now) of the first feed that has the symbol."""
+        if id_prefix is not None:
+            own = self._trade_contexts(exchange, id_prefix)
+            return {**self._trade_contexts(exchange, None), **own}
+        return self._trade_contexts(exchange, None)
+
+    def _trade_contexts(self, exchange: str, id_prefix: str | None) -> dict[str, str]:
         out: dict[str, str] = {}
         for feed in self.feeds:
             if feed.exchange != exchange or Channel.TRADES not in feed.channels:
+                continue
+            if id_prefix is not None and feed.venue.trade_id_prefix(feed.options) != id_prefix:
                 continue
             for plan in feed.plans():
                 if Channel.TRADES in plan.channels:

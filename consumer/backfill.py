@@ -255,7 +255,7 @@ class Backfiller:
         history = self.histories.get(gap.exchange)
         if history is None:
             return Outcome(gap, "unfillable", 0, f"{gap.exchange} has no public REST trade history")
-        contexts = self.settings.trade_contexts(gap.exchange)
+        contexts = self.settings.trade_contexts(gap.exchange, gap.id_prefix)
         after, before = gap.after, gap.before
         if gap.first_missing is None:  # a blind interval: widen it to the stored neighbours
             row = self.store.conn.execute(

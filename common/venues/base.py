@@ -116,6 +116,10 @@ class Venue(abc.ABC):
     id_prefixes: ClassVar[tuple[str, ...]] = ("",)
     options: ClassVar[dict[str, tuple[str, ...]]] = {}  # option name -> allowed values
 
+    def trade_id_prefix(self, options: Mapping[str, str]) -> str:
+        """The id space (one of ``id_prefixes``) of the trades a feed with ``options`` stores."""
+        return ""
+
     def base_url(self, url: str | None) -> str:
         """The configured URL override, else the default: scheme://host[:port], no slash."""
         return (url or self.default_url).rstrip("/")

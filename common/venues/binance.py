@@ -21,7 +21,7 @@ Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-strea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import msgspec
@@ -150,6 +150,9 @@ class Binance(Venue):
     stream_path = "/stream"
     agg_prefix = "agg-"  # aggTrade ids live in another id space than trade ids
     id_prefixes: ClassVar[tuple[str, ...]] = ("", agg_prefix)
+
+    def trade_id_prefix(self, options: Mapping[str, str]) -> str:
+        return self.agg_prefix if options.get("trades") == "aggTrade" else ""
 
     def venue_symbol(self, symbol: Symbol) -> str:
         return f"{symbol.base}{symbol.quote}"

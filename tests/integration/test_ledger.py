@@ -192,14 +192,20 @@ def test_an_aggregate_gap_is_backfilled_as_aggregates(
     """The span of an agg- gap holds agg- rows only, and the verdict counts agg- ids."""
     state, url = venue
     state.trades = {i: trade(i) for i in range(1, 21)}  # what the venue serves (IdHistory)
-    b = backfiller(database_url, url)
-    b.histories = {"binance": AggIdHistory()}
+    # the symbol's @trade feed is in ms (the first), its @aggTrade feed in µs: the span's unit
+    agg_us = {"trades": "aggTrade", "time_unit": "microsecond"}
+    b = backfiller(database_url, url, more_feeds=(
+        {"exchange": "binance", "symbols": ["BTC-USDT"], "options": agg_us},
+    ))  # fmt: skip
+    history = AggIdHistory()
+    b.histories = {"binance": history}
     have = [i for i in range(1, 21) if i not in range(6, 10)]
     store.write([msgspec.structs.replace(trade(i), trade_id=f"agg-{i}") for i in have], [])
     detect_id_gaps(store.conn, "binance", "BTC-USDT", now=NOW, settle=dt.timedelta(seconds=1),
                    lookback=dt.timedelta(hours=1), id_prefix="agg-")  # fmt: skip
     [outcome] = b.backfill(now=True)
     assert (outcome.status, outcome.recovered) == ("filled", 4), outcome
+    assert set(history.contexts) == {"microsecond"}
     rows = store.conn.execute("SELECT trade_id FROM trades ORDER BY 1").fetchall()
     assert sorted(str(r[0]) for r in rows) == sorted(f"agg-{i}" for i in range(1, 21))  # type: ignore[index]
 
@@ -256,8 +262,12 @@ class AggIdHistory(IdHistory):
     """IdHistory's answers as aggregate rows (``agg-<id>``), for spans of that id space (the
     venue's other rows would be refused by the span: ``Span.holds``)."""
 
+    def __init__(self) -> None:
+        self.contexts: list[str] = []  # each page's span's context
+
     def page(self, span: Span, request: Request, body: bytes, recv_ns: int) -> Page:
         assert span.id_prefix == "agg-"
+        self.contexts.append(span.context)
         page = super().page(span, request, body, recv_ns)
         trades = [msgspec.structs.replace(t, trade_id=f"agg-{t.trade_id}") for t in page.trades]
         return Page(trades, page.next, page.short)
@@ -335,7 +345,13 @@ def _close_backfillers() -> Iterator[None]:
         _made.pop().close()
 
 
-def backfiller(database_url: str, rest_url: str, **backfill: Any) -> Backfiller:
+def backfiller(
+    database_url: str,
+    rest_url: str,
+    *,
+    more_feeds: tuple[dict[str, Any], ...] = (),
+    **backfill: Any,
+) -> Backfiller:
     settings = settings_from_mapping(
         {
             "database": {"url": database_url},
@@ -343,6 +359,7 @@ def backfiller(database_url: str, rest_url: str, **backfill: Any) -> Backfiller:
             "feeds": [
                 {"exchange": "binance", "symbols": ["BTC-USDT"], "rest_url": rest_url},
                 {"exchange": "okx", "symbols": ["BTC-USDT"], "rest_url": rest_url},
+                *more_feeds,
             ],
         },
         env={},

@@ -125,3 +125,25 @@ def test_the_producers_event_loop_is_checked_at_start(monkeypatch: pytest.Monkey
     with pytest.raises(ConfigError, match=r"producer\.event_loop.*uvloop is not installed"):
         settings_from_mapping({"producer": {"event_loop": "uvloop"}}, {})
     assert settings_from_mapping({"producer": {"event_loop": "auto"}}, {})
+
+
+def test_trade_contexts_are_chosen_per_id_space() -> None:
+    """A Binance symbol with a @trade feed in ms and an @aggTrade feed in µs: a backfill of an
+    agg- gap asks in µs, one of a plain gap in ms (``consumer.backfill``)."""
+    trade_ms = {"exchange": "binance", "symbols": ["BTC-USDT", "ETH-USDT"]}
+    agg_us = {
+        "exchange": "binance",
+        "symbols": ["BTC-USDT"],
+        "options": {"trades": "aggTrade", "time_unit": "microsecond"},
+    }
+    s = settings_from_mapping({"feeds": [trade_ms, agg_us]}, {})
+    assert s.trade_contexts("binance") == {"BTC-USDT": "", "ETH-USDT": ""}  # the first feed's
+    assert s.trade_contexts("binance", "") == {"BTC-USDT": "", "ETH-USDT": ""}
+    # agg-: the aggTrade feed's unit; a symbol no feed of that space has: as without a space
+    assert s.trade_contexts("binance", "agg-") == {"BTC-USDT": "microsecond", "ETH-USDT": ""}
+    swapped = settings_from_mapping({"feeds": [agg_us, trade_ms]}, {})
+    assert swapped.trade_contexts("binance", "") == {"BTC-USDT": "", "ETH-USDT": ""}
+    assert swapped.trade_contexts("binance", "agg-")["BTC-USDT"] == "microsecond"
+    futures = {"exchange": "binance-futures", "symbols": ["BTC-USDT-PERP"]}
+    f = settings_from_mapping({"feeds": [futures]}, {})
+    assert f.trade_contexts("binance-futures", "") == {"BTC-USDT-PERP": ""}
