@@ -361,8 +361,8 @@ def _figures(
     with psycopg.connect(ctx.env.database_url) as conn:
         stats = conn.execute(STATS.format(rows=rows_sql, ok=EXPECTED), params).fetchone()
         pairs = conn.execute(LATENCIES.format(rows=rows_sql), params).fetchall()
+        gap = longest_commit_gap_ms(conn, collector, params)
     lat = [float(total) for total, _ in pairs]
-    gap = longest_commit_gap_ms(ctx.env.database_url, collector, params)
     received = [float(part) for _, part in pairs if part is not None]
     stored = [float(total - part) for total, part in pairs if part is not None]
     assert stats is not None
@@ -397,11 +397,12 @@ def _figures(
     return out
 
 
-def longest_commit_gap_ms(database_url: str, collector: str, params: Mapping[str, Any]) -> float:
+def longest_commit_gap_ms(
+    conn: psycopg.Connection[Any], collector: str, params: Mapping[str, Any]
+) -> float:
     """COMMIT_GAP of ``collector``'s rows (``params``: ``n`` trades, ``warmup`` seconds); NaN
     for fewer than two commits."""
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(COMMIT_GAP.format(rows=ROWS[collector]), params).fetchone()
+    row = conn.execute(COMMIT_GAP.format(rows=ROWS[collector]), params).fetchone()
     return float(row[0]) if row is not None and row[0] is not None else math.nan
 
 

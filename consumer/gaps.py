@@ -95,7 +95,12 @@ class Gap:
     @property
     def ids(self) -> str:
         """The missing ids as the stored trade_ids read: ``agg-4..agg-6``."""
-        return f"{self.id_prefix}{self.first_missing}..{self.id_prefix}{self.last_missing}"
+        return id_range(self.id_prefix, self.first_missing, self.last_missing)
+
+
+def id_range(prefix: str, first: int, last: int) -> str:
+    """Missing ids as the stored trade_ids read, for people: ``agg-4..agg-6``."""
+    return f"{prefix}{first}..{prefix}{last}"
 
 
 def id_pattern(prefix: str) -> dict[str, object]:
@@ -124,9 +129,9 @@ class GapRow:
     @property
     def ids(self) -> str | None:
         """An id gap's missing ids as the stored trade_ids read (``agg-4..agg-6``)."""
-        if self.first_missing is None:
+        if self.first_missing is None or self.last_missing is None:
             return None
-        return f"{self.id_prefix}{self.first_missing}..{self.id_prefix}{self.last_missing}"
+        return id_range(self.id_prefix, self.first_missing, self.last_missing)
 
     @property
     def missing(self) -> int | None:

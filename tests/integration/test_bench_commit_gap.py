@@ -44,7 +44,8 @@ def _commit(url: str, ids: range, ts: str = "now()") -> None:
 
 
 def _gap(url: str, n: int, warmup: float) -> float:
-    return peer.longest_commit_gap_ms(url, CRYPTOFEED, {"n": n, "warmup": warmup})
+    with psycopg.connect(url) as conn:
+        return peer.longest_commit_gap_ms(conn, CRYPTOFEED, {"n": n, "warmup": warmup})
 
 
 @pytest.mark.timeout(60)
