@@ -293,6 +293,54 @@ def test_answer_shaped_json_gives_a_page_or_bad_answer(value: object) -> None:
     page_or_bad_answer(HISTORY, span, value, later=[HISTORY.by_id(span, 2000)])
 
 
+def agg_row(agg_id: int, time: int) -> dict[str, object]:
+    return {"a": agg_id, "p": "1.5", "q": "2", "f": agg_id, "l": agg_id, "T": time, "m": False,
+            "M": True}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps([agg_row(499, 1)]).encode(),  # before the id asked for
+        json.dumps([agg_row(510, 1), agg_row(505, 2)]).encode(),  # not ascending
+        b'[{"a":500,"p":4.1,"q":"1","T":1,"m":true}]',  # a float price
+        b'[{"a":"500","p":"4.1","q":"1","T":1,"m":true}]',
+        b'[{"a":500,"p":"4.1","q":"1","m":true}]',  # no time
+        b'[{"id":500,"price":"4.1","qty":"1","time":1,"isBuyerMaker":true}]',  # another endpoint's
+        b'{"code":-1003,"msg":"Too many requests."}',
+        b"",
+        b"\xff",
+    ],
+)
+def test_unreadable_aggregate_answers_are_bad(body: bytes) -> None:
+    bad_answer(HISTORY, agg_span(500, 2600), body)
+
+
+AGG_ROW = st.fixed_dictionaries(
+    {
+        "a": st.integers(-1, 2**64) | st.text(max_size=3),
+        "p": st.text(max_size=5) | st.integers(),
+        "q": st.text(max_size=5),
+        "T": st.integers(-(2**63), 2**64),
+        "m": st.booleans() | st.none(),
+    }
+)
+
+
+@FUZZ
+@given(value=st.lists(AGG_ROW, max_size=4))
+def test_aggregate_shaped_json_gives_agg_rows_or_bad_answer(value: object) -> None:
+    span = agg_span(0, 2600)
+    body = json.dumps(value).encode()
+    for request in (HISTORY.first(span), HISTORY.by_id(span, 2000)):
+        try:
+            page = HISTORY.page(span, request, body, RECV_NS)
+        except BadAnswer as exc:
+            assert exc.reason.startswith("binance: "), exc.reason
+            continue
+        assert all(t.trade_id.startswith("agg-") for t in page.trades)  # never a plain id
+
+
 # -- the simulator ------------------------------------------------------------------------------
 
 
