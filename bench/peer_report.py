@@ -165,7 +165,7 @@ def _checks(figures: Mapping[str, float]) -> str:
 
 def machine_lines(start: Mapping[str, float], end: Mapping[str, float]) -> list[tuple[str, str]]:
     """The calibration figures before and after the peer runs, as the main table shows them."""
-    return [
+    lines = [
         (
             "machine at start / end: sum(range(10**7))",
             f"{start['python_loop_ms']:.0f} / {end['python_loop_ms']:.0f} ms",
@@ -175,3 +175,12 @@ def machine_lines(start: Mapping[str, float], end: Mapping[str, float]) -> list[
             f"{start['fdatasync_ms']:.2f} / {end['fdatasync_ms']:.2f} ms",
         ),
     ]
+    if "fdatasync_p99_ms" in start and "fdatasync_p99_ms" in end:  # (not in older results)
+        lines.append(
+            (
+                "machine at start / end: fdatasync p99 / longest",
+                f"{start['fdatasync_p99_ms']:.1f} / {start['fdatasync_max_ms']:.0f}; "
+                f"{end['fdatasync_p99_ms']:.1f} / {end['fdatasync_max_ms']:.0f} ms",
+            )
+        )
+    return lines

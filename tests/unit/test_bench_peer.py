@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import statistics
 from pathlib import Path
 
@@ -108,9 +109,11 @@ def test_table_shows_both_medians_the_ratio_checks_and_the_machine() -> None:
         "1,000/s paced": {TICKVAULT: tv},
     }
     machine = machine_lines(
-        {"python_loop_ms": 112.4, "fdatasync_ms": 0.85},
-        {"python_loop_ms": 114.0, "fdatasync_ms": 0.2},
-    )
+        {"python_loop_ms": 112.4, "fdatasync_ms": 0.85, "fdatasync_p99_ms": 3.31,
+         "fdatasync_max_ms": 45.9},
+        {"python_loop_ms": 114.0, "fdatasync_ms": 0.2, "fdatasync_p99_ms": 12.04,
+         "fdatasync_max_ms": 80.2},
+    )  # fmt: skip
     lines = format_table(summary, runs=3, cryptofeed_version="2.4.1", machine=machine)
     text = "\n".join(lines)
     assert "tickvault vs cryptofeed 2.4.1: medians of 3 run(s)" in text
@@ -131,8 +134,11 @@ def test_table_shows_both_medians_the_ratio_checks_and_the_machine() -> None:
     # a scenario without a cryptofeed run: dashes, no ratio
     paced = next(line for line in lines if line.startswith("1,000/s paced"))
     assert paced.split()[-3:] == ["-", "100,000", "-"]
-    assert lines[-2].startswith("machine at start / end: sum(range(10**7))")
-    assert lines[-2].endswith("112 / 114 ms") and lines[-1].endswith("0.85 / 0.20 ms")
+    assert lines[-3].startswith("machine at start / end: sum(range(10**7))")
+    assert lines[-3].endswith("112 / 114 ms") and lines[-2].endswith("0.85 / 0.20 ms")
+    # the disk's own tail: no collector's p99 frame -> commit is below it
+    assert lines[-1].startswith("machine at start / end: fdatasync p99 / longest")
+    assert lines[-1].endswith("3.3 / 46; 12.0 / 80 ms")
     widths = {len(line) for line in lines[2:4]}
     assert len(widths) == 1  # the header and its rule are aligned
 
@@ -262,3 +268,32 @@ def test_cpu_is_divided_by_the_simulators_of_the_same_run() -> None:
     assert math.isnan(cpu_per_simulator({"cpu_us_per_row": 30.0}))
     assert math.isnan(cpu_per_simulator({"cpu_us_per_row": 30.0, "simulator_us_per_row": 0.0}))
     assert math.isnan(cpu_per_simulator({"cpu_us_per_row": math.nan, "simulator_us_per_row": 1}))
+
+
+def test_machine_lines_of_results_without_the_disk_tail() -> None:
+    # results written before the tail was measured still print
+    lines = machine_lines(
+        {"python_loop_ms": 112.4, "fdatasync_ms": 0.85},
+        {"python_loop_ms": 114.0, "fdatasync_ms": 0.2},
+    )
+    assert [label for label, _ in lines] == [
+        "machine at start / end: sum(range(10**7))",
+        "machine at start / end: fdatasync 8 KiB",
+    ]
+
+
+def test_sync_figures_are_the_median_the_nearest_rank_p99_and_the_longest() -> None:
+    from bench.__main__ import sync_figures
+
+    syncs = [0.5] * 980 + [4.0] * 15 + [9.0, 11.0, 12.0, 30.0, 46.0]  # 1,000 probes
+    random.Random(7).shuffle(syncs)
+    assert sync_figures(syncs) == {
+        "fdatasync_ms": 0.5,
+        "fdatasync_p99_ms": 4.0,  # the 990th of 1,000
+        "fdatasync_max_ms": 46.0,
+    }
+    assert sync_figures([2.0]) == {
+        "fdatasync_ms": 2.0,
+        "fdatasync_p99_ms": 2.0,
+        "fdatasync_max_ms": 2.0,
+    }
