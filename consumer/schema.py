@@ -15,6 +15,8 @@ import logging
 import psycopg
 from psycopg import sql
 
+from common.errors import FatalError
+
 logger = logging.getLogger(__name__)
 
 TABLES = ("trades", "quotes")
@@ -143,6 +145,25 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+SCHEMA_VERSION = MIGRATIONS[-1][0]  # the newest schema this code knows
+
+
+class NewerSchema(FatalError):
+    """The database was migrated by a newer tickvault: this one stops before it misreads a
+    table whose meaning changed (after migration 4 an older backfiller would take a gap of
+    ``agg-`` ids for plain trade ids, fetch the wrong ones and close the gap: a loss hidden)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            "postgresql",
+            f"schema version {version}",
+            f"the database's schema is at version {version}, newer than this tickvault's "
+            f"({SCHEMA_VERSION}); its tables may hold what this version would misread",
+            "run the tickvault that migrated it (every consumer, and `tickvault migrate`)",
+        )
+        self.version = version
+
+
 # Serialises migrations and partition maintenance between consumers starting together.
 _LOCK_KEY = 0x7469636B  # "tick"
 
@@ -151,6 +172,10 @@ def migrate(conn: psycopg.Connection[object], *, days_ahead: int = 3) -> int:
     """Apply pending migrations and make partitions from yesterday to ``days_ahead``.
 
     Returns the schema version. Safe to run concurrently and repeatedly.
+
+    Raises:
+        NewerSchema: a newer tickvault migrated the database past :data:`SCHEMA_VERSION`
+            (nothing is changed; a FatalError: the process stops with its message).
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
@@ -160,6 +185,8 @@ def migrate(conn: psycopg.Connection[object], *, days_ahead: int = 3) -> int:
         )
         row = conn.execute("SELECT coalesce(max(version), 0) FROM tickvault_migrations").fetchone()
         current = int(row[0]) if row else 0  # type: ignore[index]
+        if current > SCHEMA_VERSION:
+            raise NewerSchema(current)
         for version, statement in MIGRATIONS:
             if version > current:
                 conn.execute(statement.encode())

@@ -200,6 +200,7 @@ class Store:
             TransientError: the server cannot be reached now.
             psycopg.Error: it refused for good (a missing database, a wrong password, no
                 privilege to create the schema): ``classify`` calls it FATAL.
+            NewerSchema: a newer tickvault migrated the database (FATAL too).
         """
         self.close()
         self._prepared = set()
@@ -216,10 +217,10 @@ class Store:
             conn.execute(_STAGING.encode())
             conn.commit()
             conn.autocommit = True  # one statement commits itself; COPY sends BEGIN ... COMMIT
-        except psycopg.Error as exc:
+        except Exception as exc:  # (a NewerSchema too: the connection is not kept)
             if conn is not None:
                 conn.close()
-            if classify(exc) is Action.RETRY:
+            if isinstance(exc, psycopg.Error) and classify(exc) is Action.RETRY:
                 raise TransientError(f"postgres unreachable: {exc}") from exc
             raise
         self._conn = conn
