@@ -36,7 +36,7 @@ import httpx
 import psycopg
 
 from common.config import Settings, parse_duration
-from common.errors import Action, TransientError, classify
+from common.errors import Action, FatalError, TransientError, classify
 from common.metrics import Metrics
 from common.records import Trade
 from common.rest import BadAnswer, Span, TradeHistory, all_histories
@@ -380,6 +380,9 @@ class Backfiller:
                     logger.error(
                         "backfill: postgres refused (%s); next round in %.0f s", exc, every
                     )
+                self.store.close()
+            except FatalError as exc:  # e.g. a schema a newer tickvault made: no traceback
+                logger.error("backfill: %s; next round in %.0f s", exc, every)
                 self.store.close()
             except Exception:
                 logger.exception("backfill round failed; next round in %.0f s", every)

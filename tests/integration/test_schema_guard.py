@@ -3,8 +3,11 @@ writes a table whose meaning may have changed, and changes nothing (real Postgre
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -122,3 +125,36 @@ def test_a_consumer_stops_at_start_and_takes_nothing_from_the_stream(
     assert client.xlen(key) == 1
     assert _state(database_url)[0] == [*range(1, SCHEMA_VERSION + 1), FUTURE]
     client.close()
+
+
+def test_the_backfill_thread_says_why_each_round_and_touches_nothing(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from common.config import load_settings
+    from common.metrics import Metrics
+    from consumer.backfill import Backfiller
+
+    _migrated_by_a_newer_tickvault(database_url)
+    before = _state(database_url)
+    config = tmp_path / "tickvault.toml"
+    config.write_text(
+        f'[database]\nurl = "{database_url}"\n[backfill]\nevery_s = 0.05\n'
+        '[[feeds]]\nexchange = "binance"\nsymbols = ["BTC-USDT"]\nurl = "ws://127.0.0.1:1"\n'
+    )
+    backfiller = Backfiller(load_settings(str(config)), Store(database_url), Metrics("consumer"))
+    stop = threading.Event()
+    thread = threading.Thread(target=backfiller.run, args=(stop,))
+    with caplog.at_level(logging.ERROR, logger="consumer.backfill"):
+        thread.start()
+        deadline = time.monotonic() + 10 * SLOW
+        while len(caplog.records) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert len(caplog.records) >= 2  # every round, not once
+    for record in caplog.records:
+        assert f"schema version {FUTURE}" in record.getMessage()
+        assert record.exc_info is None  # the reason, not a traceback
+    assert backfiller.store._conn is None
+    assert _state(database_url) == before
