@@ -599,9 +599,13 @@ def gather_database(
     with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
         conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         row = conn.execute(
-            "SELECT to_regclass('trades') IS NOT NULL, to_regclass('gaps') IS NOT NULL"
-        ).fetchone()
+            "SELECT to_regclass('trades') IS NOT NULL, to_regclass('gaps') IS NOT NULL,"
+            " CASE WHEN to_regclass('tickvault_migrations') IS NULL THEN false"
+            " ELSE has_table_privilege(to_regclass('tickvault_migrations'), 'SELECT') END"
+        ).fetchone()  # (a status user without SELECT on the versions is not told of them)
         has_trades, has_gaps = bool(row and row[0]), bool(row and row[1])
+        if row and row[2]:
+            failures += _newer_schema(conn)
         found: dict[tuple[str, str], SymbolInfo] = {}
         if has_trades:
             for exchange, symbol, rows_1m, rows_1h, age in conn.execute(_SYMBOLS_SQL):
@@ -624,6 +628,21 @@ def gather_database(
                 for e, o, b, age in conn.execute(_GAPS_SQL)
             ]
     return [found[k] for k in sorted(found)], gaps, failures
+
+
+def _newer_schema(conn: psycopg.Connection[Any]) -> list[Failure]:
+    """A problem when a newer tickvault migrated the database: this version's consumers stop."""
+    from consumer.schema import SCHEMA_VERSION
+
+    row = conn.execute("SELECT max(version) FROM tickvault_migrations").fetchone()
+    version = int(row[0]) if row and row[0] is not None else 0
+    if version <= SCHEMA_VERSION:
+        return []
+    text = (
+        f"schema at version {version}, newer than this tickvault's ({SCHEMA_VERSION}): "
+        "consumers of this version stop at start; upgrade them"
+    )
+    return [Failure(source="postgresql", text=text, unreachable=False)]
 
 
 def configured_symbols(settings: Settings) -> list[tuple[str, str]]:

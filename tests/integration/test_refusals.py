@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,6 +44,7 @@ from producer.publisher import Publisher
 from producer.wire import RedisWire, XaddPacker
 from tests.conftest import SLOW
 from tests.e2e.harness import Feed, Pipeline, pipeline
+from tests.integration.conftest import Role, admin_execute, as_user
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -155,12 +155,6 @@ class Tripwire(Store):
         return super().write(trades, quotes)
 
 
-def admin_execute(url: str, *statements: str | sql.Composed) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
-
-
 def rows(url: str) -> list[str]:
     with psycopg.connect(url) as conn:
         return [r[0] for r in conn.execute("SELECT trade_id FROM trades ORDER BY ts, trade_id")]
@@ -206,38 +200,6 @@ def assert_fatal(exc: BaseException, status: ExitStatus, code: str) -> FatalErro
 
 
 # -- a role of the test's own ---------------------------------------------------------------------
-
-_roles = itertools.count(1)
-
-
-@dataclass
-class Role:
-    name: str
-    url: str  # the test's database, as this role
-
-
-def _as_user(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{user}:{password}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-@pytest.fixture
-def role(database_url: str) -> Iterator[Role]:
-    """A LOGIN role that owns nothing; the test grants what it needs. Dropped at the end."""
-    name, password = f"tv_refusal_{os.getpid()}_{next(_roles)}", "refusal-pw"
-    ident = sql.Identifier(name)
-    admin_execute(database_url, sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(ident, password))
-    try:
-        yield Role(name, _as_user(database_url, name, password))
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
-                (name,),
-            )
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
-            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
 
 
 def grant_all_but_insert(database_url: str, role: Role) -> None:
@@ -371,7 +333,7 @@ def test_a_connection_the_server_refuses_stops_the_worker_at_start(
     add_frames(redis_client)
     parts = urlsplit(database_url)
     if refusal == "no-such-role":
-        url, code = _as_user(database_url, f"tv_nobody_{os.getpid()}", "pw"), "28"
+        url, code = as_user(database_url, f"tv_nobody_{os.getpid()}", "pw"), "28"
     else:
         url, code = urlunsplit(parts._replace(path="/tv_no_such_database")), "3D"
     store = Store(url)

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 from rich.console import Console
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -67,6 +68,7 @@ from producer.session import FeedSession, _Generation
 from producer.wire import RedisWire
 from tests.conftest import SLOW
 from tests.e2e.harness import ROOT
+from tests.integration.conftest import Role, admin_execute
 
 pytestmark = pytest.mark.integration
 
@@ -622,6 +624,51 @@ def test_redis_down_and_no_schema_are_problems(
         ("unreachable", "redis"), ("error", "postgresql"),
     ]  # fmt: skip
     assert "no trades table" in doc["problems"][1]["text"]
+
+
+def test_a_schema_a_newer_tickvault_made_is_a_problem(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from consumer.schema import SCHEMA_VERSION, migrate
+
+    healthy_stream(redis_client)
+    heartbeat(redis_client)
+    config = write_config(tmp_path / "t.toml", redis_url, database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+        status, doc = run_json(config, capsys)  # its own version: no problem of the schema
+        assert not [p for p in doc["problems"] if p["subject"] == "postgresql"], doc["problems"]
+        newer = SCHEMA_VERSION + 1
+        conn.execute("INSERT INTO tickvault_migrations (version) VALUES (%s)", (newer,))
+    status, doc = run_json(config, capsys)
+    assert status == 1
+    assert [(p["kind"], p["subject"]) for p in doc["problems"]] == [("error", "postgresql")]
+    assert f"schema at version {SCHEMA_VERSION + 1}, newer than" in doc["problems"][0]["text"]
+    assert doc["database_ok"] is True  # reachable, and its rows still listed
+
+
+def test_a_status_user_without_select_on_the_versions_is_not_told_and_not_refused(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, database_url: str, role: Role,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The README's status user (SELECT on trades and gaps only) sees no error of its own."""
+    from consumer.schema import SCHEMA_VERSION, migrate
+
+    healthy_stream(redis_client)
+    heartbeat(redis_client)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+        newer = SCHEMA_VERSION + 1
+        conn.execute("INSERT INTO tickvault_migrations (version) VALUES (%s)", (newer,))
+    admin_execute(
+        database_url,
+        sql.SQL("GRANT SELECT ON trades, gaps TO {}").format(sql.Identifier(role.name)),
+    )
+    config = write_config(tmp_path / "t.toml", redis_url, role.url)
+    _, doc = run_json(config, capsys)
+    assert not [p for p in doc["problems"] if p["subject"] == "postgresql"], doc["problems"]
+    assert doc["database_ok"] is True
 
 
 def test_bad_arguments_and_configuration(
