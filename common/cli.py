@@ -41,7 +41,11 @@ def _migrate(argv: list[str]) -> int:
     setup_logging()
     settings = load_settings(args.config)
     with psycopg.connect(settings.database.url) as conn:
-        version = migrate(conn, days_ahead=settings.database.partition_days_ahead)
+        version = migrate(
+            conn,
+            days_ahead=settings.database.partition_days_ahead,
+            retention_days=settings.database.retention_days,
+        )
     print(f"schema at version {version}")
     return 0
 

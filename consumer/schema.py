@@ -168,8 +168,11 @@ class NewerSchema(FatalError):
 _LOCK_KEY = 0x7469636B  # "tick"
 
 
-def migrate(conn: psycopg.Connection[object], *, days_ahead: int = 3) -> int:
-    """Apply pending migrations and make partitions from yesterday to ``days_ahead``.
+def migrate(
+    conn: psycopg.Connection[object], *, days_ahead: int = 3, retention_days: int = 0
+) -> int:
+    """Apply pending migrations and make partitions from yesterday (today when
+    ``retention_days`` is 1: see :func:`ensure_partitions`) to ``days_ahead``.
 
     Returns the schema version. Safe to run concurrently and repeatedly.
 
@@ -193,7 +196,7 @@ def migrate(conn: psycopg.Connection[object], *, days_ahead: int = 3) -> int:
                 conn.execute("INSERT INTO tickvault_migrations (version) VALUES (%s)", (version,))
                 logger.info("applied migration %d", version)
                 current = version
-    ensure_partitions(conn, days_ahead=days_ahead)
+    ensure_partitions(conn, days_ahead=days_ahead, retention_days=retention_days)
     return current
 
 
@@ -206,11 +209,15 @@ def ensure_partitions(
     *,
     days_ahead: int = 3,
     today: dt.date | None = None,
+    retention_days: int = 0,
 ) -> list[str]:
-    """Create the daily partitions from yesterday to ``today + days_ahead`` that are missing."""
+    """Create the daily partitions from yesterday to ``today + days_ahead`` that are missing.
+
+    Yesterday's takes its late rows out of DEFAULT, unless ``retention_days`` (``database.
+    retention_days``) is 1: retention keeps today only, and would drop it again each hour."""
     today = today or dt.datetime.now(dt.UTC).date()
     created = []
-    for offset in range(-1, days_ahead + 1):
+    for offset in range(0 if retention_days == 1 else -1, days_ahead + 1):
         day = today + dt.timedelta(days=offset)
         for table in TABLES:
             if create_partition(conn, table, day):

@@ -211,7 +211,11 @@ class Store:
                 self.url, connect_timeout=5, application_name="tickvault-consumer"
             )
             if run_migrations:
-                migrate(conn, days_ahead=self.partition_days_ahead)
+                migrate(
+                    conn,
+                    days_ahead=self.partition_days_ahead,
+                    retention_days=self.retention_days,
+                )
             if not self.synchronous_commit:
                 conn.execute("SET synchronous_commit = off")
             conn.execute(_STAGING.encode())
@@ -448,7 +452,9 @@ class Store:
         from .schema import ensure_partitions
 
         try:
-            ensure_partitions(self.conn, days_ahead=self.partition_days_ahead)
+            ensure_partitions(
+                self.conn, days_ahead=self.partition_days_ahead, retention_days=self.retention_days
+            )
         except psycopg.Error as exc:
             if classify(exc) is not Action.RETRY:
                 raise

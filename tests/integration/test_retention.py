@@ -25,7 +25,13 @@ from consumer.commit import PARTITIONS_EVERY_S, Committer
 from consumer.deadletter import DeadLetters
 from consumer.retention import Report, enforce, first_kept_day, main
 from consumer.retry import Retrier
-from consumer.schema import _LOCK_KEY, create_partition, migrate, partition_day
+from consumer.schema import (
+    _LOCK_KEY,
+    create_partition,
+    ensure_partitions,
+    migrate,
+    partition_day,
+)
 from consumer.store import Store
 from tests.conftest import SLOW
 
@@ -326,6 +332,36 @@ def test_the_consumer_enforces_it_at_its_first_batch_then_hourly(
     counters = committer.metrics.counters
     assert counters["retention_dropped"] == 4 and counters["retention_skipped"] == 0
     assert counters["retries:retention"] == 0
+
+
+def test_a_one_day_retention_is_not_undone_and_redone_every_hour(
+    conn: psycopg.Connection[object], store: Store, committer: Committer, database_url: str
+) -> None:
+    """Retention 1 keeps today only: the hourly check drops yesterday's partition, and the
+    partitions made in the same check must not make it again (an hourly create, move and drop,
+    each under an exclusive lock of the parent), nor must a consumer's connect."""
+    store.retention_days = 1  # type: ignore[attr-defined]
+    committer._refresh_partitions(store)  # the first batch: yesterday goes
+    assert name("trades", -1) not in partitions(conn)
+    dropped = []
+    for _ in range(2):  # an hour later, twice
+        committer._partitions[id(store)] -= PARTITIONS_EVERY_S
+        committer._refresh_partitions(store)
+        dropped.append(committer.metrics.counters["retention_dropped"])
+    assert name("trades", -1) not in partitions(conn)
+    assert dropped[0] == dropped[1]  # nothing dropped again: nothing was made again
+    fresh = Store(database_url, retention_days=1)
+    fresh.connect()  # a consumer's start (migrations, then partitions)
+    fresh.close()
+    assert name("trades", -1) not in partitions(conn)
+    assert name("trades", 0) in partitions(conn) and name("quotes", 3) in partitions(conn)
+    # any other retention, or none, still takes yesterday's late rows into their own partition
+    for days in (0, 2):
+        conn.execute(f"DROP TABLE IF EXISTS {name('trades', -1)}")
+        assert ensure_partitions(conn, today=TODAY, retention_days=days) == [
+            name("trades", -1),
+            *([name("quotes", -1)] if days == 0 else []),
+        ]
 
 
 def test_the_consumer_does_nothing_with_retention_off(
