@@ -322,10 +322,15 @@ class Publisher:
             self.spill.dropped = 0
         was_full, self._spill_full = self._spill_full, taken < n
         if self._spill_full and not was_full:
+            error = self.spill.write_error  # the disk refused: as full, whatever the policy
             logger.error(
-                "spill full (%d bytes): the feeds stop reading until it drains (policy block)",
-                self.spill.max_bytes,
-            )
+                "spill %s: the feeds stop reading until it takes frames again (%d wait in memory)",
+                f"cannot be written ({error})" if error is not None
+                else f"full ({self.spill.max_bytes} bytes, policy block)",
+                len(self._buffer),
+            )  # fmt: skip
+            if error is not None:
+                self.metrics.inc("spill_write_errors")
         elif was_full and not self._spill_full:
             self._room.set()
 
@@ -340,7 +345,11 @@ class Publisher:
                 self.spilled, self.spill.directory if self.spill is not None else "",
             )  # fmt: skip
         if self._buffer:
-            logger.error("stopping with %d frames unsent: redis unreachable", len(self._buffer))
+            error = self.spill.write_error if self.spill is not None else None
+            logger.error(
+                "stopping with %d frames unsent: redis unreachable%s", len(self._buffer),
+                f" and the spill cannot be written ({error})" if error is not None else "",
+            )  # fmt: skip
             self.metrics.inc("unsent_at_stop", len(self._buffer))
 
     async def _send_some(self) -> None:

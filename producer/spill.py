@@ -21,7 +21,11 @@ Invariants:
   readable part: it is logged and counted, never raised;
 - the spill holds at most ``max_bytes``; past that, ``append`` refuses (policy ``block``: the
   caller stops reading its sockets) or deletes the oldest segment (``drop-oldest``: counted as
-  lost frames).
+  lost frames);
+- a write the disk refuses (ENOSPC, EDQUOT, EIO, EROFS, ...) takes nothing of its records:
+  bytes it wrote before failing are cut off again, so no torn record ever sits before good
+  ones, and ``append`` refuses the rest as when full (``write_error`` says why) and tries again
+  at the next call.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class Spill:
         self.segment_bytes = segment_bytes
         self.torn = 0  # torn records found
         self.dropped = 0  # frames deleted by drop-oldest
+        self.write_error: OSError | None = None  # the disk refused the last append's write
         self._segments: list[_Segment] = []
         self._writer: int | None = None  # fd of the last segment, open for appending
         self._last_fsync = time.monotonic()
@@ -194,7 +199,9 @@ class Spill:
             if chunk and (
                 len(chunk) + len(blob) > READ_CHUNK or self._segment_room() < len(chunk) + len(blob)
             ):
-                self._write(chunk, count)  # a segment ends at a write: keep writes within one
+                # a segment ends at a write: keep writes within one
+                if not self._written(chunk, count):
+                    return taken
                 taken += count
                 chunk, count = bytearray(), 0
             if not self._room(len(chunk) + len(blob)):
@@ -202,7 +209,8 @@ class Spill:
             chunk += blob
             count += 1
         if chunk:
-            self._write(chunk, count)
+            if not self._written(chunk, count):
+                return taken
             taken += count
         return taken
 
@@ -235,19 +243,42 @@ class Spill:
             self.max_bytes, first.records,
         )  # fmt: skip
 
+    def _written(self, chunk: bytearray, count: int) -> bool:
+        """Write ``chunk`` (``count`` whole records); False, with nothing of it kept, when the
+        disk refuses it."""
+        try:
+            self._write(chunk, count)
+        except OSError as exc:
+            if self.write_error is None or self.write_error.errno != exc.errno:
+                logger.error(
+                    "spill cannot be written (%s): %d frames refused until it can",
+                    exc, count,
+                )  # fmt: skip
+            self.write_error = exc
+            return False
+        if self.write_error is not None:
+            logger.warning("spill written again after: %s", self.write_error)
+            self.write_error = None
+        return True
+
     def _write(self, chunk: bytearray, count: int) -> None:
         last = self._segments[-1] if self._segments else None
         if self._writer is None or last is None or last.size >= self.segment_bytes:
             if self._writer is not None:
                 self._fsync()
                 os.close(self._writer)
+                self._writer = None
             number = int(last.path.stem) + 1 if last is not None else 1
             last = _Segment(self.directory / f"{number:016d}.seg", 0, 0)
-            self._segments.append(last)
             self._writer = os.open(last.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._segments.append(last)
         view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._writer, view) :]
+        try:
+            while view:
+                view = view[os.write(self._writer, view) :]
+        except OSError:
+            self._cut_back(last)
+            raise
         last.size += len(chunk)
         last.records += count
         self._dirty = True
@@ -256,9 +287,31 @@ class Spill:
         ):
             self._fsync()
 
+    def _cut_back(self, last: _Segment) -> None:
+        """After a failed write: the segment ends at its last whole record again (an empty new
+        one goes), so later records never follow torn bytes."""
+        assert self._writer is not None
+        try:
+            os.ftruncate(self._writer, last.size)
+            kept = bool(last.records)
+        except OSError:  # the torn bytes stay past its end (a reopen cuts them): a new one next
+            kept = False
+        if not kept:
+            os.close(self._writer)
+            self._writer = None
+        if not last.records:
+            self._segments.remove(last)
+            last.path.unlink(missing_ok=True)
+
     def _fsync(self) -> None:
         if self._writer is not None and self._dirty:
-            os.fsync(self._writer)
+            try:
+                os.fsync(self._writer)
+            except OSError as exc:  # (reported once by the kernel: asking again says nothing)
+                logger.error(
+                    "spill fsync failed (%s): frames appended since the last one may not "
+                    "survive a crash of the host", exc,
+                )  # fmt: skip
             self._dirty = False
         self._last_fsync = time.monotonic()
 

@@ -4,6 +4,8 @@ spill blocks the feeds or drops its oldest frames (counted as lost), a stop lose
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,56 @@ def test_a_stalled_redis_counts_as_away_and_the_frames_go_to_the_spill(tmp_path:
 
     spilled, buffered = asyncio.run(run())
     assert (spilled, buffered) == (200, 0)  # all of them, the ones in flight first (in order)
+
+
+def test_a_disk_that_refuses_the_spill_keeps_the_frames_in_memory_and_loses_none(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis away and the spill's disk full (ENOSPC): the publisher does not stop; the frames
+    wait in memory and the feeds are told to stop reading, as with a full spill; once the disk
+    has room they go to the spill, and the next start sends every one, in order, once."""
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    spill = Spill(tmp_path, max_bytes=1 << 24).open()
+    metrics = Metrics("producer")
+    pub = make(down, spill, metrics)
+    real_write = os.write
+    disk_full = True
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if disk_full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("producer.spill.os.write", write)
+
+    async def run() -> tuple[bool, int, int]:
+        nonlocal disk_full
+        stop = asyncio.Event()
+        task = asyncio.create_task(pub.run(stop, drain_budget_s=1.0))
+        for i in range(1, 301):
+            pub.put(PACKER, body(i), False, i, 1_700_000_000_000_000_000 + i)
+            if i % 50 == 0:
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0.3)
+        assert not task.done()  # not stopped by the disk
+        blocked, in_memory = pub.full, pub.buffered
+        disk_full = False  # room again: the next probe spills them
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if spill.records == 300:
+                break
+        in_spill = spill.records
+        stop.set()
+        await task
+        return blocked, in_memory, in_spill
+
+    blocked, in_memory, in_spill = asyncio.run(run())
+    assert blocked and in_memory == 300 and in_spill == 300
+    assert metrics.counters["spill_write_errors"] == 1 and pub.lost == 0
+    assert not pub.full  # the feeds read again
+    spill.close()
+    monkeypatch.undo()
+    again = Spill(tmp_path, max_bytes=1 << 24).open()
+    pub = make(redis_url, again, Metrics("producer"))
+    asyncio.run(feed(pub, range(301, 311)))
+    assert seqs_in_stream(redis_client) == list(range(1, 311)) and again.torn == 0

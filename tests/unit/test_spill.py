@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -146,3 +147,116 @@ def test_records_larger_than_the_read_window_drain_whole(tmp_path: Path) -> None
     spill.append([rec(0), *big[1:], rec(3)])
     assert [r.seq for r in drain(spill, batch=1)] == [0, 1, 2, 3]
     assert spill.torn == 0
+
+
+class _DiskFull:
+    """``os.write`` of the spill module failing as a full disk does: the ``at``-th call writes
+    ``part`` bytes of what it is given (a short write), the next raises ENOSPC, until cleared."""
+
+    def __init__(self, at: int, part: int) -> None:
+        self.calls, self.at, self.part, self.full = 0, at, part, False
+        self.real = os.write
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        self.calls += 1
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if self.calls == self.at:
+            self.full = True
+            return self.real(fd, bytes(data)[: self.part])
+        return self.real(fd, data)
+
+
+@pytest.mark.parametrize("part", [0, 5, HEADER.size + 3])
+def test_a_full_disk_refuses_what_it_cannot_hold_and_loses_nothing_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, part: int
+) -> None:
+    """ENOSPC (or any write error) mid-append: the records before it are taken, the torn bytes
+    are cut off, and once the disk has room the next appends follow them: none is hidden behind
+    a torn record, none raised to the publisher (it keeps the rest in memory, as when full)."""
+    size = len(encode_record(rec(0)))
+    spill = Spill(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20).open()
+    assert spill.append([rec(i) for i in range(3)]) == 3
+    fault = _DiskFull(at=1, part=part)
+    monkeypatch.setattr("producer.spill.os.write", fault)
+    assert spill.append([rec(i) for i in range(3, 8)]) == 0  # one write: all or none of it
+    assert spill.write_error is not None and spill.write_error.errno == errno.ENOSPC
+    assert "spill cannot be written" in caplog.text
+    [segment] = tmp_path.glob("*.seg")
+    assert segment.stat().st_size == 3 * size == spill.bytes  # the torn bytes are gone
+    assert spill.append([rec(3)]) == 0  # still full: refused again, nothing torn
+    fault.full = False  # room again
+    assert spill.append([rec(i) for i in range(3, 8)]) == 5
+    assert spill.write_error is None
+    assert drain(spill) == [rec(i) for i in range(8)] and spill.torn == 0
+
+
+def test_a_full_disk_at_a_new_segment_leaves_no_empty_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = len(encode_record(rec(0)))
+    spill = Spill(tmp_path, max_bytes=1 << 20, segment_bytes=2 * size).open()
+    assert spill.append([rec(0), rec(1)]) == 2  # the first segment is full
+    monkeypatch.setattr("producer.spill.os.write", _DiskFull(at=1, part=0))
+    assert spill.append([rec(2)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.seg")) == ["0000000000000001.seg"]
+    assert spill.records == 2
+    monkeypatch.undo()
+    assert spill.append([rec(2), rec(3)]) == 2
+    assert drain(spill) == [rec(i) for i in range(4)]
+
+
+def test_a_reopened_spill_after_a_full_disk_reads_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a SIGKILL right after the refusal leaves: no torn record in the middle."""
+    spill = Spill(tmp_path, max_bytes=1 << 20).open()
+    monkeypatch.setattr("producer.spill.os.write", _DiskFull(at=2, part=7))
+    assert spill.append([rec(0)]) == 1
+    assert spill.append([rec(1)]) == 0
+    monkeypatch.undo()
+    assert spill.append([rec(2)]) == 1
+    os.close(spill._lock_fd)  # type: ignore[arg-type]  # as a SIGKILL would release it
+    again = Spill(tmp_path, max_bytes=1 << 20).open()
+    assert [r.seq for r in drain(again)] == [0, 2] and again.torn == 0
+
+
+def test_a_segment_that_cannot_be_cut_back_is_closed_and_the_next_write_starts_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk so broken that the cut fails too: the torn bytes stay past the segment's valid
+    end, so appends go to a new segment, and a reopen cuts them (counted as torn)."""
+    spill = Spill(tmp_path, max_bytes=1 << 20).open()
+    assert spill.append([rec(0)]) == 1
+    monkeypatch.setattr("producer.spill.os.write", _DiskFull(at=1, part=9))
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr("producer.spill.os.ftruncate", no_truncate)
+    assert spill.append([rec(1)]) == 0
+    monkeypatch.undo()
+    assert spill.append([rec(2)]) == 1
+    assert len(list(tmp_path.glob("*.seg"))) == 2
+    assert [r.seq for r in drain(spill)] == [0, 2]
+    spill.append([rec(3)])
+    os.close(spill._lock_fd)  # type: ignore[arg-type]
+    again = Spill(tmp_path, max_bytes=1 << 20).open()
+    assert [r.seq for r in drain(again)] == [3]
+
+
+def test_a_failed_fsync_is_logged_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spill = Spill(tmp_path, max_bytes=1 << 20, fsync_every_s=0.0).open()
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr("producer.spill.os.fsync", eio)
+    assert spill.append([rec(0), rec(1)]) == 2  # written: in the kernel, if not on the disk
+    spill.close()  # the stop's sync
+    assert caplog.text.count("spill fsync failed") == 1
+    monkeypatch.undo()
+    again = Spill(tmp_path, max_bytes=1 << 20).open()
+    assert [r.seq for r in drain(again)] == [0, 1]
