@@ -106,6 +106,10 @@ GAUGES: dict[str, Family] = {
     "buffered": Family("buffered_frames", "Frames in the producer's memory buffer"),
     "spilled": Family("spill_frames", "Frames waiting in the disk spill"),
     "spill_bytes": Family("spill_bytes", "Bytes of the disk spill"),
+    "redis_away": Family("redis_away", "1 while the producer finds Redis away or refusing writes"),
+    "spill_blocked": Family(
+        "spill_blocked", "1 while the feeds do not read: the spill is full or cannot be written"
+    ),
     "retention_held_back": Family(
         "retention_held_back_frames", "Frames kept past the retention: not acked by a group"
     ),

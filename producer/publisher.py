@@ -135,6 +135,8 @@ class Publisher:
         self._down_since: float | None = None
         self._next_probe = 0.0
         self._spill_full = False  # the spill refused frames (policy block): sessions wait
+        metrics.set("redis_away", 0)  # (both from the start: an alert's series exists)
+        metrics.set("spill_blocked", 0)
         self._last_drop_log = self._last_down_log = 0.0
         self._dropped_since_log = 0
         self._packers: dict[tuple[str, str, str, str, bool], XaddPacker] = {}
@@ -321,6 +323,7 @@ class Publisher:
             self.metrics.inc("spill_dropped", self.spill.dropped)
             self.spill.dropped = 0
         was_full, self._spill_full = self._spill_full, taken < n
+        self.metrics.set("spill_blocked", int(self._spill_full))
         if self._spill_full and not was_full:
             error = self.spill.write_error  # the disk refused: as full, whatever the policy
             logger.error(
@@ -427,6 +430,7 @@ class Publisher:
                 time.monotonic() - self._down_since, len(self._buffer), self.spilled,
             )  # fmt: skip
             self._down_since = None
+            self.metrics.set("redis_away", 0)
         if self.retention.enabled:
             for (key, n), entry_id in zip(sizes, replies, strict=True):
                 if isinstance(entry_id, bytes):
@@ -442,6 +446,7 @@ class Publisher:
         where = f"the spill {self.spill.directory}" if self.spill is not None else "memory"
         if self._down_since is None:
             self._down_since = time.monotonic()
+            self.metrics.set("redis_away", 1)
             logger.error("redis refuses or is unreachable (%s): buffering frames in %s", exc, where)
         elif time.monotonic() - self._last_down_log >= 10.0:
             self._last_down_log = time.monotonic()

@@ -56,7 +56,7 @@ needs_prometheus = pytest.mark.skipif(
 
 ALERTS = {
     "ProducerDown", "ConsumerDown", "FeedSilent", "GroupLagGrowing", "DeadLettersRising",
-    "GapsOpen", "FramesLost",
+    "GapsOpen", "FramesLost", "RedisAway", "FeedsBlocked",
 }  # fmt: skip
 JOBS = {"tickvault-producer", "tickvault-consumer"}
 # Added to the producer by the feed sessions; tolerated when absent (see the module docstring).

@@ -190,6 +190,7 @@ def test_a_disk_that_refuses_the_spill_keeps_the_frames_in_memory_and_loses_none
         await asyncio.sleep(0.3)
         assert not task.done()  # not stopped by the disk
         blocked, in_memory = pub.full, pub.buffered
+        assert metrics.gauges["spill_blocked"] == 1 and metrics.gauges["redis_away"] == 1
         disk_full = False  # room again: the next probe spills them
         for _ in range(100):
             await asyncio.sleep(0.05)
@@ -203,10 +204,12 @@ def test_a_disk_that_refuses_the_spill_keeps_the_frames_in_memory_and_loses_none
     blocked, in_memory, in_spill = asyncio.run(run())
     assert blocked and in_memory == 300 and in_spill == 300
     assert metrics.counters["spill_write_errors"] == 1 and pub.lost == 0
-    assert not pub.full  # the feeds read again
+    assert not pub.full and metrics.gauges["spill_blocked"] == 0  # the feeds read again
     spill.close()
     monkeypatch.undo()
     again = Spill(tmp_path, max_bytes=1 << 24).open()
-    pub = make(redis_url, again, Metrics("producer"))
+    metrics = Metrics("producer")
+    pub = make(redis_url, again, metrics)
     asyncio.run(feed(pub, range(301, 311)))
     assert seqs_in_stream(redis_client) == list(range(1, 311)) and again.torn == 0
+    assert metrics.gauges["redis_away"] == 0 and metrics.gauges["spill_blocked"] == 0
