@@ -58,7 +58,7 @@ COUNTERS: dict[str, Family] = {
     "spill_drained": Family("frames_unspilled", "Frames sent from the spill to Redis"),
     "spill_dropped": Family("spill_dropped_frames", "Frames the full spill dropped"),
     "spill_write_errors": Family(
-        "spill_write_errors", "Times the disk refused a spill write (ENOSPC, EIO ...)"
+        "spill_write_errors", "Times the disk began refusing spill writes (ENOSPC, EIO ...)"
     ),
     "unsent_at_stop": Family("frames_unsent_at_stop", "Frames lost at a stop"),
     "reconnects": Family("reconnects", "Connections lost and replaced", ("exchange", "reason")),

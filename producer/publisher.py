@@ -319,11 +319,9 @@ class Publisher:
             self._buffer.popleft()
         self.metrics.inc("spilled", taken)
         self.metrics.set("spill_bytes", self.spill.bytes)
-        if self.spill.dropped:
-            self.metrics.inc("spill_dropped", self.spill.dropped)
-            self.spill.dropped = 0
-        was_full, self._spill_full = self._spill_full, taken < n
-        self.metrics.set("spill_blocked", int(self._spill_full))
+        self._count_spill_losses()
+        was_full = self._spill_full
+        self._set_spill_full(taken < n)
         if self._spill_full and not was_full:
             error = self.spill.write_error  # the disk refused: as full, whatever the policy
             logger.error(
@@ -334,8 +332,19 @@ class Publisher:
             )  # fmt: skip
             if error is not None:
                 self.metrics.inc("spill_write_errors")
-        elif was_full and not self._spill_full:
-            self._room.set()
+
+    def _set_spill_full(self, full: bool) -> None:
+        if self._spill_full and not full:
+            self._room.set()  # the sessions read again
+        self._spill_full = full
+        self.metrics.set("spill_blocked", int(full))
+
+    def _count_spill_losses(self) -> None:
+        """Frames the spill lost (drop-oldest, an unreadable segment) are the metrics' too."""
+        assert self.spill is not None
+        if self.spill.dropped:
+            self.metrics.inc("spill_dropped", self.spill.dropped)
+            self.spill.dropped = 0
 
     def _stop_with_rest(self) -> None:
         """At the stop: what is still in memory goes to the spill; only what cannot is lost."""
@@ -383,6 +392,7 @@ class Publisher:
         """Send the spill's oldest frames; forget them once Redis has them."""
         assert self.spill is not None
         records = self.spill.take(self.pipeline_max)
+        self._count_spill_losses()
         if not records:
             return
         pending = [(self._packer(r), r.frame, r.binary, r.seq, r.recv_ns) for r in records]
@@ -399,9 +409,7 @@ class Publisher:
         self._sent(len(records), sizes, replies)
         if not self.spill:
             logger.info("spill drained; sending from memory again")
-            if self._spill_full:
-                self._spill_full = False
-                self._room.set()
+            self._set_spill_full(False)
 
     def _packer(self, r: Record) -> XaddPacker:
         ident = (r.key, r.exchange, r.context, r.conn, r.marker)

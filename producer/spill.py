@@ -30,7 +30,9 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import struct
@@ -102,6 +104,7 @@ class Spill:
         self.torn = 0  # torn records found
         self.dropped = 0  # frames deleted by drop-oldest
         self.write_error: OSError | None = None  # the disk refused the last append's write
+        self.missing_segments = 0  # found missing at open: deleted by someone else
         self._segments: list[_Segment] = []
         self._writer: int | None = None  # fd of the last segment, open for appending
         self._last_fsync = time.monotonic()
@@ -131,7 +134,9 @@ class Spill:
                 "(give each producer its own producer.name)"
             ) from None
         self._lock_fd = fd
-        for path in sorted(self.directory.glob("*.seg")):
+        paths = sorted(self.directory.glob("*.seg"))
+        self._missing(paths)
+        for path in paths:
             size, records = self._scan(path)
             if records:
                 self._segments.append(_Segment(path, size, records))
@@ -143,6 +148,19 @@ class Spill:
                 self.directory, self.records, self.bytes,
             )  # fmt: skip
         return self
+
+    def _missing(self, paths: list[Path]) -> None:
+        """Segments are numbered in order and drained from the first: one missing between two
+        that are left was deleted by someone else, and its frames are lost (how many, nobody
+        can say now). Logged, so a loss is not silent."""
+        numbers = [int(p.stem) for p in paths if p.stem.isdigit()]
+        for before, after in itertools.pairwise(numbers):
+            if after > before + 1:
+                self.missing_segments += after - before - 1
+                logger.error(
+                    "spill %s: segments %d..%d are missing (deleted?): their frames are lost",
+                    self.directory, before + 1, after - 1,
+                )  # fmt: skip
 
     def close(self) -> None:
         self.sync()
@@ -328,15 +346,32 @@ class Spill:
             first = self._segments[0]
             while len(out) < n and len(self._taken) < first.records:
                 offset = self._taken[-1] if self._taken else self._read_offset
-                record, end = self._read(first, offset)
+                try:
+                    record, end = self._read(first, offset)
+                except OSError as exc:
+                    if out or self._taken:
+                        return out  # these first; the error again at the next take
+                    self._unreadable(first, exc)
+                    break
                 if record is None:
                     break
                 out.append(record)
                 self._taken.append(end)
             if out or first.records > 0:
                 return out
-            self._forget_first()  # nothing readable left in it (a torn record)
+            self._forget_first()  # nothing readable left in it (a torn record, a lost file)
         return out
+
+    def _unreadable(self, segment: _Segment, exc: OSError) -> None:
+        """A segment that cannot be read (deleted, a disk error): its records are lost, counted
+        as the full spill's are, and the drain goes on with the next one instead of retrying
+        it for ever while everything newer waits behind it."""
+        logger.error(
+            "spill %s cannot be read (%s): its %d frames are lost; draining the next segment",
+            segment.path.name, exc, segment.records,
+        )  # fmt: skip
+        self.dropped += segment.records
+        segment.records = 0
 
     def _read(self, segment: _Segment, offset: int) -> tuple[Record | None, int]:
         rel = offset - self._window_start
@@ -380,7 +415,8 @@ class Spill:
         if not self._segments and self._writer is not None:
             os.close(self._writer)  # it was the segment being written
             self._writer = None
-        first.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (an unreadable one may not unlink either)
+            first.path.unlink(missing_ok=True)
         self._read_offset, self._window, self._window_start = 0, b"", 0
 
     def untake(self) -> None:

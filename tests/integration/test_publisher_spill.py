@@ -14,7 +14,7 @@ import redis
 from common.config import ProducerSettings
 from common.envelope import decode_entry, raw_key
 from common.metrics import Metrics
-from common.servers import free_port
+from common.servers import RedisServer, free_port
 from producer.publisher import Publisher
 from producer.spill import Record, Spill, encode_record
 from producer.wire import RedisWire, XaddPacker
@@ -213,3 +213,61 @@ def test_a_disk_that_refuses_the_spill_keeps_the_frames_in_memory_and_loses_none
     asyncio.run(feed(pub, range(301, 311)))
     assert seqs_in_stream(redis_client) == list(range(1, 311)) and again.torn == 0
     assert metrics.gauges["redis_away"] == 0 and metrics.gauges["spill_blocked"] == 0
+
+
+def test_an_unreadable_segment_is_lost_counted_and_the_rest_drains(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A spill segment that cannot be read when its turn comes (deleted under the producer, a
+    disk error): its frames are counted lost (the exit status and FramesLost say so) and the
+    next ones arrive; no retry for ever with everything newer waiting behind it."""
+    size = len(encode_record(_record(1)))
+    spill = Spill(tmp_path, max_bytes=1 << 24, segment_bytes=10 * size).open()
+    assert spill.append([_record(i) for i in range(1, 31)]) == 30  # three segments of ten
+    sorted(tmp_path.glob("*.seg"))[1].unlink()  # frames 11..20
+    metrics = Metrics("producer")
+    pub = make(redis_url, spill, metrics)
+    asyncio.run(feed(pub, range(31, 41)))
+    assert seqs_in_stream(redis_client) == [*range(1, 11), *range(21, 41)]
+    assert metrics.counters["spill_dropped"] == 10 and pub.lost == 10
+    assert not spill and metrics.counters["redis_errors"] == 0  # not taken for Redis away
+
+
+def test_a_spill_that_drains_unblocks_the_feeds_and_says_so(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    """Redis away and the spill full: the feeds are blocked (the gauge FeedsBlocked reads);
+    Redis back: the spill drains, the feeds read again and the gauges say so."""
+    size = len(encode_record(_record(1)))
+    spill = Spill(tmp_path / "spill", max_bytes=50 * size).open()
+    metrics = Metrics("producer")
+    pub = make(own_redis.url, spill, metrics)
+    client = redis.Redis.from_url(own_redis.url)
+
+    async def run() -> tuple[int, int, int, int]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(pub.run(stop, drain_budget_s=1.0))
+        await asyncio.sleep(0.2)  # connected
+        await asyncio.to_thread(own_redis.stop)
+        for i in range(1, 101):
+            pub.put(PACKER, body(i), False, i, 1_700_000_000_000_000_000 + i)
+            await asyncio.sleep(0.002)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if metrics.gauges["spill_blocked"]:
+                break
+        blocked = (int(metrics.gauges["spill_blocked"]), int(metrics.gauges["redis_away"]))
+        await asyncio.to_thread(own_redis.start)
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if not pub.spilled and not pub.buffered:
+                break
+        after = (int(metrics.gauges["spill_blocked"]), int(metrics.gauges["redis_away"]))
+        stop.set()
+        await task
+        return (*blocked, *after)
+
+    assert asyncio.run(run()) == (1, 1, 0, 0)
+    seqs = [env.seq for _, f in client.xrange(KEY) for env in decode_entry(dict(f))]
+    assert seqs == list(range(1, 101)) and pub.lost == 0
+    client.close()

@@ -260,3 +260,63 @@ def test_a_failed_fsync_is_logged_not_raised(
     monkeypatch.undo()
     again = Spill(tmp_path, max_bytes=1 << 20).open()
     assert [r.seq for r in drain(again)] == [0, 1]
+
+
+def test_a_segment_that_cannot_be_read_is_counted_lost_and_the_drain_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segment deleted under the spill (or a disk error reading it): its frames are lost,
+    counted as dropped, and the next segments drain; not a retry for ever with everything newer
+    waiting behind it."""
+    size = len(encode_record(rec(0)))
+    spill = Spill(tmp_path, max_bytes=1 << 20, segment_bytes=3 * size).open()
+    assert spill.append([rec(i) for i in range(9)]) == 9  # three segments of three
+    first, second, _ = sorted(tmp_path.glob("*.seg"))
+    first.unlink()
+    assert [r.seq for r in spill.take(2)] == [3, 4]  # the next segment's, at once
+    assert spill.dropped == 3 and "cannot be read" in caplog.text
+    spill.consume(2)
+    assert [r.seq for r in spill.take(2)] == [5]  # (one segment a take)
+    second.unlink()  # read whole already (its bytes are in memory): nothing more is lost
+    spill.consume(1)
+    assert [r.seq for r in drain(spill)] == [6, 7, 8] and spill.dropped == 3
+    assert not spill
+
+
+def test_a_read_error_on_a_segment_drops_only_that_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    size = len(encode_record(rec(0)))
+    spill = Spill(tmp_path, max_bytes=1 << 20, segment_bytes=3 * size).open()
+    spill.append([rec(i) for i in range(6)])
+    bad = sorted(tmp_path.glob("*.seg"))[0]
+    real_open = builtins.open
+
+    def failing_open(path: object, *args: object, **kw: object) -> object:
+        if Path(str(path)) == bad:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(path, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("producer.spill.open", failing_open, raising=False)
+    assert [r.seq for r in drain(spill)] == [3, 4, 5]
+    assert spill.dropped == 3
+
+
+def test_a_segment_missing_at_open_is_logged_as_a_loss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = len(encode_record(rec(0)))
+    spill = Spill(tmp_path, max_bytes=1 << 20, segment_bytes=2 * size).open()
+    spill.append([rec(i) for i in range(8)])  # segments 1..4
+    spill.close()
+    for n in (2, 3):
+        (tmp_path / f"{n:016d}.seg").unlink()
+    again = Spill(tmp_path, max_bytes=1 << 20).open()
+    assert again.missing_segments == 2 and "segments 2..3 are missing" in caplog.text
+    assert [r.seq for r in drain(again)] == [0, 1, 6, 7]
+    again.close()
+    caplog.clear()
+    assert Spill(tmp_path, max_bytes=1 << 20).open().missing_segments == 0  # drained: none
+    assert "missing" not in caplog.text
