@@ -29,6 +29,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .errors import ConfigError
+
 # receive -> commit latency buckets, seconds
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -351,6 +353,13 @@ def serve_metrics(metrics: Metrics, port: int, host: str = "0.0.0.0") -> Threadi
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:  # (not a server away: a wrong or taken port, a start to refuse)
+        raise ConfigError(
+            "--metrics-port",
+            f"cannot serve the metrics on {host}:{port}: {exc.strerror or exc}",
+            "choose a free port, or stop the process that holds it",
+        ) from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
