@@ -202,6 +202,9 @@ PG_FIXES = {
     "28": "check the user and password in database.url, and pg_hba.conf",
     "3D": "create the database named in database.url",
     "57": "the database is being dropped or shut down for good: check the server",
+    "TLS": "database.url's TLS options (sslmode, sslrootcert, sslcert, sslkey) do not fit the "
+    "server: fix the files or the mode, or turn on ssl in the server",
+    "URL": "database.url holds a value libpq refuses: see its connection parameters",
 }
 
 
@@ -217,7 +220,9 @@ def sqlstate_action(sqlstate: str | None) -> Action:
 
 
 # libpq reports a refused connection as text without a SQLSTATE. These server refusals cannot be
-# cured by retrying: 3D000, 28000/28P01, 42501 (no CONNECT privilege).
+# cured by retrying: 3D000, 28000/28P01, 42501 (no CONNECT privilege); and two of libpq's own,
+# named here as no SQLSTATE is: TLS (database.url's TLS options do not fit the server or its
+# files do not load) and URL (a parameter value libpq refuses, e.g. ``sslmode=bogus``).
 _PG_CONNECT_FATAL = (
     (re.compile(r'database "[^"]*" does not exist'), "3D000"),
     (re.compile(r'role "[^"]*" does not exist'), "28000"),
@@ -226,6 +231,17 @@ _PG_CONNECT_FATAL = (
         "28P01",
     ),
     (re.compile(r"permission denied for database"), "42501"),
+    (
+        re.compile(
+            r"server does not support SSL, but SSL was required"
+            r"|root certificate file .* does not exist|could not read root certificate file"
+            r"|could not open certificate file|could not load private key file"
+            r"|certificate present, but not private key file"
+            r"|certificate verify failed|does not match host name"
+        ),
+        "TLS",
+    ),
+    (re.compile(r'invalid [\w ]+ value: "|invalid port number|invalid connection option'), "URL"),
 )
 
 
@@ -309,7 +325,9 @@ def fatal_error(exc: BaseException) -> FatalError | None:
         state = exc.sqlstate or _pg_connect_state(str(exc))
         if state is None:
             return None  # raised by psycopg itself: a bug, not a refusal
-        fix = PG_FIXES.get(state[:2], "see the PostgreSQL log and the README's error table")
+        fix = PG_FIXES.get(state) or PG_FIXES.get(
+            state[:2], "see the PostgreSQL log and the README's error table"
+        )
         return FatalError("postgresql", state, text, fix)
     if isinstance(exc, (rx.RedisError, hiredis.ReplyError)):
         if isinstance(exc, rx.AuthenticationError):

@@ -73,6 +73,27 @@ def test_postgres_errors_without_a_sqlstate() -> None:
     assert classify(psycopg.OperationalError(missing)) is Action.FATAL
     auth = "FATAL:  password authentication failed for user x"
     assert classify(psycopg.OperationalError(auth)) is Action.FATAL
+    # libpq's own refusals of database.url, before any server says anything: no retry helps
+    for text, code in [
+        ('connection to server at "db", port 5432 failed: server does not support SSL, but SSL '
+         "was required", "TLS"),
+        ('root certificate file "/ca.pem" does not exist\nEither provide the file, ...', "TLS"),
+        ('could not read root certificate file "/ca.pem": permission denied', "TLS"),
+        ('could not open certificate file "/c.pem": No such file or directory', "TLS"),
+        ('could not load private key file "/k.pem": bad decrypt', "TLS"),
+        ('certificate present, but not private key file "/k.pem"', "TLS"),
+        ("SSL error: certificate verify failed", "TLS"),
+        ('server certificate for "a" does not match host name "b"', "TLS"),
+        ('connection is bad: invalid sslmode value: "bogus"', "URL"),
+        ('invalid target_session_attrs value: "x"', "URL"),
+        ('invalid port number: "99999"', "URL"),
+        ('invalid connection option "nope"', "URL"),
+    ]:  # fmt: skip
+        exc = psycopg.OperationalError(text)
+        assert classify(exc) is Action.FATAL, text
+        fatal = fatal_error(exc)
+        assert fatal is not None and fatal.code == code and fatal.status == ExitStatus.POSTGRES
+        assert "database.url" in fatal.fix
     # psycopg's own refusal before sending: the data
     assert classify(psycopg.DataError("text cannot contain NUL (0x00) bytes")) is Action.DATA
     assert classify(psycopg.ProgrammingError("query parameter missing")) is Action.FATAL
