@@ -6,7 +6,8 @@ Stop (SIGTERM/SIGINT): the feeds close, then what is buffered is flushed, all wi
 start. Exit statuses (``common.errors.ExitStatus``): 0 every frame received reached Redis or the
 spill; 2 a configuration error (also: another producer holds this spill directory); 4 Redis
 refused in a way no retry can fix (the log says the fix); 5 frames were lost (dropped with memory
-and spill full, or unsent at the deadline without a spill: the log counts them); 1 a bug.
+and spill full, or unsent at the deadline without a spill: the log counts them; or in spill
+segments found missing or unreadable); 1 a bug.
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
     logger.info("producer stopped: %s", metrics.summary())
     if publisher.lost:
         logger.error("producer stopped having lost %d frames (see above)", publisher.lost)
+        return ExitStatus.LOST
+    if spill is not None and spill.missing_segments:
+        logger.error(
+            "producer stopped; %d spill segments were missing at its start: their frames are "
+            "lost (see above)", spill.missing_segments,
+        )  # fmt: skip
         return ExitStatus.LOST
     return ExitStatus.OK
 
