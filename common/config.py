@@ -85,6 +85,7 @@ LINGER_MAX_MS = 1_000.0
 
 class ProducerSettings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     buffer_frames: int = 200_000  # in-memory frames kept while Redis is unreachable
+    buffer_bytes: int = 256 * 2**20  # ... and their bytes at most (a feed of big frames)
     pipeline_max: int = 2_000  # frames per pipelined XADD round trip at most
     linger_ms: float = 2.5  # a frame waits up to this long for others to share its XADD ...
     linger_frames: int = 100  # ... unless this many wait (0 linger_ms: no waiting at all)
@@ -393,6 +394,7 @@ def settings_from_mapping(
     positive = {
         "redis.maxlen": redis.maxlen,
         "producer.buffer_frames": raw.producer.buffer_frames,
+        "producer.buffer_bytes": raw.producer.buffer_bytes,
         "producer.pipeline_max": raw.producer.pipeline_max,
         "producer.linger_frames": raw.producer.linger_frames,
         "consumer.batch_entries": raw.consumer.batch_entries,
@@ -417,6 +419,13 @@ def settings_from_mapping(
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be positive, got {value}")
+    if raw.producer.buffer_bytes < raw.producer.max_frame_bytes:
+        raise ConfigError(
+            "producer.buffer_bytes",
+            f"{raw.producer.buffer_bytes} is less than producer.max_frame_bytes "
+            f"({raw.producer.max_frame_bytes}): a frame the feeds accept could never be kept",
+            "raise it, or lower producer.max_frame_bytes",
+        )
     for key, value in {
         "producer.linger_ms": raw.producer.linger_ms,
     }.items():

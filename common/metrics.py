@@ -106,6 +106,7 @@ COUNTERS: dict[str, Family] = {
 
 GAUGES: dict[str, Family] = {
     "buffered": Family("buffered_frames", "Frames in the producer's memory buffer"),
+    "buffered_bytes": Family("buffered_bytes", "Bytes of the frames in the producer's memory"),
     "spilled": Family("spill_frames", "Frames waiting in the disk spill"),
     "spill_bytes": Family("spill_bytes", "Bytes of the disk spill"),
     "redis_away": Family("redis_away", "1 while the producer finds Redis away or refusing writes"),

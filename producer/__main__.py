@@ -98,6 +98,7 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
     publisher = Publisher(
         RedisWire(settings.redis.url, timeout=10.0),
         buffer_frames=p.buffer_frames,
+        buffer_bytes=p.buffer_bytes,
         pipeline_max=p.pipeline_max,
         linger_ms=p.linger_ms,
         linger_frames=p.linger_frames,
@@ -227,6 +228,7 @@ async def _status(metrics: Metrics, publisher: Publisher, stop: asyncio.Event) -
             await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
         except TimeoutError:
             metrics.set("buffered", publisher.buffered)
+            metrics.set("buffered_bytes", publisher.buffered_bytes)
             metrics.set("spilled", publisher.spilled)
             logger.info("producer: %s", metrics.summary())
 

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 PROBE_S = 1.0  # while Redis is away, try it about this often
 STALL_S = 1.0  # behind by high_water frames and no reply this long: Redis counts as away
+BUFFER_BYTES = 256 << 20  # frames' bytes in memory at most (``producer.buffer_bytes``)
+PIPELINE_BYTES = 8 << 20  # frames' bytes in one round trip at most (one frame always goes)
 CONNECT_S = 2.0  # the first connection's handshake (AUTH, SELECT, PING) at most this long
 
 
@@ -110,6 +112,8 @@ class Publisher:
         spill: Spill | None = None,
         linger_ms: float = 0.0,
         linger_frames: int = 100,
+        buffer_bytes: int = BUFFER_BYTES,
+        pipeline_bytes: int = PIPELINE_BYTES,
     ) -> None:
         self.wire = wire
         # A frame may wait this long for company before it is sent: frames that share a round
@@ -123,6 +127,12 @@ class Publisher:
         self.metrics = metrics
         self.backoff_max_s = backoff_max_s
         self.high_water = min(high_water, buffer_frames)
+        # The same bounds in bytes: a feed of big frames (each under max_frame_bytes) must not
+        # fill memory before the frame counts say so, nor make one round trip of gigabytes.
+        self.buffer_bytes = buffer_bytes
+        self.high_water_bytes = max(1, buffer_bytes // 10)
+        self.pipeline_bytes = pipeline_bytes
+        self._bytes = 0  # bytes of the frames in the buffer
         self.spill = spill
         self._buffer: deque[Pending] = deque()
         self._wake = Wake()
@@ -147,6 +157,10 @@ class Publisher:
         return len(self._buffer)
 
     @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
+
+    @property
     def spilled(self) -> int:
         return self.spill.records if self.spill is not None else 0
 
@@ -156,7 +170,9 @@ class Publisher:
         the feeds send) and ``high_water`` frames queued, or the spill full under ``block``."""
         if self._spill_full:
             return True
-        return len(self._buffer) >= self.high_water and self._down_since is None
+        return (
+            len(self._buffer) >= self.high_water or self._bytes >= self.high_water_bytes
+        ) and self._down_since is None
 
     async def room(self) -> None:
         """Wait until a session may read again."""
@@ -168,15 +184,18 @@ class Publisher:
         """Queue a coverage marker (``producer.markers``) in order with the frames. Never
         refused: a marker says what was lost, so it may exceed the memory bound."""
         self._buffer.append((packer, payload, False, 0, time.time_ns()))
+        self._bytes += len(payload)
         self._wake.set()
 
     def put(self, packer: XaddPacker, frame: bytes, binary: bool, seq: int, recv_ns: int) -> bool:
         """Queue one frame. Returns False (and counts a drop) when memory is full."""
-        if len(self._buffer) >= self.buffer_frames:
+        size = len(frame)
+        if len(self._buffer) >= self.buffer_frames or self._bytes + size > self.buffer_bytes:
             self._drop(1, "memory buffer full")
             return False
         buffer = self._buffer
         buffer.append((packer, frame, binary, seq, recv_ns))
+        self._bytes += size
         # Wake the sender for the first frame (it lingers from there), when enough wait, and
         # when the oldest is due within a millisecond: the frame that arrives then takes the
         # batch along in this loop turn, sparing a timer's wake-up (see _linger_left). Not for
@@ -315,8 +334,7 @@ class Publisher:
         assert self.spill is not None
         n = len(self._buffer)
         taken = self.spill.append(_records(itertools.islice(self._buffer, n)))
-        for _ in range(taken):
-            self._buffer.popleft()
+        self._forget(taken)
         self.metrics.inc("spilled", taken)
         self.metrics.set("spill_bytes", self.spill.bytes)
         self._count_spill_losses()
@@ -364,8 +382,29 @@ class Publisher:
             )  # fmt: skip
             self.metrics.inc("unsent_at_stop", len(self._buffer))
 
-    async def _send_some(self) -> None:
+    def _forget(self, n: int) -> None:
+        """The oldest ``n`` frames are in Redis or the spill: out of memory."""
+        popleft, size = self._buffer.popleft, 0
+        for _ in range(n):
+            size += len(popleft()[1])
+        self._bytes -= size
+
+    def _batch(self) -> int:
+        """How many of the oldest frames go in the next round trip: ``pipeline_max`` at most,
+        and no more bytes than ``pipeline_bytes`` but for a first frame larger than that."""
         n = min(len(self._buffer), self.pipeline_max)
+        if self._bytes <= self.pipeline_bytes:
+            return n  # (the usual case: no need to count)
+        size = taken = 0
+        for item in itertools.islice(self._buffer, n):
+            size += len(item[1])
+            if taken and size > self.pipeline_bytes:
+                break
+            taken += 1
+        return taken
+
+    async def _send_some(self) -> None:
+        n = self._batch()
         payload, sizes = pack_runs(itertools.islice(self._buffer, n))
         if self.spill is not None and len(self._buffer) >= self.high_water:
             # Behind, with the feeds paused: a Redis that answers (if more slowly than the
@@ -382,16 +421,15 @@ class Publisher:
         self.metrics.inc("bytes_written", len(payload))
         # Only now are they in Redis: drop them from the buffer. (A failure midway may have
         # stored some of them; they are sent again, and the consumer's natural keys dedupe.)
-        for _ in range(n):
-            self._buffer.popleft()
+        self._forget(n)
         self._sent(n, sizes, replies)
-        if len(self._buffer) < self.high_water // 2:
+        if len(self._buffer) < self.high_water // 2 and self._bytes < self.high_water_bytes // 2:
             self._room.set()
 
     async def _drain_some(self) -> None:
         """Send the spill's oldest frames; forget them once Redis has them."""
         assert self.spill is not None
-        records = self.spill.take(self.pipeline_max)
+        records = self.spill.take(self.pipeline_max, self.pipeline_bytes)
         self._count_spill_losses()
         if not records:
             return

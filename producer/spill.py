@@ -338,10 +338,12 @@ class Spill:
         self._fsync()
 
     # -- draining -----------------------------------------------------------------------------
-    def take(self, n: int) -> list[Record]:
-        """Up to ``n`` of the oldest records not yet taken (from the first segment only).
-        Follow with :meth:`consume` once they are in Redis, or :meth:`untake`."""
+    def take(self, n: int, max_bytes: int | None = None) -> list[Record]:
+        """Up to ``n`` of the oldest records not yet taken (from the first segment only), and
+        frames of no more than ``max_bytes`` but for a first one larger than that. Follow with
+        :meth:`consume` once they are in Redis, or :meth:`untake`."""
         out: list[Record] = []
+        size = 0
         while self._segments:
             first = self._segments[0]
             while len(out) < n and len(self._taken) < first.records:
@@ -355,6 +357,9 @@ class Spill:
                     break
                 if record is None:
                     break
+                if max_bytes is not None and out and size + len(record.frame) > max_bytes:
+                    break  # (read again from the window by the next take)
+                size += len(record.frame)
                 out.append(record)
                 self._taken.append(end)
             if out or first.records > 0:
