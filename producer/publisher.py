@@ -170,9 +170,11 @@ class Publisher:
         the feeds send) and ``high_water`` frames queued, or the spill full under ``block``."""
         if self._spill_full:
             return True
-        return (
-            len(self._buffer) >= self.high_water or self._bytes >= self.high_water_bytes
-        ) and self._down_since is None
+        return self._behind() and self._down_since is None
+
+    def _behind(self) -> bool:
+        """``high_water`` frames, or their bytes, wait in memory."""
+        return len(self._buffer) >= self.high_water or self._bytes >= self.high_water_bytes
 
     async def room(self) -> None:
         """Wait until a session may read again."""
@@ -406,7 +408,7 @@ class Publisher:
     async def _send_some(self) -> None:
         n = self._batch()
         payload, sizes = pack_runs(itertools.islice(self._buffer, n))
-        if self.spill is not None and len(self._buffer) >= self.high_water:
+        if self.spill is not None and self._behind():
             # Behind, with the feeds paused: a Redis that answers (if more slowly than the
             # feeds send) keeps them paused; one that does not answer within STALL_S (a stall:
             # a fork, a disk, a fail-over) counts as away, and the frames go to the spill
