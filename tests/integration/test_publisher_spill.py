@@ -122,9 +122,17 @@ def _record(i: int) -> Record:
     return Record(KEY, "binance", "", "c#1", i, 1_700_000_000_000_000_000 + i, False, body(i))
 
 
-def test_a_stalled_redis_counts_as_away_and_the_frames_go_to_the_spill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("behind_by", ["frames", "bytes"])
+def test_a_stalled_redis_counts_as_away_and_the_frames_go_to_the_spill(
+    tmp_path: Path, behind_by: str
+) -> None:
     """A server that takes the connection and never answers (a stall: a fork, a disk): with
-    ``high_water`` frames waiting, the publisher gives up on it after STALL_S and spills."""
+    ``high_water`` frames waiting (or a tenth of ``buffer_bytes`` in big frames), the publisher
+    gives up on it after STALL_S and spills."""
+    by_bytes = behind_by == "bytes"
+
+    def frame(i: int) -> bytes:
+        return body(i)[:-1] + b',"pad":"' + b"x" * (100 << 10) + b'"}' if by_bytes else body(i)
 
     async def run() -> tuple[int, int]:
         async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -134,16 +142,17 @@ def test_a_stalled_redis_counts_as_away_and_the_frames_go_to_the_spill(tmp_path:
 
         server = await asyncio.start_server(swallow, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        spill = Spill(tmp_path, max_bytes=1 << 24).open()
+        spill = Spill(tmp_path, max_bytes=1 << 30).open()
         metrics = Metrics("producer")
         pub = Publisher(
             RedisWire(f"redis://127.0.0.1:{port}/0", timeout=30.0), buffer_frames=10_000,
-            pipeline_max=100, metrics=metrics, high_water=50, spill=spill,
+            pipeline_max=100, metrics=metrics, high_water=10_000 if by_bytes else 50,
+            spill=spill, buffer_bytes=64 << 20,  # high water: 6.4 MiB, 64 of the big frames
         )  # fmt: skip
         stop = asyncio.Event()
         task = asyncio.create_task(pub.run(stop, drain_budget_s=0.5))
         for i in range(1, 201):
-            pub.put(PACKER, body(i), False, i, 1_700_000_000_000_000_000 + i)
+            assert pub.put(PACKER, frame(i), False, i, 1_700_000_000_000_000_000 + i)
         for _ in range(100):
             await asyncio.sleep(0.05)
             if spill.records == 200:
