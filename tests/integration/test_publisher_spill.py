@@ -136,8 +136,10 @@ def test_a_stalled_redis_counts_as_away_and_the_frames_go_to_the_spill(
 
     async def run() -> tuple[int, int]:
         async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1 << 16)  # the connection's PING: answered, so it is up
+            writer.write(b"+PONG\r\n")
             while await reader.read(1 << 16):
-                pass  # reads everything, answers nothing
+                pass  # then reads everything and answers nothing
             writer.close()
 
         server = await asyncio.start_server(swallow, "127.0.0.1", 0)
@@ -158,6 +160,7 @@ def test_a_stalled_redis_counts_as_away_and_the_frames_go_to_the_spill(
             if spill.records == 200:
                 break
         spilled, buffered = spill.records, pub.buffered
+        assert metrics.counters["round_trips"] == 0 and metrics.counters["redis_errors"] == 1
         stop.set()
         await task
         server.close()
