@@ -64,6 +64,10 @@ from .writers import WriterPool
 logger = logging.getLogger(__name__)
 
 READ_MAX = 1_000  # entries per XREADGROUP at most (runs of up to RUN_MAX frames each)
+# ... and about this many bytes of them: a stream of big frames (a venue's, or a backlog of
+# them) is read a few entries at a time instead of in one reply of gigabytes.
+READ_BYTES = 64 << 20
+ENTRY_BYTES_GUESS = 1 << 20  # bytes per entry before a read tells (the first reads are small)
 STATUS_EVERY_S = 10.0
 PROGRESS_WITHIN_S = 120.0  # /healthz fails past this without a cycle or an empty read
 SUSPECT_DELIVERIES = 3  # an entry delivered this often is handled alone
@@ -438,9 +442,13 @@ class Worker:
     # Frames per entry in the last read (rounded up); until a read tells, assume full runs.
     _run_hint: int = RUN_MAX
 
+    _entry_bytes: int = ENTRY_BYTES_GUESS  # bytes per entry in the last read (its frames')
+
     def _count(self) -> int:
-        """Entries to ask for: the batch's room is in frames, and an entry may hold a run."""
-        return max(1, min(self._batcher.room // self._run_hint, READ_MAX))
+        """Entries to ask for: the batch's room is in frames, and an entry may hold a run; and
+        no more than READ_BYTES of them, at the last read's bytes per entry."""
+        by_bytes = READ_BYTES // self._entry_bytes
+        return max(1, min(self._batcher.room // self._run_hint, READ_MAX, by_bytes))
 
     def _read(self, live: dict[str, str], block_ms: int) -> list[Any]:
         count = self._count()
@@ -492,6 +500,7 @@ class Worker:
         now = time.monotonic()
         total = 0
         frames_before = self._batcher.batch.frames
+        size = 0  # bytes of the new entries' frames
         seen_keys = set()
         add, process = self._batcher.add, self.processor.process
         until = self.options.until
@@ -510,6 +519,7 @@ class Worker:
                 continue
             check_until = until is not None and key in until
             for raw_id, fields in entries:
+                size += _fields_bytes(fields)
                 entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
                 if check_until and not _ids_le(entry_id, until[key]):  # type: ignore[index]
                     self._done.add(key)
@@ -521,6 +531,8 @@ class Worker:
         self.metrics.inc("entries", total)
         if total:
             self._run_hint = max(1, -(-(self._batcher.batch.frames - frames_before) // total))
+            if size:  # (history entries are not counted: their reads are few)
+                self._entry_bytes = max(1, size // total)
         return total
 
     def _acks_answered(self, sent: list[Batch], error: BaseException | None) -> None:
@@ -795,3 +807,14 @@ class ClusterReads:
         reply = self.client.execute_command("XREADGROUP", *args, target_nodes=node)
         # RESP2 [[key, entries], ...]; RESP3 a map
         return list(reply.items()) if isinstance(reply, dict) else list(reply or [])
+
+
+def _fields_bytes(fields: Any) -> int:
+    """About the bytes of an entry: its first field's value, the frame (or a run's frames) in
+    the producer's order, which the few other small fields do not change much; from a flat
+    [name, value, ...] list, or a map."""
+    if isinstance(fields, list):
+        return len(fields[1]) if len(fields) > 1 else 0
+    if isinstance(fields, dict):
+        return len(fields.get(b"f", b""))
+    return 0

@@ -422,3 +422,41 @@ def test_a_read_waiting_past_its_acks_replies_sees_its_connection_killed_at_once
     assert reply and ack_error is None
     reads.close()
     r.delete(key)
+
+
+def test_a_stream_of_big_frames_is_read_a_few_entries_at_a_time_and_stored_whole(
+    redis_client: redis.Redis, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries of 256 KiB (a venue's big frames, or a backlog of them): each XREADGROUP asks for
+    about READ_BYTES of them, not READ_MAX (a reply of gigabytes at 8 MiB frames), and every
+    trade is stored once."""
+    from consumer import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "READ_BYTES", 4 << 20)
+    pad = "x" * (256 << 10)
+    for i in range(1, 61):
+        body = (
+            f'{{"e":"trade","E":1700000000000,"s":"BTCUSDT","t":{i},"p":"1.{i}","q":"1",'
+            f'"T":1700000000000,"m":false,"M":true,"pad":"{pad}"}}'
+        ).encode()
+        redis_client.xadd(
+            KEY, Envelope(body, False, "binance", "", "c", i, 1_700_000_000_000_000_000).fields()
+        )
+    store = CountingStore(database_url)
+    worker = make_worker(redis_client, store)
+    counts: list[int] = []
+    count = worker._count
+
+    def recorded() -> int:
+        counts.append(count())
+        return counts[-1]
+
+    worker._count = recorded  # type: ignore[method-assign]
+    try:
+        worker.run(Once(store, 60))
+    finally:
+        store.close()
+    assert store.stored == 60 and worker.metrics.counters["trades"] == 60
+    assert counts[0] == 4  # before any read: 1 MiB an entry assumed
+    assert max(counts[1:]) <= 16  # then 4 MiB / ~256 KiB an entry, not 1,000 entries
+    assert len(counts) >= 60 // 16

@@ -1,7 +1,8 @@
 """The producer's memory bounds in bytes as well as in frames: a feed of big frames (each under
 ``producer.max_frame_bytes``) pauses the sessions and then drops, counted, before memory runs
 out, and no round trip (from memory or from the spill) carries more than ``pipeline_bytes``
-but for one frame larger than that. No servers: a recording wire."""
+but for one frame larger than that; the consumer sizes its reads by the entries' bytes too. No
+servers: a recording wire."""
 
 from __future__ import annotations
 
@@ -122,3 +123,14 @@ def test_buffer_bytes_must_hold_the_largest_frame_the_feeds_accept() -> None:
             settings_from_mapping({**base, "producer": {"buffer_bytes": bad}})
     small = {"buffer_bytes": MIB, "max_frame_bytes": MIB // 2}
     assert settings_from_mapping({**base, "producer": small}).producer.buffer_bytes == MIB
+
+
+def test_the_consumer_sizes_an_entry_by_its_frame_in_either_reply_shape() -> None:
+    """Flat [name, value, ...] (the consumer's own reads) or a map (redis-py's, on a cluster);
+    a deleted entry's fields are None."""
+    from consumer.worker import _fields_bytes
+
+    flat = [b"f", b"x" * 1000, b"k", b"d", b"e", b"binance"]
+    assert _fields_bytes(flat) == 1000
+    assert _fields_bytes(dict(zip(flat[::2], flat[1::2], strict=True))) == 1000
+    assert _fields_bytes({b"k": b"d"}) == 0 and _fields_bytes(None) == 0 and _fields_bytes([]) == 0
