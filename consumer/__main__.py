@@ -22,9 +22,17 @@ from redis.exceptions import RedisClusterException
 
 from common.config import Settings, load_settings
 from common.envelope import raw_key
-from common.errors import ConfigError, ExitStatus, TransientError, backoff, fatal_error
+from common.errors import (
+    ConfigError,
+    ExitStatus,
+    FatalError,
+    TransientError,
+    backoff,
+    fatal_error,
+)
 from common.logs import setup_logging
 from common.metrics import serve_metrics
+from common.redis_checks import check_redis
 from common.redis_url import RedisClient, stream_client
 
 from .store import Store
@@ -122,6 +130,12 @@ def run(args: argparse.Namespace) -> int:
     except TransientError as exc:  # asked to stop before Redis answered: nothing was held
         logger.error("consumer %s stopped before it could start: %s", name, exc)
         return ExitStatus.OK
+    try:
+        check_redis(client, f"consumer {name}")
+    except FatalError as exc:  # a server that may evict the streams: nothing read yet
+        client.close()
+        logger.critical("consumer %s stopped: %s. Fix: %s.", name, exc, exc.fix)
+        return exc.status
     store = Store(
         settings.database.url,
         synchronous_commit=settings.database.synchronous_commit,

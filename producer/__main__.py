@@ -28,6 +28,7 @@ from common.errors import ConfigError, ExitStatus, FatalError
 from common.logs import setup_logging
 from common.markers import ALIVE_S
 from common.metrics import Metrics, serve_metrics
+from common.redis_checks import check_redis
 
 from .feed_metrics import watch as watch_feeds
 from .heartbeat import publish as publish_heartbeat
@@ -254,11 +255,33 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         settings = load_settings(args.config)
+        _check_redis(settings)
         with asyncio.Runner(loop_factory=loop_factory(settings.producer.event_loop)) as runner:
             return runner.run(amain(settings, args.metrics_port))
     except ConfigError as exc:
         print(f"tickvault producer: {exc}", file=sys.stderr)
         return ExitStatus.CONFIG
+    except FatalError as exc:  # a Redis that may evict the streams: nothing read yet
+        logger.critical("producer stopped: %s. Fix: %s.", exc, exc.fix)
+        return exc.status
+
+
+def _check_redis(settings: Settings) -> None:
+    """``common.redis_checks`` on the producer's server(s), before any feed is read; a server
+    away now is not waited for (the spill takes the frames)."""
+    from redis.exceptions import RedisClusterException
+
+    from common.redis_url import stream_client
+
+    try:
+        client = stream_client(settings.redis.url, socket_connect_timeout=2, socket_timeout=5)
+    except RedisClusterException as exc:  # built by asking the nodes: none answers now
+        logger.info("producer: redis not checked at start (%s)", exc)
+        return
+    try:
+        check_redis(client, "producer")
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":
