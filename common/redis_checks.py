@@ -48,7 +48,7 @@ def persistence_warning(info: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _per_server(reply: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def per_server(reply: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """One INFO map per server: a cluster client answers with a map per node."""
     if reply and all(isinstance(v, Mapping) for v in reply.values()):
         return list(reply.values())
@@ -70,11 +70,11 @@ def check_redis(client: Any, who: str) -> None:
     except redis.RedisError as exc:  # NOPERM for INFO, a proxy without it, ...
         logger.warning("%s: redis not checked at start: INFO refused (%s)", who, exc)
         return
-    for info in _per_server(memory):
+    for info in per_server(memory):
         problem = eviction_problem(info)
         if problem is not None:
             raise FatalError("redis", "EVICTION", problem, FIX)
-    for info in _per_server(persistence):
+    for info in per_server(persistence):
         warning = persistence_warning(info)
         if warning is not None:
             logger.warning("%s: %s", who, warning)

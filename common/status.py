@@ -630,6 +630,19 @@ def gather_database(
     return [found[k] for k in sorted(found)], gaps, failures
 
 
+def _eviction(client: RedisClient) -> list[Failure]:
+    """A problem when the server may evict the streams (``common.redis_checks``); nothing
+    when INFO is not the status user's to ask (the README's ACL for it has no ``+info``)."""
+    from .redis_checks import eviction_problem, per_server
+
+    try:
+        reply: Any = client.info("memory")
+    except redis.ResponseError:  # NOPERM
+        return []
+    problems = {p for info in per_server(reply) if (p := eviction_problem(info)) is not None}
+    return [Failure(source="redis", text=p, unreachable=False) for p in sorted(problems)]
+
+
 def _newer_schema(conn: psycopg.Connection[Any]) -> list[Failure]:
     """A problem when a newer tickvault migrated the database: this version's consumers stop."""
     from consumer.schema import SCHEMA_VERSION
@@ -685,6 +698,7 @@ def gather(settings: Settings, connect: Callable[[], RedisClient]) -> Snapshot:
         feeds, bad = gather_feeds(client, time.time_ns())
         failures += bad
         dead = gather_dead(client, exchanges)
+        failures += _eviction(client)
     except REDIS_FAILURES as exc:
         redis_ok = False
         failures.append(_redis_failure(exc, f"redis at {where}"))

@@ -671,6 +671,30 @@ def test_a_status_user_without_select_on_the_versions_is_not_told_and_not_refuse
     assert doc["database_ok"] is True
 
 
+def test_a_redis_that_may_evict_the_streams_is_a_problem(
+    tmp_path: Path, own_redis: RedisServer, database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Checked at start by the processes, and at every look by status: a policy changed with
+    CONFIG SET while they run is seen here."""
+    client = redis.Redis.from_url(own_redis.url)
+    healthy_stream(client)
+    heartbeat(client)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+    config = write_config(tmp_path / "t.toml", own_redis.url, database_url)
+    _, doc = run_json(config, capsys)
+    assert not [p for p in doc["problems"] if p["subject"] == "redis"], doc["problems"]
+    client.config_set("maxmemory-policy", "allkeys-lfu")
+    status, doc = run_json(config, capsys)
+    assert status == 1
+    problems = [p for p in doc["problems"] if p["subject"] == "redis"]
+    assert len(problems) == 1 and problems[0]["kind"] == "error"
+    assert "maxmemory-policy is allkeys-lfu" in problems[0]["text"]
+    assert doc["redis_ok"] is True and doc["streams"][0]["length"] == 10  # the rest reported
+    client.close()
+
+
 def test_bad_arguments_and_configuration(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
