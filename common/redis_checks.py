@@ -55,6 +55,11 @@ def per_server(reply: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [reply]
 
 
+def eviction_problems(memory: Mapping[str, Any]) -> list[str]:
+    """:func:`eviction_problem` of each server of an ``INFO memory`` reply, once each."""
+    return sorted({p for info in per_server(memory) if (p := eviction_problem(info)) is not None})
+
+
 def check_redis(client: Any, who: str) -> None:
     """Refuse a server that may evict the streams; warn about one without AOF.
 
@@ -70,10 +75,9 @@ def check_redis(client: Any, who: str) -> None:
     except redis.RedisError as exc:  # NOPERM for INFO, a proxy without it, ...
         logger.warning("%s: redis not checked at start: INFO refused (%s)", who, exc)
         return
-    for info in per_server(memory):
-        problem = eviction_problem(info)
-        if problem is not None:
-            raise FatalError("redis", "EVICTION", problem, FIX)
+    problems = eviction_problems(memory)
+    if problems:
+        raise FatalError("redis", "EVICTION", problems[0], FIX)
     for info in per_server(persistence):
         warning = persistence_warning(info)
         if warning is not None:

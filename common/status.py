@@ -633,22 +633,20 @@ def gather_database(
 def _eviction(client: RedisClient) -> list[Failure]:
     """A problem when the server may evict the streams (``common.redis_checks``); nothing
     when INFO is not the status user's to ask (the README's ACL for it has no ``+info``)."""
-    from .redis_checks import eviction_problem, per_server
+    from .redis_checks import eviction_problems
 
     try:
         reply: Any = client.info("memory")
     except redis.ResponseError:  # NOPERM
         return []
-    problems = {p for info in per_server(reply) if (p := eviction_problem(info)) is not None}
-    return [Failure(source="redis", text=p, unreachable=False) for p in sorted(problems)]
+    return [Failure(source="redis", text=p, unreachable=False) for p in eviction_problems(reply)]
 
 
 def _newer_schema(conn: psycopg.Connection[Any]) -> list[Failure]:
     """A problem when a newer tickvault migrated the database: this version's consumers stop."""
-    from consumer.schema import SCHEMA_VERSION
+    from consumer.schema import SCHEMA_VERSION, schema_version
 
-    row = conn.execute("SELECT max(version) FROM tickvault_migrations").fetchone()
-    version = int(row[0]) if row and row[0] is not None else 0
+    version = schema_version(conn)
     if version <= SCHEMA_VERSION:
         return []
     text = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -164,6 +165,12 @@ class NewerSchema(FatalError):
         self.version = version
 
 
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The newest migration applied (0: none), from ``tickvault_migrations``, which exists."""
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM tickvault_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
 # Serialises migrations and partition maintenance between consumers starting together.
 _LOCK_KEY = 0x7469636B  # "tick"
 
@@ -186,8 +193,7 @@ def migrate(
             "CREATE TABLE IF NOT EXISTS tickvault_migrations ("
             " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM tickvault_migrations").fetchone()
-        current = int(row[0]) if row else 0  # type: ignore[index]
+        current = schema_version(conn)
         if current > SCHEMA_VERSION:
             raise NewerSchema(current)
         for version, statement in MIGRATIONS:
