@@ -204,7 +204,7 @@ COMMANDS = {
         "embedded servers + producer + consumer against the real venues; live table",
     ),
     "status": (
-        _lazy("common.status:main"),
+        _lazy("common.status.command:main"),
         "health of streams, groups, feeds, symbols, dead letters and gaps",
     ),
     "producer": (_producer, "run the producer (exchange WebSockets -> Redis Stream)"),

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from .redis_url import RedisClient
-    from .status import Problem, Snapshot
+    from .status.snapshot import Problem, Snapshot
 
 logger = logging.getLogger("tickvault.run")
 
@@ -297,7 +297,7 @@ class Child:
 
     def state(self, now: float) -> str:
         if self.proc is not None:
-            from .status import fmt_age
+            from .status.snapshot import fmt_age
 
             return f"running, pid {self.proc.pid}, up {fmt_age(now - self.started)}"
         if self.restart_at is not None:
@@ -553,10 +553,11 @@ class Watcher:
 
     def sample(self) -> tuple[Snapshot, list[Problem]]:
         """(status snapshot, its problems)."""
-        from . import status
+        from .status.gather import gather
+        from .status.problems import find_problems
 
-        snap = status.gather(self.settings, self.connect)
-        problems = status.find_problems(snap, self.previous)
+        snap = gather(self.settings, self.connect)
+        problems = find_problems(snap, self.previous)
         self.previous = snap
         return snap, problems
 
@@ -564,8 +565,8 @@ class Watcher:
         """Whether the group has been delivered every entry of every stream (its last
         delivered id is the stream's last id) and has acked them all; None: Redis did not
         answer."""
-        from . import status
         from .envelope import raw_key
+        from .status.gather import REDIS_FAILURES
 
         def text(value: Any) -> str:
             return value.decode() if isinstance(value, bytes) else str(value)
@@ -583,7 +584,7 @@ class Watcher:
                     return False
                 if text(mine[0]["last-delivered-id"]) != text(last):
                     return False
-        except status.REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("cannot read the group's backlog: %s", exc)
             return None
         return True
@@ -609,7 +610,7 @@ def status_line(
     """One line for ``--no-table``: trades in the last minute over the configured symbols, the
     newest one's age, the group's backlog, the children, the problems ``tickvault status``
     finds."""
-    from .status import fmt_age
+    from .status.snapshot import fmt_age
 
     trades = sum(s.rows_1m for s in snap.symbols)
     ages = [s.newest_age_s for s in snap.symbols if s.newest_age_s is not None]
@@ -638,7 +639,7 @@ def status_view(
     from rich.table import Table
     from rich.text import Text
 
-    from .status import render
+    from .status.view import render
 
     procs = Table(title="processes", title_justify="left", title_style="bold", box=None)
     procs.add_column("process")

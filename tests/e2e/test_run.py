@@ -22,11 +22,11 @@ import pytest
 import redis
 
 from common import run as run_module
-from common import status
 from common.config import load_settings, settings_from_mapping
 from common.envelope import decode_entry, raw_key
 from common.errors import ConfigError
 from common.servers import free_port
+from common.status import snapshot as status
 from tests.conftest import SLOW
 from tests.e2e.harness import ROOT, _listening
 from tests.waiting import wait_for
