@@ -200,7 +200,7 @@ def _lazy(target: str) -> Callable[[list[str]], int]:
 
 COMMANDS = {
     "run": (
-        _lazy("common.run:main"),
+        _lazy("common.run.command:main"),
         "embedded servers + producer + consumer against the real venues; live table",
     ),
     "status": (

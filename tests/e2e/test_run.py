@@ -21,10 +21,11 @@ import psycopg
 import pytest
 import redis
 
-from common import run as run_module
 from common.config import load_settings, settings_from_mapping
 from common.envelope import decode_entry, raw_key
 from common.errors import ConfigError
+from common.run import children, directory, view
+from common.run import plan as run_plan
 from common.servers import free_port
 from common.status import snapshot as status
 from tests.conftest import SLOW
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.own_servers  # tickvault run starts its own servers
 
 
 def test_first_run_writes_the_default_config_then_keeps_it(tmp_path: Path) -> None:
-    source = run_module.config_source(None, tmp_path, {})
+    source = run_plan.config_source(None, tmp_path, {})
     assert source == tmp_path / "tickvault.toml"
     settings = load_settings(source, {})
     pairs = [
@@ -53,33 +54,33 @@ def test_first_run_writes_the_default_config_then_keeps_it(tmp_path: Path) -> No
     ]
     assert all(f.url is None for f in settings.feeds)  # the venues' real endpoints
     source.write_text(source.read_text().replace('"ETH-USDT"', '"SOL-USDT"'))  # the user edits
-    assert run_module.config_source(None, tmp_path, {}) == source
+    assert run_plan.config_source(None, tmp_path, {}) == source
     assert "SOL-USDT" in source.read_text()  # used as it is, never rewritten
     given = tmp_path / "mine.toml"
-    assert run_module.config_source(str(given), tmp_path, {}) == given
-    assert run_module.config_source(None, tmp_path, {"TICKVAULT_CONFIG": str(given)}) == given
+    assert run_plan.config_source(str(given), tmp_path, {}) == given
+    assert run_plan.config_source(None, tmp_path, {"TICKVAULT_CONFIG": str(given)}) == given
 
 
 def test_urls_count_as_given_only_when_written_or_in_the_environment(tmp_path: Path) -> None:
     feeds = '[[feeds]]\nexchange = "binance"\nsymbols = ["BTC-USDT"]\n'
     bare = tmp_path / "bare.toml"
     bare.write_text(feeds)
-    plan = run_module.plan(bare, {})
+    plan = run_plan.plan(bare, {})
     assert (plan.redis_url, plan.database_url) == (None, None)  # both embedded
     # the default value written out is still an explicit choice
     written = tmp_path / "written.toml"
     written.write_text('[redis]\nurl = "redis://127.0.0.1:6379/0"\nmaxlen = 10\n' + feeds)
-    plan = run_module.plan(written, {})
+    plan = run_plan.plan(written, {})
     assert (plan.redis_url, plan.database_url) == ("redis://127.0.0.1:6379/0", None)
     # a [database] table without url is not a URL
     other = tmp_path / "other.toml"
     other.write_text("[database]\npartition_days_ahead = 2\n" + feeds)
-    assert run_module.plan(other, {}).database_url is None
+    assert run_plan.plan(other, {}).database_url is None
     env = {"TICKVAULT_DATABASE_URL": "postgresql://u@db:5432/x"}
-    plan = run_module.plan(written, env)
+    plan = run_plan.plan(written, env)
     assert plan.database_url == "postgresql://u@db:5432/x"
     env = {"TICKVAULT_REDIS_URL": "redis://r:6380/1"}
-    assert run_module.plan(written, env).redis_url == "redis://r:6380/1"  # env wins, as elsewhere
+    assert run_plan.plan(written, env).redis_url == "redis://r:6380/1"  # env wins, as elsewhere
 
 
 @pytest.mark.parametrize(
@@ -96,7 +97,7 @@ def test_plan_refuses_a_bad_config_with_the_key(tmp_path: Path, text: str, key: 
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        run_module.plan(path, {})
+        run_plan.plan(path, {})
     assert caught.value.key == key
 
 
@@ -109,10 +110,10 @@ def test_the_children_config_reads_back_with_the_urls_and_run_defaults(tmp_path:
              "options": {"trades": "trades-all"}, "url": 'ws://h:1/"quoted"\\path'},
         ],
     }  # fmt: skip
-    out = run_module.children_config(
+    out = run_plan.children_config(
         data, redis_url="redis://:p%40ss@h:1/0", database_url="postgresql://u@h/d", state=tmp_path
     )
-    text = run_module.dump_toml(out)
+    text = run_plan.dump_toml(out)
     assert tomllib.loads(text) == out
     assert out["redis"] == {"url": "redis://:p%40ss@h:1/0"}
     assert out["producer"]["spill_dir"] == str(tmp_path / "data" / "spill")  # run's own
@@ -121,14 +122,12 @@ def test_the_children_config_reads_back_with_the_urls_and_run_defaults(tmp_path:
     assert "redis" not in data
     assert (
         "name"
-        in run_module.children_config({}, redis_url="r", database_url="d", state=tmp_path)[
-            "consumer"
-        ]
+        in run_plan.children_config({}, redis_url="r", database_url="d", state=tmp_path)["consumer"]
     )
 
 
 def test_restart_delays_double_to_a_cap_and_reset_after_a_long_life() -> None:
-    delays = run_module.RestartDelays()
+    delays = children.RestartDelays()
     assert [delays.after_exit(0.5) for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert delays.after_exit(59.0) == 60  # not long enough
     assert delays.after_exit(60.0) == 1  # lived a minute: from the start again
@@ -136,10 +135,10 @@ def test_restart_delays_double_to_a_cap_and_reset_after_a_long_life() -> None:
 
 
 def test_exit_statuses_are_named() -> None:
-    assert run_module.describe_exit(-9) == "killed by SIGKILL"
-    assert run_module.describe_exit(5) == "status 5 (LOST)"
-    assert run_module.describe_exit(0) == "status 0 (OK)"
-    assert run_module.describe_exit(77) == "status 77"
+    assert children.describe_exit(-9) == "killed by SIGKILL"
+    assert children.describe_exit(5) == "status 5 (LOST)"
+    assert children.describe_exit(0) == "status 0 (OK)"
+    assert children.describe_exit(77) == "status 77"
 
 
 def test_status_line_sums_the_symbols_and_names_the_children(tmp_path: Path) -> None:
@@ -164,16 +163,16 @@ def test_status_line_sums_the_symbols_and_names_the_children(tmp_path: Path) -> 
         ],
     )  # fmt: skip
     problems = [status.Problem(kind="gaps", subject="binance", text="1 open gap")]
-    child = run_module.Child("consumer", ["consumer"], tmp_path / "c.log", {})
+    child = children.Child("consumer", ["consumer"], tmp_path / "c.log", {})
     child.restarts, child.last_exit, child.restart_at = 2, -9, 104.0
-    line = run_module.status_line(snap, problems, [child], "tickvault", now=100.0, uptime_s=130.0)
+    line = view.status_line(snap, problems, [child], "tickvault", now=100.0, uptime_s=130.0)
     assert line == (
         "run 2m10s: 630 trades in the last minute (newest 0.3s old), lag 3 entries (1.5s "
         "behind), 2 pending; consumer killed by SIGKILL; restarting in 4 s (2 restarts); "
         "1 problem(s): binance: 1 open gap"
     )
     quiet = msgspec.structs.replace(snap, symbols=[], streams=[])
-    line = run_module.status_line(quiet, [], [], "tickvault", now=0.0, uptime_s=5.0)
+    line = view.status_line(quiet, [], [], "tickvault", now=0.0, uptime_s=5.0)
     assert line == (
         "run 5.0s: 0 trades in the last minute (none in the last hour), lag 0 entries (0.0s "
         "behind), 0 pending; "
@@ -189,7 +188,7 @@ def test_the_stop_waits_for_a_group_that_has_read_and_acked_everything(
         {"exchange": "okx", "symbols": ["BTC-USDT"]},
     ]
     settings = settings_from_mapping({"redis": {"url": redis_url}, "feeds": feeds}, env={})
-    watcher = run_module.Watcher(settings)
+    watcher = view.Watcher(settings)
     try:
         assert watcher.drained() is True  # no stream yet: nothing to wait for
         key = raw_key("binance")
@@ -210,7 +209,7 @@ def test_the_stop_waits_for_a_group_that_has_read_and_acked_everything(
     down = settings_from_mapping(
         {"redis": {"url": f"redis://127.0.0.1:{free_port()}/0"}, "feeds": feeds}, env={}
     )
-    watcher = run_module.Watcher(down)
+    watcher = view.Watcher(down)
     assert watcher.drained() is None  # Redis away: the stop does not wait for it
     watcher.close()
 
@@ -334,7 +333,7 @@ def runs() -> Iterator[list[Run]]:
             except subprocess.TimeoutExpired:
                 r.kill()
         for entry in r.info().get("processes", []):  # what a killed run left running
-            if run_module._cmdline(entry["pid"]) == entry["cmdline"]:
+            if directory.cmdline_of(entry["pid"]) == entry["cmdline"]:
                 os.kill(entry["pid"], signal.SIGKILL)
 
 
