@@ -17,11 +17,20 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
 import redis
 from redis._parsers import BaseParser
+
+from common.envelope import RUN_MAX
+
+READ_MAX = 1_000  # entries per XREADGROUP at most (runs of up to RUN_MAX frames each)
+# ... and about this many bytes of them: a stream of big frames (a venue's, or a backlog of
+# them) is read a few entries at a time instead of in one reply of gigabytes.
+READ_BYTES = 64 << 20
+ENTRY_BYTES_GUESS = 1 << 20  # bytes per entry before a read tells (the first reads are small)
 
 
 def xreadgroup_args(
@@ -32,6 +41,31 @@ def xreadgroup_args(
     if block_ms > 0:
         args += ["BLOCK", block_ms]
     return [*args, "STREAMS", *streams, *streams.values()]
+
+
+@dataclass
+class ReadSize:
+    """How many entries a read asks for (pure): the batch's room is in frames and an entry may
+    hold a run of them, so room over the last read's frames per entry; at most ``max_entries``,
+    and about ``max_bytes`` at the last read's bytes per entry. Until a read tells, entries are
+    assumed full runs of ``ENTRY_BYTES_GUESS``."""
+
+    max_entries: int = READ_MAX
+    max_bytes: int = READ_BYTES
+    frames_per_entry: int = RUN_MAX  # in the last read, rounded up
+    bytes_per_entry: int = ENTRY_BYTES_GUESS  # in the last read (its frames')
+
+    def count(self, room: int) -> int:
+        by_bytes = self.max_bytes // self.bytes_per_entry
+        return max(1, min(room // self.frames_per_entry, self.max_entries, by_bytes))
+
+    def observe(self, entries: int, frames: int, size: int) -> None:
+        """A read brought ``entries`` holding ``frames`` frames of ``size`` bytes (0: not
+        measured, as for re-read history)."""
+        if entries:
+            self.frames_per_entry = max(1, -(-frames // entries))
+            if size:
+                self.bytes_per_entry = max(1, size // entries)
 
 
 class GroupReads:
@@ -163,3 +197,14 @@ def ack_lowat(ids_per_xack: Sequence[int]) -> int:
 
 def _first_error(replies: Sequence[Any]) -> BaseException | None:
     return next((r for r in replies if isinstance(r, BaseException)), None)
+
+
+def fields_bytes(fields: Any) -> int:
+    """About the bytes of an entry: its first field's value, the frame (or a run's frames) in
+    the producer's order, which the few other small fields do not change much; from a flat
+    [name, value, ...] list, or a map."""
+    if isinstance(fields, list):
+        return len(fields[1]) if len(fields) > 1 else 0
+    if isinstance(fields, dict):
+        return len(fields.get(b"f", b""))
+    return 0

@@ -33,41 +33,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
 
 from common.config import Settings
-from common.envelope import RUN_MAX
 from common.errors import Action, classify, fatal_error, redis_code
 from common.metrics import Metrics, Progress
 from common.redis_url import RedisClient
 
 from .batching import Batch, Batcher
 from .claims import Claims
+from .cluster_reads import ClusterReads, raw_reply
 from .commit import Committer
 from .deadletter import DeadLetters, over_budget_reason
 from .flags import flag_names, flagger_from
 from .group_metrics import GroupMetrics
 from .process import Outcome, Processor, bounded
-from .reads import GroupReads, xreadgroup_args
+from .reads import GroupReads, ReadSize, fields_bytes
 from .retry import GaveUp, Retrier, StopFlag
 from .store import Store
 from .writers import WriterPool
 
 logger = logging.getLogger(__name__)
 
-READ_MAX = 1_000  # entries per XREADGROUP at most (runs of up to RUN_MAX frames each)
-# ... and about this many bytes of them: a stream of big frames (a venue's, or a backlog of
-# them) is read a few entries at a time instead of in one reply of gigabytes.
-READ_BYTES = 64 << 20
-ENTRY_BYTES_GUESS = 1 << 20  # bytes per entry before a read tells (the first reads are small)
 STATUS_EVERY_S = 10.0
 PROGRESS_WITHIN_S = 120.0  # /healthz fails past this without a cycle or an empty read
 SUSPECT_DELIVERIES = 3  # an entry delivered this often is handled alone
@@ -158,7 +150,7 @@ class Worker:
     def __post_init__(self) -> None:
         # Raw XREADGROUP replies: entries stay [id, [name, value, ...]] lists instead of being
         # turned into dicts by redis-py, which costs more than parsing the frame.
-        self.client.set_response_callback("XREADGROUP", _raw_reply)
+        self.client.set_response_callback("XREADGROUP", raw_reply)
         o = self.options
         if isinstance(self.client, RedisCluster):
             self._slot_reads = ClusterReads(self.client, o.group, o.name)
@@ -439,16 +431,11 @@ class Worker:
 
     _last_count: int = 0
     _drained: bool = False  # the last read took all there was
-    # Frames per entry in the last read (rounded up); until a read tells, assume full runs.
-    _run_hint: int = RUN_MAX
-
-    _entry_bytes: int = ENTRY_BYTES_GUESS  # bytes per entry in the last read (its frames')
+    read_size: ReadSize = field(default_factory=ReadSize)
 
     def _count(self) -> int:
-        """Entries to ask for: the batch's room is in frames, and an entry may hold a run; and
-        no more than READ_BYTES of them, at the last read's bytes per entry."""
-        by_bytes = READ_BYTES // self._entry_bytes
-        return max(1, min(self._batcher.room // self._run_hint, READ_MAX, by_bytes))
+        """Entries to ask for (``consumer.reads.ReadSize``)."""
+        return self.read_size.count(self._batcher.room)
 
     def _read(self, live: dict[str, str], block_ms: int) -> list[Any]:
         count = self._count()
@@ -519,7 +506,7 @@ class Worker:
                 continue
             check_until = until is not None and key in until
             for raw_id, fields in entries:
-                size += _fields_bytes(fields)
+                size += fields_bytes(fields)
                 entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
                 if check_until and not _ids_le(entry_id, until[key]):  # type: ignore[index]
                     self._done.add(key)
@@ -529,10 +516,8 @@ class Worker:
             if value != ">" and key not in seen_keys:
                 cursor[key] = ">"  # no pending entries at all on this stream
         self.metrics.inc("entries", total)
-        if total:
-            self._run_hint = max(1, -(-(self._batcher.batch.frames - frames_before) // total))
-            if size:  # (history entries are not counted: their reads are few)
-                self._entry_bytes = max(1, size // total)
+        # (history entries are not sized: their reads are few)
+        self.read_size.observe(total, self._batcher.batch.frames - frames_before, size)
         return total
 
     def _acks_answered(self, sent: list[Batch], error: BaseException | None) -> None:
@@ -709,112 +694,3 @@ class Worker:
 
 
 _DELETED = Outcome(control="deleted")
-
-
-def _raw_reply(response: Any, **options: Any) -> Any:
-    return response
-
-
-class ClusterReads:
-    """XREADGROUP on a Redis Cluster, where one command may not name keys of several hash
-    slots (CROSSSLOT): one XREADGROUP per slot (a stream's key has its exchange's hash tag, so
-    per stream), sent straight to the slot's node (which also spares redis-py a ``COMMAND
-    GETKEYS`` round trip per read to find the keys of XREADGROUP).
-
-    Without a block all are read in turn. To block while every stream is drained, a read per
-    slot waits on its own thread; the first to answer returns, the others go on waiting and are
-    collected by a later read (whatever they deliver is this consumer's: it is never lost, only
-    read later), or by :meth:`finish` at the stop.
-    """
-
-    def __init__(self, client: RedisCluster, group: str, name: str) -> None:
-        self.client: Any = client  # (redis-py's cluster client is mostly untyped)
-        self.group = group
-        self.name = name
-        self._waiting: dict[int, Future[list[Any]]] = {}  # slot -> its blocked read
-        self._ready: list[Any] = []  # answers collected when another read failed
-        self._threads: ThreadPoolExecutor | None = None
-
-    def read(self, live: dict[str, str], count: int, block_ms: int) -> list[Any]:
-        """(key, entries) pairs, as one XREADGROUP over ``live`` would answer."""
-        by_slot: dict[int, dict[str, str]] = {}
-        for key, last in live.items():
-            by_slot.setdefault(key_slot(key.encode()), {})[key] = last
-        pairs, self._ready = self._ready, []
-        try:
-            self._collect(pairs, 0.0)
-            idle = {slot: s for slot, s in by_slot.items() if slot not in self._waiting}
-            for streams in idle.values():
-                pairs += self._xreadgroup(streams, count, 0)
-            if block_ms <= 0 or any(entries for _, entries in pairs):
-                return pairs
-            if len(idle) == 1 and not self._waiting:  # one slot: wait on this thread
-                [streams] = idle.values()
-                return pairs + self._xreadgroup(streams, count, block_ms)
-            if self._threads is None:
-                self._threads = ThreadPoolExecutor(len(live), thread_name_prefix="xreadgroup")
-            for slot, streams in idle.items():
-                self._waiting[slot] = self._threads.submit(
-                    self._xreadgroup, streams, count, block_ms
-                )
-            self._collect(pairs, block_ms / 1000)
-        except BaseException:
-            self._ready = pairs  # read, so delivered to us: handed out by the next read
-            raise
-        return pairs
-
-    def finish(self, timeout: float) -> list[Any]:
-        """The answers of the reads still waiting (each ends within its block time, so
-        ``timeout`` is only a bound for a server that hangs)."""
-        pairs, self._ready = self._ready, []
-        if self._waiting:
-            wait_futures(list(self._waiting.values()), timeout)
-            try:
-                self._collect(pairs, 0.0)
-            except Exception as exc:  # their entries stay pending for a claim
-                logger.warning("a blocked read failed at the stop: %s", exc)
-        return pairs
-
-    def close(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
-            self._threads = None
-
-    def _collect(self, pairs: list[Any], timeout: float) -> None:
-        """Add the answers of the blocked reads that are done (waiting up to ``timeout`` for
-        one) to ``pairs``; then raise the first error one of them met."""
-        if not self._waiting:
-            return
-        if timeout > 0:
-            wait_futures(list(self._waiting.values()), timeout, return_when=FIRST_COMPLETED)
-        failure: BaseException | None = None
-        for slot, future in list(self._waiting.items()):
-            if not future.done():
-                continue
-            del self._waiting[slot]
-            try:
-                pairs += future.result()
-            except Exception as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-
-    def _xreadgroup(self, streams: dict[str, str], count: int, block_ms: int) -> list[Any]:
-        node = self.client.get_node_from_key(next(iter(streams)))
-        if node.redis_connection is not None:  # the node's client parses replies first
-            node.redis_connection.set_response_callback("XREADGROUP", _raw_reply)
-        args = xreadgroup_args(self.group, self.name, streams, count, block_ms)
-        reply = self.client.execute_command("XREADGROUP", *args, target_nodes=node)
-        # RESP2 [[key, entries], ...]; RESP3 a map
-        return list(reply.items()) if isinstance(reply, dict) else list(reply or [])
-
-
-def _fields_bytes(fields: Any) -> int:
-    """About the bytes of an entry: its first field's value, the frame (or a run's frames) in
-    the producer's order, which the few other small fields do not change much; from a flat
-    [name, value, ...] list, or a map."""
-    if isinstance(fields, list):
-        return len(fields[1]) if len(fields) > 1 else 0
-    if isinstance(fields, dict):
-        return len(fields.get(b"f", b""))
-    return 0

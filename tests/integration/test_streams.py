@@ -425,14 +425,11 @@ def test_a_read_waiting_past_its_acks_replies_sees_its_connection_killed_at_once
 
 
 def test_a_stream_of_big_frames_is_read_a_few_entries_at_a_time_and_stored_whole(
-    redis_client: redis.Redis, database_url: str, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis, database_url: str
 ) -> None:
     """Entries of 256 KiB (a venue's big frames, or a backlog of them): each XREADGROUP asks for
-    about READ_BYTES of them, not READ_MAX (a reply of gigabytes at 8 MiB frames), and every
-    trade is stored once."""
-    from consumer import worker as worker_module
-
-    monkeypatch.setattr(worker_module, "READ_BYTES", 4 << 20)
+    about ReadSize.max_bytes of them, not READ_MAX (a reply of gigabytes at 8 MiB frames), and
+    every trade is stored once."""
     pad = "x" * (256 << 10)
     for i in range(1, 61):
         body = (
@@ -444,6 +441,7 @@ def test_a_stream_of_big_frames_is_read_a_few_entries_at_a_time_and_stored_whole
         )
     store = CountingStore(database_url)
     worker = make_worker(redis_client, store)
+    worker.read_size.max_bytes = 4 << 20
     counts: list[int] = []
     count = worker._count
 

@@ -128,9 +128,28 @@ def test_buffer_bytes_must_hold_the_largest_frame_the_feeds_accept() -> None:
 def test_the_consumer_sizes_an_entry_by_its_frame_in_either_reply_shape() -> None:
     """Flat [name, value, ...] (the consumer's own reads) or a map (redis-py's, on a cluster);
     a deleted entry's fields are None."""
-    from consumer.worker import _fields_bytes
+    from consumer.reads import fields_bytes
 
     flat = [b"f", b"x" * 1000, b"k", b"d", b"e", b"binance"]
-    assert _fields_bytes(flat) == 1000
-    assert _fields_bytes(dict(zip(flat[::2], flat[1::2], strict=True))) == 1000
-    assert _fields_bytes({b"k": b"d"}) == 0 and _fields_bytes(None) == 0 and _fields_bytes([]) == 0
+    assert fields_bytes(flat) == 1000
+    assert fields_bytes(dict(zip(flat[::2], flat[1::2], strict=True))) == 1000
+    assert fields_bytes({b"k": b"d"}) == 0 and fields_bytes(None) == 0 and fields_bytes([]) == 0
+
+
+def test_a_read_asks_for_the_batch_room_in_entries_and_about_max_bytes_of_them() -> None:
+    """Before a read tells, an entry is a full run of 1 MiB; then the last read's frames and
+    bytes per entry; never fewer than 1 entry, never more than READ_MAX."""
+    from common.envelope import RUN_MAX
+    from consumer.reads import ENTRY_BYTES_GUESS, READ_BYTES, READ_MAX, ReadSize
+
+    size = ReadSize()
+    assert size.count(10_000) == min(10_000 // RUN_MAX, READ_BYTES // ENTRY_BYTES_GUESS)
+    size.observe(entries=10, frames=10, size=10 * 200)  # single frames of 200 B
+    assert size.count(10_000) == READ_MAX and size.count(300) == 300 and size.count(0) == 1
+    size.observe(entries=3, frames=7, size=3 * (8 << 20))  # runs of ~2.3 frames, 8 MiB each
+    assert (size.frames_per_entry, size.count(10_000)) == (3, READ_BYTES // (8 << 20))
+    size.observe(entries=4, frames=4, size=0)  # history: frames told, bytes not
+    assert (size.frames_per_entry, size.bytes_per_entry) == (1, 8 << 20)
+    size.observe(entries=0, frames=0, size=0)  # an empty read tells nothing
+    assert (size.frames_per_entry, size.bytes_per_entry) == (1, 8 << 20)
+    assert ReadSize(max_bytes=1).count(10_000) == 1  # a frame bigger than the bound: one a read

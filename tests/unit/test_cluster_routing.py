@@ -19,7 +19,7 @@ from common.config import hide_password, settings_from_mapping
 from common.envelope import raw_key
 from common.errors import ConfigError, FatalError, TransientError
 from common.redis_url import redis_client, redis_options, stream_client
-from consumer.worker import ClusterReads
+from consumer.cluster_reads import ClusterReads
 from producer.wire import (
     MAX_REDIRECTS,
     SLOTS,
