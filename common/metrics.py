@@ -120,6 +120,12 @@ GAUGES: dict[str, Family] = {
     "pending": Family("group_pending", "Entries delivered to the group, not acked", _EX),
     "lag_seconds": Family("group_lag_seconds", "Age of the group's oldest unprocessed entry", _EX),
     "gaps_open": Family("gaps_open", "Gaps open or being backfilled", _EX),
+    "redis_memory_used": Family(
+        "redis_memory_used_ratio", "used_memory / maxmemory of Redis (the fullest server)"
+    ),
+    "redis_may_evict": Family(
+        "redis_may_evict", "1 while Redis' maxmemory-policy may evict the streams (allkeys-*)"
+    ),
 }
 
 

@@ -56,7 +56,7 @@ needs_prometheus = pytest.mark.skipif(
 
 ALERTS = {
     "ProducerDown", "ConsumerDown", "FeedSilent", "GroupLagGrowing", "DeadLettersRising",
-    "GapsOpen", "FramesLost", "RedisAway", "FeedsBlocked",
+    "GapsOpen", "FramesLost", "RedisAway", "FeedsBlocked", "RedisMayEvict", "RedisMemoryHigh",
 }  # fmt: skip
 JOBS = {"tickvault-producer", "tickvault-consumer"}
 # Added to the producer by the feed sessions; tolerated when absent (see the module docstring).
@@ -314,6 +314,7 @@ def _exercise(
     Prometheus before the next (so that a counter is seen rising, not only appearing)."""
     client = redis.Redis.from_url(own_redis.url)
     try:
+        client.config_set("maxmemory", 1 << 30)  # a limit: tickvault_redis_memory_used_ratio
         p.wait_rows(50, timeout=30)
         _dead_letter(client)
         wait_for(lambda: prom.query("tickvault_dead_letters_total"), what="a dead letter scraped")
@@ -323,6 +324,7 @@ def _exercise(
         wait_for(lambda: prom.query("tickvault_spill_bytes > 0"), what="the spill scraped")
         own_redis.start()
         wait_for(lambda: redis_answers(client), what="redis back")
+        client.config_set("maxmemory", 1 << 30)  # (a restart forgets it): the memory panel
         _dead_letter(client)
         wait_for(
             lambda: prom.query("sum(increase(tickvault_dead_letters_total[1m])) > 0"),
