@@ -18,7 +18,7 @@ from common.markers import Marker, decode_marker
 from common.records import Quote, Trade
 from common.venues import FrameContext, Venue, all_venues
 
-from .validate import EARLIEST_NS, Validator
+from .validate import EARLIEST_NS, Validator, marker_problem
 
 _NONE: list[Any] = []  # shared empty list: outcomes never mutate theirs
 
@@ -203,6 +203,11 @@ class Processor:
         if venue is None:
             return Outcome(dead=f"unknown exchange {bounded(exchange, 40)!r}", recv_ns=at_ns)
         marker = decode_marker(exchange, context, conn, at_ns, frame)  # PoisonFrame: dead letter
+        # Its text goes to PostgreSQL with the batch's other markers in one transaction: what it
+        # would refuse (a NUL in the context, say) is a dead letter here, never an error there.
+        problem = marker_problem(marker)
+        if problem is not None:
+            return Outcome(dead=bounded(f"bad marker: {problem}"), recv_ns=at_ns)
         return Outcome(_NONE, _NONE, "marker", None, at_ns, None, marker)
 
     def _frame(self, name: str, frame: bytes, route: Route, recv_ns: int) -> Outcome:

@@ -12,7 +12,11 @@ with a reason, so that the database's own refusals are the rare case:
 - ids (trade ids, quote update ids) are 1 to :data:`MAX_ID_BYTES` bytes of UTF-8 without NUL or
   other C0 control characters (PostgreSQL's text cannot hold NUL);
 - the symbol is one the configuration subscribes for that exchange; the side is buy, sell or
-  unknown.
+  unknown;
+- a coverage marker's text (exchange, connection context and id, producer, run, symbols,
+  channels, reason) is printable (no NUL, control character or lone surrogate) and bounded
+  (:func:`marker_problem`): a batch's markers are written in one transaction that is not split
+  to find a bad row, so a marker PostgreSQL would refuse is stopped here, as a dead letter.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from common.markers import LIST_MAX, NAME_MAX, REASON_MAX, Marker
 from common.records import Quote, Trade
 
 MAX_DIGITS = 40  # significant digits of a price or an amount
@@ -82,6 +87,43 @@ def id_problem(value: str) -> str | None:
         return f"is {size} bytes (at most {MAX_ID_BYTES})"
     if _CONTROL.search(value) is not None:
         return "holds a control character (NUL, tab, newline, ...)"
+    return None
+
+
+def text_problem(value: str, limit: int, *, empty_ok: bool = False) -> str | None:
+    """None when ``value`` is text PostgreSQL stores as it is: at most ``limit`` characters,
+    printable (``str.isprintable``: no NUL, control character or lone surrogate, each of which
+    it refuses or would store unreadable); else what is wrong with it."""
+    if not value:
+        return None if empty_ok else "is empty"
+    if len(value) > limit:
+        return f"is {len(value)} characters (at most {limit})"
+    if not value.isprintable():
+        return "holds an unprintable character (NUL, a control character, a lone surrogate, ...)"
+    return None
+
+
+def marker_problem(m: Marker) -> str | None:
+    """None when every text field of the marker ``m`` can be stored; else the first problem,
+    naming the field. (``common.markers.decode_marker`` already bounds the body's names; this
+    covers the entry's fields, the context above all, and checks all of them in one place.)"""
+    b = m.body
+    if len(b.symbols) > LIST_MAX or len(b.channels) > LIST_MAX:
+        return f"more than {LIST_MAX} symbols or channels"
+    named: list[tuple[str, str, int, bool]] = [
+        ("exchange", m.exchange, NAME_MAX, False),
+        ("context", m.context, NAME_MAX, True),  # "" for most venues
+        ("connection", m.conn, NAME_MAX, False),
+        ("producer", b.producer, NAME_MAX, False),
+        ("run", b.run, NAME_MAX, False),
+        ("reason", b.reason, REASON_MAX * 4, True),  # decode_marker cuts longer ones
+    ]
+    named += [("symbol", s, NAME_MAX, False) for s in b.symbols]
+    named += [("channel", c, NAME_MAX, False) for c in b.channels]
+    for field, value, limit, empty_ok in named:
+        problem = text_problem(value, limit, empty_ok=empty_ok)
+        if problem is not None:
+            return f"{field} {_short(value)} {problem}"
     return None
 
 

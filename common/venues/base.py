@@ -80,7 +80,9 @@ class FrameContext(msgspec.Struct, frozen=True, gc=False):
     exchange: str
     context: str
     recv_ns: int
-    entry_id: str  # the stream id: a stable base for derived ids
+    # the frame's name in the stream (``<entry id>`` or ``<entry id>/<index>``), for messages;
+    # never part of a row's id: a requeue or replay carries the same frame under a new entry id
+    entry_id: str
     # venue symbol -> canonical symbol for what this connection context subscribes; lets venues
     # whose names have no separator (BTCUSDT) map back without guessing.
     symbols: Mapping[str, str] = msgspec.field(default_factory=dict)

@@ -32,8 +32,11 @@ Facts this module relies on:
 - v2 names assets BTC (v1 used XBT); we still map XBT -> BTC when parsing.
 
 Keys: ``trade_id`` is the venue's. A quote's ``update_id`` is ``<timestamp ns>-<hash of the four
-bbo values>`` when the ticker carries a timestamp (the timestamp alone is not documented to be
-unique per bbo change), else ``<stream entry id>:<index>``.
+bbo values>`` (the timestamp alone is not documented to be unique per bbo change); a ticker
+without a timestamp takes the frame's receive time as its ``ts`` and in its id. Both come from
+what the entry carries (its ``t`` field and frame), never from its stream id: a dead letter
+requeued (``tickvault dlq requeue`` adds it again under a new id) or a frame replayed gives the
+same key, so the idempotent insert skips it instead of storing the quote twice.
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ class Kraken(Venue):
     consecutive_ids = True  # trade_id: "sequence number, unique per book"
     caveats = (
         "prices are JSON numbers (kept as exact text, trailing zeros trimmed by Kraken); "
-        "quote update_id is derived (timestamp + bbo hash, else stream entry)"
+        "quote update_id is derived (timestamp, else receive time, + bbo hash)"
     )
     path = "/v2"
 
@@ -205,13 +208,7 @@ class Kraken(Venue):
                 if channel == "trade":
                     return Parsed(trades=[self._trade(t, ctx) for t in _trades.decode(head.data)])
                 tickers = _tickers.decode(head.data)
-                return Parsed(
-                    quotes=[
-                        q
-                        for i, t in enumerate(tickers)
-                        if (q := self._quote(t, i, ctx)) is not None
-                    ]
-                )
+                return Parsed(quotes=[q for t in tickers if (q := self._quote(t, ctx)) is not None])
             except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
                 raise PoisonFrame(f"{self.exchange}: bad {channel} data: {exc}") from None
         if head.method is not None:
@@ -237,20 +234,17 @@ class Kraken(Venue):
             recv_ns=ctx.recv_ns,
         )
 
-    def _quote(self, t: WireTicker, index: int, ctx: FrameContext) -> Quote | None:
+    def _quote(self, t: WireTicker, ctx: FrameContext) -> Quote | None:
         raws = (t.bid, t.bid_qty, t.ask, t.ask_qty)
         if any(bytes(r) == b"null" for r in raws):
             return None  # an empty side: no best bid/ask to record
         bid, bid_qty, ask, ask_qty = (
             _decimal(r, n) for r, n in zip(raws, ("bid", "bid_qty", "ask", "ask_qty"), strict=True)
         )
-        if t.timestamp is not None:
-            ts_ns = rfc3339_ns(t.timestamp)
-            digest = blake2b(f"{bid}|{bid_qty}|{ask}|{ask_qty}".encode(), digest_size=6).hexdigest()
-            update_id = f"{ts_ns}-{digest}"
-        else:
-            ts_ns = ctx.recv_ns
-            update_id = f"{ctx.entry_id}:{index}"
+        # no timestamp (older schemas): the receive time, which a requeue or replay keeps
+        ts_ns = rfc3339_ns(t.timestamp) if t.timestamp is not None else ctx.recv_ns
+        digest = blake2b(f"{bid}|{bid_qty}|{ask}|{ask_qty}".encode(), digest_size=6).hexdigest()
+        update_id = f"{ts_ns}-{digest}"
         return Quote(
             exchange=self.exchange,
             symbol=self.canonical(t.symbol, ctx),

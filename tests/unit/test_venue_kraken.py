@@ -9,14 +9,16 @@ from hashlib import blake2b
 
 import pytest
 
+from common.envelope import Envelope, encode_entry
 from common.errors import PoisonFrame
 from common.records import Quote, Trade
 from common.simulator.dialect import SimSession
 from common.simulator.dialects.kraken import DIALECT
 from common.simulator.engine import make_quote, make_trade
 from common.symbols import parse_symbol
-from common.venues import Channel, get_venue
+from common.venues import Channel, FrameContext, get_venue
 from common.venues.base import rfc3339_ns
+from consumer.process import Processor
 from tests.venue_helpers import ENTRY_ID, RECV_NS, fixture, parse
 
 # 2023-09-25T07:48:36Z and 2023-09-25T09:04:31Z as epoch seconds, computed independently.
@@ -155,12 +157,12 @@ def test_same_timestamp_different_bbo_gives_different_update_ids() -> None:
     assert a.ts_ns == b.ts_ns and a.update_id != b.update_id
 
 
-def test_ticker_without_timestamp_uses_receive_time_and_entry_id() -> None:
+def test_ticker_without_timestamp_uses_receive_time_and_bbo_hash() -> None:
     assert parse("kraken", fixture("kraken", "ticker_no_timestamp.json")).quotes == [
         Quote(
             exchange="kraken",
             symbol="BTC-USD",
-            update_id=f"{ENTRY_ID}:0",
+            update_id=_bbo_id(RECV_NS, "26515.3", "0.48212", "26515.4", "2.1"),
             bid_price="26515.3",
             bid_amount="0.48212",
             ask_price="26515.4",
@@ -169,6 +171,32 @@ def test_ticker_without_timestamp_uses_receive_time_and_entry_id() -> None:
             recv_ns=RECV_NS,
         )
     ]
+
+
+def _entry(frame: bytes, entry_id: str) -> tuple[str, dict[bytes, bytes]]:
+    return entry_id, Envelope(frame, False, "kraken", "", "kraken-1", 7, RECV_NS).fields()
+
+
+@pytest.mark.parametrize("name", ["ticker_no_timestamp.json", "ticker_bbo_update.json"])
+def test_a_quote_keeps_its_key_under_another_entry_id(name: str) -> None:
+    """A dead letter requeued (``tickvault dlq requeue``: a new entry id, the same fields) or a
+    frame replayed, alone or inside a run, gives the same natural key: no duplicate row."""
+    frame = fixture("kraken", name)
+    proc = Processor(
+        subscribed={"kraken": frozenset({"BTC-USD"})}, symbol_maps={}, max_future_skew_ns=10**10
+    )
+    first = proc.process(*_entry(frame, ENTRY_ID))
+    requeued = proc.process(*_entry(frame, "1800000000000-3"))
+    run = encode_entry([
+        Envelope(frame, False, "kraken", "", "kraken-1", 7, RECV_NS),
+        Envelope(frame, False, "kraken", "", "kraken-1", 8, RECV_NS + 1),
+    ])  # fmt: skip
+    in_run = proc.process("1800000000001-0", run)
+    assert first.dead is None and len(first.quotes) == 1
+    assert requeued.quotes == first.quotes
+    assert in_run.frames is not None and in_run.frames[0].quotes == first.quotes
+    ctx = FrameContext("kraken", "", RECV_NS, "1800000000001-0/5")
+    assert get_venue("kraken").parse(frame, ctx) == parse("kraken", frame)
 
 
 def test_ticker_with_an_empty_side_records_no_quote() -> None:
