@@ -17,8 +17,15 @@ Invariants:
 - ``write()`` puts the bytes in the kernel at once, so a SIGKILLed producer loses nothing that
   was appended; ``fsync`` (``always`` / an interval / ``never``) decides what survives a host
   crash;
-- a torn record (a crash mid-append: short header, short payload, wrong CRC) ends its segment's
-  readable part: it is logged and counted, never raised;
+- damage is never raised and never silent (logged; lost frames counted in ``dropped``). Where
+  the framing fails (a short header or payload, a wrong CRC, a zero length), the reader looks
+  for the next whole record. One further on means whole records were lost in between: as many
+  as their length fields delimit, or at least one; reading goes on with it. None means a torn
+  tail (a crash mid-append), cut off the file: the whole records in it (a wrong CRC) are
+  counted, a last, partial one is not (it was never written whole). A record whose CRC is right
+  but which does not decode (another version's format, a bug) is skipped alone and counted. A
+  segment that cannot be read at all (EIO, not a file) is left in place and skipped, counted in
+  ``missing_segments`` as how many frames it held is not known;
 - the spill holds at most ``max_bytes``; past that, ``append`` refuses (policy ``block``: the
   caller stops reading its sockets) or deletes the oldest segment (``drop-oldest``: counted as
   lost frames);
@@ -35,11 +42,12 @@ import fcntl
 import itertools
 import logging
 import os
+import re
 import struct
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -72,6 +80,9 @@ class Record(NamedTuple):
 
 
 _decode = msgspec.msgpack.Decoder(Record).decode
+# where a payload may start, looking for the next record past damage: a msgpack fixarray (the
+# record's fields) whose first item is a str (the stream key)
+_PAYLOAD_START = re.compile(rb"[\x90-\x9f][\xa0-\xbf\xd9\xda]")
 
 
 def encode_record(record: Record) -> bytes:
@@ -84,6 +95,82 @@ class _Segment:
     path: Path
     size: int  # valid bytes on disk
     records: int  # records not yet consumed
+    skips: dict[int, int] = field(default_factory=dict)  # damaged bytes: start -> end
+
+
+class Damage(NamedTuple):
+    """Bytes of a segment that hold no readable record."""
+
+    start: int
+    end: int  # where reading goes on (the file's end for a torn tail)
+    frames: int  # whole frames lost in them (at least that many when not ``exact``)
+    exact: bool  # ``frames`` delimited by the records' length fields
+    tail: bool  # no whole record after them: a torn tail, cut off
+
+
+class Scan(NamedTuple):
+    size: int  # readable bytes: the segment without its torn tail
+    records: int  # whole records
+    damage: list[Damage]
+
+
+def scan_segment(data: bytes) -> Scan:
+    """Find a segment's whole records and its damage (see the module docstring)."""
+    offset = records = 0
+    damage: list[Damage] = []
+    while offset < len(data):
+        end = _record_end(data, offset)
+        if end is not None:
+            offset, records = end, records + 1
+            continue
+        # The length fields say where the damaged records end, unless one is wrong too: a
+        # record found before the walk lands (or without it) says so.
+        walked, frames = _walk_damaged(data, offset)
+        landed = walked < len(data) and _record_end(data, walked) is not None
+        found = _next_record(data, offset + 1, walked if landed else len(data))
+        if found is not None:
+            damage.append(Damage(offset, found, 1, False, False))
+        elif landed:
+            damage.append(Damage(offset, walked, frames, True, False))
+        else:
+            damage.append(Damage(offset, len(data), frames, walked == len(data), True))
+            break
+        offset = found if found is not None else walked
+    return Scan(offset, records, damage)
+
+
+def _walk_damaged(data: bytes, offset: int) -> tuple[int, int]:
+    """From ``offset``, over records whose length fits but whose CRC is wrong: (where the walk
+    stops, how many it passed)."""
+    count = 0
+    while len(data) - offset >= HEADER.size:
+        length = HEADER.unpack_from(data, offset)[0]
+        end = offset + HEADER.size + length
+        if not length or end > len(data) or _record_end(data, offset) is not None:
+            break
+        offset, count = end, count + 1
+    return offset, count
+
+
+def _next_record(data: bytes, start: int, stop: int) -> int | None:
+    """The first offset in [start, stop) where a whole record of this format begins. A false
+    match needs a payload that decodes as a record and a matching CRC-32."""
+    view = memoryview(data)
+    for match in _PAYLOAD_START.finditer(data, start + HEADER.size):
+        offset = match.start() - HEADER.size
+        if offset >= stop:
+            return None
+        length = HEADER.unpack_from(data, offset)[0]
+        end = offset + HEADER.size + length
+        if end > len(data):
+            continue
+        try:  # (before the CRC: garbage fails within a few bytes, a CRC reads them all)
+            _decode(view[offset + HEADER.size : end])
+        except msgspec.DecodeError:
+            continue
+        if _record_end(data, offset) == end:
+            return offset
+    return None
 
 
 class Spill:
@@ -101,10 +188,11 @@ class Spill:
         self.fsync_every_s = fsync_every_s
         self.drop_oldest = drop_oldest
         self.segment_bytes = segment_bytes
-        self.torn = 0  # torn records found
-        self.dropped = 0  # frames deleted by drop-oldest
+        self.torn = 0  # stretches of damaged bytes found (torn tails included)
+        self.dropped = 0  # frames lost: drop-oldest, unreadable or damaged records
         self.write_error: OSError | None = None  # the disk refused the last append's write
-        self.missing_segments = 0  # found missing at open: deleted by someone else
+        self.missing_segments = 0  # found missing (deleted) or unreadable at open
+        self._next_number = 1  # of a new segment, at least: past every one found at open
         self._segments: list[_Segment] = []
         self._writer: int | None = None  # fd of the last segment, open for appending
         self._last_fsync = time.monotonic()
@@ -135,13 +223,23 @@ class Spill:
             ) from None
         self._lock_fd = fd
         paths = sorted(self.directory.glob("*.seg"))
-        self._missing(paths)
         for path in paths:
-            size, records = self._scan(path)
-            if records:
-                self._segments.append(_Segment(path, size, records))
-            else:
+            if not path.stem.isdigit():
+                logger.warning("spill %s: %s is not a segment: left alone", self.directory, path)
+        paths = [p for p in paths if p.stem.isdigit()]
+        self._missing(paths)
+        self._next_number = max((int(p.stem) + 1 for p in paths), default=1)
+        for path in paths:
+            segment = self._scan(path)
+            if segment is None:
+                continue
+            if segment.records:
+                self._segments.append(segment)
+                continue
+            try:
                 path.unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("spill %s: no records left, cannot be deleted: %s", path, exc)
         if self._segments:
             logger.warning(
                 "spill %s holds %d frames (%d bytes) from an earlier run: draining them first",
@@ -171,19 +269,51 @@ class Spill:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _scan(self, path: Path) -> tuple[int, int]:
-        """(readable bytes, records) of a segment; a torn tail is cut off the file."""
-        data = path.read_bytes()
-        offset = records = 0
-        while offset < len(data):
-            end = _record_end(data, offset)
-            if end is None:
-                self._torn(path, offset, len(data))
+    def _scan(self, path: Path) -> _Segment | None:
+        """A segment found at open, its damage logged and counted and its torn tail cut off the
+        file; None if it cannot be read (left in place: a disk error may pass by the next
+        start, and a file or directory someone put there is theirs)."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.missing_segments += 1
+            logger.error(
+                "spill %s cannot be read (%s): its frames are lost, how many is not known; "
+                "skipped, left in place", path, exc,
+            )  # fmt: skip
+            return None
+        scan = scan_segment(data)
+        for damage in scan.damage:
+            self._damaged(path, damage, len(data))
+        if scan.size < len(data):
+            try:
                 with open(path, "r+b") as fh:
-                    fh.truncate(offset)
-                break
-            offset, records = end, records + 1
-        return offset, records
+                    fh.truncate(scan.size)
+            except OSError as exc:  # new records go to a new segment anyway, never after it
+                logger.warning(
+                    "spill %s: its torn tail cannot be cut off (%s): the %d records before "
+                    "it are read, it is not", path, exc, scan.records,
+                )  # fmt: skip
+        skips = {d.start: d.end for d in scan.damage if not d.tail}
+        return _Segment(path, scan.size, scan.records, skips)
+
+    def _damaged(self, path: Path, damage: Damage, size: int) -> None:
+        self.torn += 1
+        self.dropped += damage.frames
+        if damage.tail:
+            logger.error(
+                "spill %s: torn record at byte %d of %d (a crash mid-write): skipped the rest%s",
+                path.name, damage.start, size,
+                f"; {damage.frames} whole frames in it (a wrong CRC) are lost"
+                if damage.frames else "",
+            )  # fmt: skip
+        else:
+            logger.error(
+                "spill %s: bytes %d..%d are damaged (a wrong CRC or length): %s%d frames lost; "
+                "the records after them are read",
+                path.name, damage.start, damage.end, "" if damage.exact else "at least ",
+                damage.frames,
+            )  # fmt: skip
 
     def _torn(self, path: Path, offset: int, size: int) -> None:
         self.torn += 1
@@ -286,7 +416,7 @@ class Spill:
                 self._fsync()
                 os.close(self._writer)
                 self._writer = None
-            number = int(last.path.stem) + 1 if last is not None else 1
+            number = max(int(last.path.stem) + 1 if last is not None else 1, self._next_number)
             last = _Segment(self.directory / f"{number:016d}.seg", 0, 0)
             self._writer = os.open(last.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._segments.append(last)
@@ -379,6 +509,19 @@ class Spill:
         segment.records = 0
 
     def _read(self, segment: _Segment, offset: int) -> tuple[Record | None, int]:
+        """The record at ``offset`` or, past damage and records that do not decode, the next
+        one; (None, offset) when none is left."""
+        while True:
+            while offset in segment.skips:
+                offset = segment.skips[offset]
+            if len(self._taken) >= segment.records:
+                return None, offset
+            record, end = self._read_at(segment, offset)
+            if record is not None or end == offset:
+                return record, end
+            offset = end  # (one that does not decode: skipped, counted)
+
+    def _read_at(self, segment: _Segment, offset: int) -> tuple[Record | None, int]:
         rel = offset - self._window_start
         end = _record_end(self._window, rel) if 0 <= rel <= len(self._window) else None
         if end is None:  # not in the window: read the next WINDOW bytes, or this record whole
@@ -397,12 +540,21 @@ class Spill:
             return None, offset
         try:
             record = _decode(self._window[rel + HEADER.size : end])
-        except msgspec.DecodeError:  # a record of another version: count it as torn
-            self._torn(segment.path, offset, segment.size)
-            segment.records = len(self._taken)
-            segment.size = offset
-            return None, offset
+        except msgspec.DecodeError as exc:  # another version's format, or a bug: this one only
+            self._undecodable(segment, offset, self._window_start + end, exc)
+            return None, self._window_start + end
         return record, self._window_start + end
+
+    def _undecodable(self, segment: _Segment, offset: int, end: int, exc: Exception) -> None:
+        """Skip a whole record that does not decode, for good (an ``untake`` reads past it
+        without counting it again)."""
+        segment.skips[offset] = end
+        segment.records -= 1
+        self.dropped += 1
+        logger.error(
+            "spill %s: the record at byte %d does not decode (%s): its frame is lost; the "
+            "records after it are read", segment.path.name, offset, exc,
+        )  # fmt: skip
 
     def consume(self, n: int) -> None:
         """The first ``n`` records taken are in Redis: forget them (a drained segment goes)."""
@@ -436,6 +588,7 @@ def _record_end(data: bytes, offset: int) -> int | None:
     length, crc = HEADER.unpack_from(data, offset)
     start = offset + HEADER.size
     end: int = start + length
-    if end > len(data) or zlib.crc32(data[start:end]) != crc:
+    # (a payload is never empty: zeros, as a host crash may leave, are no record)
+    if not length or end > len(data) or zlib.crc32(data[start:end]) != crc:
         return None
     return end

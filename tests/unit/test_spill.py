@@ -67,7 +67,9 @@ def test_a_torn_last_record_is_skipped_with_a_log_line_not_raised(
     assert again.torn == 1 and "torn record" in caplog.text
 
 
-def test_a_corrupted_record_ends_its_segment_without_an_exception(tmp_path: Path) -> None:
+def test_a_corrupted_record_is_skipped_counted_and_the_records_after_it_read(
+    tmp_path: Path,
+) -> None:
     spill = Spill(tmp_path, max_bytes=1 << 20).open()
     spill.append([rec(i) for i in range(5)])
     spill.close()
@@ -77,7 +79,8 @@ def test_a_corrupted_record_ends_its_segment_without_an_exception(tmp_path: Path
     data[third + HEADER.size + 3] ^= 0xFF  # a flipped bit: its CRC no longer matches
     segment.write_bytes(bytes(data))
     again = Spill(tmp_path, max_bytes=1 << 20).open()
-    assert [r.seq for r in drain(again)] == [0, 1] and again.torn == 1
+    assert [r.seq for r in drain(again)] == [0, 1, 3, 4] and again.torn == 1
+    assert again.dropped == 1
 
 
 def test_a_full_spill_blocks_or_drops_its_oldest_segment(tmp_path: Path) -> None:
