@@ -5,9 +5,10 @@ Stop (SIGTERM/SIGINT): the feeds close, then what is buffered is flushed, all wi
 ``producer.stop_timeout_s``; what Redis cannot take by then waits in the spill for the next
 start. Exit statuses (``common.errors.ExitStatus``): 0 every frame received reached Redis or the
 spill; 2 a configuration error (also: another producer holds this spill directory); 4 Redis
-refused in a way no retry can fix (the log says the fix); 5 frames were lost (dropped with memory
-and spill full, or unsent at the deadline without a spill: the log counts them; or in spill
-segments found missing or unreadable); 1 a bug.
+refused in a way no retry can fix (the log says the fix; what was in memory went to the spill
+first, for the next start); 5 frames were lost (dropped with memory and spill full, or unsent at
+the deadline without a spill: the log counts them; or in spill segments found missing or
+unreadable); 1 a bug.
 """
 
 from __future__ import annotations
@@ -147,13 +148,17 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         first = group.exceptions[0]
         assert isinstance(first, FatalError)
         fatal = first
+        if publisher.buffered:  # delivered by the feeds while the publisher ended: kept too
+            publisher.keep_rest(f"{fatal.server} refused ({fatal.code})")
     finally:
         if spill is not None:
             spill.close()
-    if fatal is not None:
+    if fatal is not None:  # its status, even with frames lost: the refusal needs the fix
         logger.critical(
-            "producer stopped: %s refused (%s): %s. Fix: %s. %d frames were not written.",
-            fatal.server, fatal.code, fatal.problem, fatal.fix, publisher.buffered,
+            "producer stopped: %s refused (%s): %s. Fix: %s. %d frames wait in the spill for "
+            "the next start; %d frames were not written.",
+            fatal.server, fatal.code, fatal.problem, fatal.fix, publisher.spilled,
+            publisher.buffered,
         )  # fmt: skip
         return fatal.status
     logger.info("producer stopped: %s", metrics.summary())
@@ -162,8 +167,8 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
         return ExitStatus.LOST
     if spill is not None and spill.missing_segments:
         logger.error(
-            "producer stopped; %d spill segments were missing at its start: their frames are "
-            "lost (see above)", spill.missing_segments,
+            "producer stopped; %d spill segments were missing or unreadable at its start: "
+            "their frames are lost (see above)", spill.missing_segments,
         )  # fmt: skip
         return ExitStatus.LOST
     return ExitStatus.OK

@@ -14,11 +14,13 @@ is not away: the sessions pause at ``high_water`` (TCP backpressure), as a spill
 spend the CPU that Redis needs. Invariant: every frame in memory is newer than every frame in
 the spill, so frames are sent from memory only while the spill is empty; while it is not, it
 drains first (oldest first), new frames queue behind it, and the sessions keep reading. Redis is
-probed about once a second while away, so the spill drains within seconds of its return. A stop
-with Redis away writes what is in memory to the spill (nothing is lost; the next start drains
-it). Only a full spill stops the sessions reading (policy ``block``) or loses its oldest frames
-(``drop-oldest``), and without a spill the memory buffer's ``buffer_frames`` is the bound:
-frames past it are dropped, counted and logged; the exit status then says frames were lost.
+probed about once a second while away (a fresh connection, answered within ``CONNECT_S``; frames
+keep going to the spill while a probe waits), so the spill drains within seconds of its return.
+A stop with Redis away, or a refusal no retry can fix, writes what is in memory to the spill
+(nothing is lost; the next start drains it). Only a full spill stops the sessions reading
+(policy ``block``) or loses its oldest frames (``drop-oldest``), and without a spill the memory
+buffer's ``buffer_frames`` is the bound: frames past it are dropped, counted and logged; the
+exit status then says frames were lost.
 
 Trimming is ``producer.retention``'s: it never removes what a consumer group has not acked.
 """
@@ -34,7 +36,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from common.envelope import exchange_of_key
-from common.errors import Action, TransientError, backoff, classify
+from common.errors import Action, FatalError, TransientError, backoff, classify
 from common.metrics import Metrics
 
 from .retention import Retention
@@ -145,6 +147,7 @@ class Publisher:
         self._down_since: float | None = None
         self._next_probe = 0.0
         self._spill_full = False  # the spill refused frames (policy block): sessions wait
+        self._unsent_counted = 0  # the oldest frames in memory already counted unsent
         metrics.set("redis_away", 0)  # (both from the start: an alert's series exists)
         metrics.set("spill_blocked", 0)
         self._last_drop_log = self._last_down_log = 0.0
@@ -236,13 +239,16 @@ class Publisher:
         goes to the spill.
 
         Raises:
-            FatalError: Redis refused in a way no retry can fix; the buffer is kept.
+            FatalError: Redis refused in a way no retry can fix; what is in memory went to the
+                spill first (what cannot, or all of it without a spill, is counted unsent).
         """
         deadline: float | None = None
         delays = None
         stop_wait = asyncio.ensure_future(stop.wait())
         stop_wait.add_done_callback(lambda _: self._wake.set())
         try:
+            if self.spill is not None:
+                self._count_spill_losses()  # damage the spill found at open
             await self._connect_at_start()
             while True:
                 now = time.monotonic()
@@ -254,23 +260,33 @@ class Publisher:
                     or (self.spill is not None and (self._down_since is not None or self.spill))
                     or (deadline is not None and now >= deadline)
                 ):  # with a spill, a stop never waits for Redis: the next start sends the rest
-                    self._stop_with_rest()
+                    self.keep_rest()
                     return
                 if self._should_spill():
                     self._to_spill()
                 if self._down_since is not None and now < self._next_probe:
-                    await self._wait(stop_wait, self._next_probe - now)
+                    if stop_wait.done():  # (no spill) a wake-up would return at once: sleep
+                        assert deadline is not None  # (set above once the stop is)
+                        await asyncio.sleep(min(self._next_probe, deadline) - now)
+                    else:
+                        await self._wait(stop_wait, self._next_probe - now)
                     continue
-                if not self._buffer and not self.spill:
+                idle = not self._buffer and not self.spill
+                if idle:
                     await self._wait(stop_wait, self.retention.next_tick_in(now))
-                    await self._tick_retention()
-                    continue
-                if not self.spill and not stop.is_set():
+                elif not self.spill and not stop.is_set():
                     linger = self._linger_left()
                     if linger > 0:
                         await self._wait(stop_wait, linger)
                         continue
+                # Everything that talks to Redis is in here, the idle retention tick too: a
+                # lost connection or a refusal worth retrying is never the end of the loop.
                 try:
+                    if idle:
+                        await self._tick_retention()
+                        continue
+                    if self._down_since is not None and not await self._probe(stop_wait):
+                        continue  # the stop came first
                     if self.spill:
                         await self._drain_some()
                     else:
@@ -284,9 +300,19 @@ class Publisher:
                         delays = backoff(initial=0.2, cap=min(PROBE_S, self.backoff_max_s))
                     self._note_down(exc)
                     self._next_probe = time.monotonic() + next(delays)
+        except Exception as exc:
+            # A refusal no retry can fix (or a bug) ends the loop: what is in memory goes to
+            # the spill first, as at a stop, so the next start sends it; only what cannot is
+            # lost (counted).
+            try:
+                self.keep_rest(str(exc) if isinstance(exc, FatalError) else f"{exc!r}")
+            except Exception:
+                logger.exception("the frames in memory could not be kept")
+            raise
         finally:
             stop_wait.cancel()
             if self.spill is not None:
+                self._count_spill_losses()
                 self.spill.sync()
             await self.wire.close()
 
@@ -324,6 +350,42 @@ class Publisher:
             return
         self._wake.clear()
         await self._wake.wait(max(0.0, seconds))
+
+    async def _probe(self, stop_wait: asyncio.Future[Any]) -> bool:
+        """While Redis is away: connect afresh (AUTH, SELECT, PING) before sending, within
+        ``CONNECT_S``. A server that takes the connection and does not answer (stopped, a hung
+        host behind a proxy) would hold the loop for the wire's timeout, so the probe runs
+        beside it: frames arriving meanwhile go to the spill, not into memory. A Redis that is
+        up is never probed, so a slow one (replies coming) keeps the wire's timeout.
+
+        Returns:
+            True once Redis answered; False when a stop came first (with a spill, a stop waits
+            for no Redis).
+
+        Raises:
+            TransientError: no answer within ``CONNECT_S``, or the connection failed.
+            FatalError: a refusal no retry can fix (NOAUTH, WRONGPASS, ...).
+        """
+        probe = asyncio.ensure_future(asyncio.wait_for(self.wire.connect(), CONNECT_S))
+        probe.add_done_callback(lambda _: self._wake.set())
+        try:
+            while not probe.done():
+                if self._should_spill():
+                    self._to_spill()
+                if stop_wait.done() and self.spill is not None:
+                    return False
+                self._wake.clear()
+                await self._wake.wait(CONNECT_S)
+        finally:
+            if not probe.done():
+                probe.cancel()  # (the wire closes the half-open connection)
+                await asyncio.wait([probe])
+        try:
+            probe.result()
+        except TimeoutError:
+            await self.wire.close()
+            raise TransientError(f"redis did not answer within {CONNECT_S:g} s") from None
+        return True
 
     def _should_spill(self) -> bool:
         """Memory goes to the spill while Redis is away (a stall counts: see ``_send_some``),
@@ -366,8 +428,12 @@ class Publisher:
             self.metrics.inc("spill_dropped", self.spill.dropped)
             self.spill.dropped = 0
 
-    def _stop_with_rest(self) -> None:
-        """At the stop: what is still in memory goes to the spill; only what cannot is lost."""
+    def keep_rest(self, why: str = "redis unreachable") -> None:
+        """At the end of :meth:`run` (a stop, a refusal): what is still in memory goes to the
+        spill; only what cannot is lost, counted in ``unsent_at_stop``. Called again (by
+        ``producer.__main__``, for frames the feeds delivered while the publisher ended), it
+        counts only frames it had not counted before."""
+        before = len(self._buffer)
         if self._buffer and self.spill is not None:
             self._to_spill()
             self.spill.sync()
@@ -376,20 +442,25 @@ class Publisher:
                 "stopping with %d frames in the spill %s: the next start sends them",
                 self.spilled, self.spill.directory if self.spill is not None else "",
             )  # fmt: skip
-        if self._buffer:
+        counted = max(0, self._unsent_counted - (before - len(self._buffer)))
+        if len(self._buffer) > counted:
             error = self.spill.write_error if self.spill is not None else None
             logger.error(
-                "stopping with %d frames unsent: redis unreachable%s", len(self._buffer),
+                "stopping with %d frames unsent: %s%s", len(self._buffer), why,
                 f" and the spill cannot be written ({error})" if error is not None else "",
             )  # fmt: skip
-            self.metrics.inc("unsent_at_stop", len(self._buffer))
+            self.metrics.inc("unsent_at_stop", len(self._buffer) - counted)
+        self._unsent_counted = len(self._buffer)  # (the oldest ones: memory pops from the left)
 
     def _forget(self, n: int) -> None:
-        """The oldest ``n`` frames are in Redis or the spill: out of memory."""
+        """The oldest ``n`` frames are in Redis or the spill: out of memory. The one place
+        memory shrinks, so the one place the sessions paused at ``high_water`` are woken."""
         popleft, size = self._buffer.popleft, 0
         for _ in range(n):
             size += len(popleft()[1])
         self._bytes -= size
+        if len(self._buffer) < self.high_water // 2 and self._bytes < self.high_water_bytes // 2:
+            self._room.set()
 
     def _batch(self) -> int:
         """How many of the oldest frames go in the next round trip: ``pipeline_max`` at most,
@@ -425,8 +496,6 @@ class Publisher:
         # stored some of them; they are sent again, and the consumer's natural keys dedupe.)
         self._forget(n)
         self._sent(n, sizes, replies)
-        if len(self._buffer) < self.high_water // 2 and self._bytes < self.high_water_bytes // 2:
-            self._room.set()
 
     async def _drain_some(self) -> None:
         """Send the spill's oldest frames; forget them once Redis has them."""

@@ -10,7 +10,10 @@ The rule (:class:`Retention`): a trim never passes the oldest entry that any con
 the stream has not acknowledged: its oldest pending entry, else its last delivered one
 (``XINFO GROUPS``, ``XPENDING``; computed, so it works on every server version; Redis 8.2's
 ``XTRIM ... ACKED`` would say the same). A stream without a group keeps everything until the
-first consumer creates one. While consumers are behind, the stream grows past its window,
+first consumer creates one. A stream that is gone (deleted, or a Redis restarted without its
+data: ``XINFO GROUPS`` answers ``ERR no such key``) or a group deleted between the two questions
+(``NOGROUP``) is nothing to trim now, not an error: the stream is forgotten until this producer
+writes to it again. While consumers are behind, the stream grows past its window,
 loudly: the gauge ``retention_held_back`` (entries the slowest group has not acked) and a
 warning with the lag, at most once a minute. When Redis' memory then fills, XADD is refused
 (OOM) and the spill takes the frames.
@@ -34,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.errors import FatalError, TransientError
 from common.metrics import Metrics
 
 from .wire import RedisWire, command
@@ -100,6 +104,11 @@ class FrameWindow:
         out = [(key, self._streams[key].trim_ms) for key in sorted(self._moved)]
         self._moved.clear()
         return out
+
+    def forget(self, key: str) -> None:
+        """``key`` is gone (deleted): the frames counted in it with it."""
+        self._streams.pop(key, None)
+        self._moved.discard(key)
 
     def frames(self, key: str) -> int:
         """Frames counted in ``key``'s window."""
@@ -171,6 +180,15 @@ def parse_groups(reply: list[Any]) -> list[GroupState]:
     return out
 
 
+def stream_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis saying the stream (``XINFO GROUPS``: ``ERR no such key``) or
+    one of its groups (``XPENDING``: ``NOGROUP``) does not exist, rather than a refusal or an
+    outage."""
+    if isinstance(exc, FatalError):
+        return exc.code == "ERR" and "no such key" in exc.problem.lower()
+    return isinstance(exc, TransientError) and "NOGROUP" in str(exc)
+
+
 class Retention:
     """Trims the streams this producer writes (see the module docstring)."""
 
@@ -228,7 +246,13 @@ class Retention:
             target = self.target(key)
             if target <= self._trimmed.get(key, (0, 0)):
                 continue
-            groups = await self._groups(key)
+            try:
+                groups = await self._groups(key)
+            except (FatalError, TransientError) as exc:
+                if not stream_gone(exc):
+                    raise
+                self._gone(key, exc)
+                continue
             bound = consumed_bound(groups)
             minid = target if bound is None or target <= bound else bound
             if bound is None:
@@ -243,6 +267,18 @@ class Retention:
                 self._trimmed[key] = minid
                 self.metrics.inc("trims")
         self.metrics.set("retention_held_back", held_back)
+
+    def _gone(self, key: str, exc: FatalError | TransientError) -> None:
+        """Nothing to trim in ``key`` now. A deleted stream took every frame counted in it:
+        forgotten until the next :meth:`add`, so it is not asked about every second."""
+        if isinstance(exc, TransientError):  # NOGROUP: a group went between two questions
+            logger.info("%s: a consumer group is gone (%s): trimming at the next tick", key, exc)
+            return
+        logger.warning("%s: the stream is gone (deleted? %s): nothing to trim", key, exc.problem)
+        self._keys.discard(key)
+        self._trimmed.pop(key, None)
+        if self.window is not None:
+            self.window.forget(key)
 
     async def _groups(self, key: str) -> list[GroupState]:
         [reply] = await self.wire.execute(command(b"XINFO", b"GROUPS", key.encode()), 1)
