@@ -81,6 +81,15 @@ class ClusterReads:
                 logger.warning("a blocked read failed at the stop: %s", exc)
         return pairs
 
+    def held(self) -> list[Any]:
+        """(key, entries) pairs answered to this consumer and not yet handed out: kept after
+        another slot's read failed, or a blocked read's answer not yet collected."""
+        pairs = list(self._ready)
+        for future in list(self._waiting.values()):
+            if future.done() and future.exception() is None:
+                pairs += future.result()
+        return pairs
+
     def close(self) -> None:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)

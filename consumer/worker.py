@@ -23,8 +23,17 @@ unless the main thread is in a read that may block longer: then the writer sends
 
 At start it re-reads its own pending entries (id ``0``), then new ones (``>``). Every
 ``claim_every_s`` it claims entries idle for ``claim_idle_ms`` on other consumers
-(``consumer.claims``). An entry delivered three times or more is handled alone (its own batch,
-nothing else in flight), so a frame that kills its process takes no other frame's budget with it.
+(``consumer.claims``), and takes back its own entries idle that long that it does not hold in
+memory (``_held_ids``): a read or a claim that ran on the server but whose reply was lost with
+the connection delivered them to no one, and they would otherwise stay pending, pinning the
+stream's retention, until the process restarts. A stream's claims wait until its own pending
+entries are all re-read (a claimed entry would be read again with them: one delivery more).
+On NOGROUP anywhere (a read, a claim, a lease renewal: the stream and its group were deleted,
+or Redis restarted without its data) the groups are created again before the retry.
+
+An entry delivered three times or more is handled alone: everything before it is committed and
+acked first, then it is committed and acked in a batch of its own, so that a frame that kills
+its process takes no other frame's delivery budget with it.
 """
 
 from __future__ import annotations
@@ -163,7 +172,7 @@ class Worker:
             stop_timeout_s=o.stop_timeout_s,
             sleep=lambda s: self.sleep(s),
         )
-        self._claims = Claims(self.client, o.group, o.name)
+        self._claims = Claims(self.client, o.group, o.name, on_nogroup=self._regroup)
         self._deadletters = DeadLetters(self.client)
         # /healthz: a read-commit-ack cycle, or a read that found nothing, this recently
         self.progress = Progress("last read-commit-ack cycle or empty read", PROGRESS_WITHIN_S)
@@ -231,6 +240,15 @@ class Worker:
             except redis.ResponseError as exc:
                 if redis_code(exc) != "BUSYGROUP":
                     raise
+
+    def _regroup(self) -> None:
+        """NOGROUP: the stream and its group are gone (a deleted key, a FLUSHDB, a Redis
+        restarted without its data, a fail-over to an empty replica). Create the groups again,
+        so that the retry that follows (a read, a claim, a lease renewal) finds them. Any
+        thread may call it (a writer renewing a lease): XGROUP CREATE answers BUSYGROUP once a
+        group exists."""
+        logger.warning("group %s is missing (NOGROUP): creating it again", self.options.group)
+        self.ensure_groups()
 
     def _connect(self) -> list[Store]:
         call = self._retrier.call
@@ -381,7 +399,7 @@ class Worker:
                 raise pool.error
             now = time.monotonic()
             if o.claim and now - last_claim >= o.claim_every_s:
-                self._retrier.call("claim", lambda: self._claim(time.monotonic()))
+                self._retrier.call("claim", lambda: self._claim(time.monotonic(), cursor))
                 last_claim = time.monotonic()
             if now - last_status >= STATUS_EVERY_S:
                 self._status()
@@ -411,7 +429,7 @@ class Worker:
                     self.metrics.inc("retries:ack")
                 logger.warning("redis read failed: %s", exc)
                 if redis_code(exc) == "NOGROUP":  # the stream and its group were deleted
-                    self._retrier.call("redis-setup", self.ensure_groups)
+                    self._retrier.call("redis-setup", self._regroup)
                 self.sleep(min(1.0, o.backoff_max_s, self._retrier.remaining()))
                 continue
             got = self._handle_read(reply, cursor)
@@ -547,7 +565,11 @@ class Worker:
         self.sleep(min(1.0, self.options.backoff_max_s, self._retrier.remaining()))
 
     def _ack_unacked(self) -> None:
-        """At the end: ack what was committed here and not yet acked with a read."""
+        """Ack what was committed and not yet acked with a read: at the end, and around an
+        entry handled alone (``_flush_and_wait``)."""
+        with self._acks_lock:  # (handed back by a writer: ``_writer_commit``)
+            self._unacked += self._committed
+            self._committed = []
         committer = self._committer
         while self._unacked and committer is not None:
             batch = self._unacked[0]
@@ -556,12 +578,18 @@ class Worker:
             committer.acked(batch)
 
     def _add_history(self, key: str, entries: Any, cursor: dict[str, str], now: float) -> None:
-        """Our own pending entries, read again: with their delivery counts."""
+        """Our own pending entries, read again: with their delivery counts. Those already in
+        hand are skipped (not processed twice, nor acked before their own commit): the cursor
+        passes each entry read, and a stream's claims wait for its history to end, so only a
+        Redis Cluster read answered twice (``consumer.cluster_reads``: a failed read keeps the
+        answers of the others for the next) brings one."""
         ids = [_s(raw_id) for raw_id, _ in entries]
         cursor[key] = ids[-1]
         counts = self._retrier.call("pending", lambda: self._claims.own_deliveries(key, ids))
+        held = self._held_ids().get(key, set())
         for entry_id, (_, fields) in zip(ids, entries, strict=True):
-            self._add(key, entry_id, fields, counts.get(entry_id, 1), now)
+            if entry_id not in held:
+                self._add(key, entry_id, fields, counts.get(entry_id, 1), now)
 
     def _add(self, key: str, entry_id: str, fields: Any, deliveries: int, now: float) -> None:
         """One redelivered entry: dead-lettered past the budget, alone when suspect."""
@@ -595,7 +623,10 @@ class Worker:
         self._batcher.batch.deliveries[(key, entry_id)] = deliveries
 
     def _flush_and_wait(self) -> None:
-        """Commit everything in hand before going on (around an entry handled alone)."""
+        """Commit and ack everything in hand before going on (around an entry handled alone):
+        acks that waited for the next read would be lost if the suspect entry kills the
+        process, and the entries committed just before it would share its deliveries, and its
+        fate once over budget."""
         self._flush()
         if self._inflight is not None:
             self._finish_inflight()
@@ -606,16 +637,54 @@ class Worker:
                 raise pool.error
             if self._retrier.stopping() and self._retrier.remaining() <= 0:
                 raise GaveUp("stop deadline passed while a suspect entry was committed")
+        self._ack_unacked()
 
-    def _claim(self, now: float) -> None:
+    def _held_ids(self) -> dict[str, set[str]]:
+        """The ids, per stream, of the entries this consumer holds in memory: in the batch
+        being built, with a writer, in flight, committed and not yet acked, left pending at the
+        stop, or answered to a Redis Cluster read and not yet handled. Pending on this consumer
+        in Redis, they must not be taken or processed again. Entries join them only on this
+        (the main) thread; a writer moves a batch to ``_committed`` before it leaves the pool,
+        so the pool is looked at first."""
+        batches = self._pool.held() if self._pool is not None else []
+        with self._acks_lock:
+            batches += self._committed + self._unacked + self._dropped
+        if self._inflight is not None:
+            batches.append(self._inflight)
+        batches.append(self._batcher.batch)
+        held: dict[str, set[str]] = {}
+        for batch in batches:
+            for key, ids in batch.acks.items():
+                held.setdefault(key, set()).update(ids)
+        for raw_key, entries in self._unhandled_cluster_answers():
+            held.setdefault(_s(raw_key), set()).update(_s(raw_id) for raw_id, _ in entries)
+        return held
+
+    def _unhandled_cluster_answers(self) -> list[Any]:
+        """(key, entries) pairs a Redis Cluster read was answered and the worker has not
+        handled yet: kept after another slot's read failed, or the answer of a blocked read
+        not yet collected (``consumer.cluster_reads``)."""
+        return self._slot_reads.held() if self._slot_reads is not None else []
+
+    def _claim(self, now: float, cursor: dict[str, str]) -> None:
         o = self.options
+        held = self._held_ids()  # before XPENDING: an entry is never taken while in hand
         for key in o.streams:
             if self._batcher.room <= 0:
                 break
-            got = self._claims.claim(key, o.claim_idle_ms, self._count())
+            if cursor.get(key, ">") != ">":
+                continue  # our own pending entries are still read again (module docstring)
+            got = self._claims.claim(key, o.claim_idle_ms, self._count(), held.get(key, set()))
             if got.entries:
                 self.metrics.inc("claimed", len(got.entries))
                 logger.info("claimed %d idle entries on %s", len(got.entries), key)
+            if got.own:  # (counted in ``claimed``; the log tells them apart)
+                logger.warning(
+                    "took back %d entries of ours on %s whose delivery was lost (a reply lost "
+                    "with the connection)",
+                    got.own,
+                    key,
+                )
             if got.gone:
                 # ids that were pending but are gone from the stream (trimmed): nothing to
                 # store; Redis dropped them from the pending list.
