@@ -197,6 +197,7 @@ class Spill:
         self._writer: int | None = None  # fd of the last segment, open for appending
         self._last_fsync = time.monotonic()
         self._dirty = False
+        self._new_name = False  # a segment created since the directory was last synced
         # draining, in the first segment: where its first unconsumed record starts, the end
         # offsets of records taken but not yet consumed, and a window of its bytes
         self._read_offset = 0
@@ -420,6 +421,7 @@ class Spill:
             last = _Segment(self.directory / f"{number:016d}.seg", 0, 0)
             self._writer = os.open(last.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._segments.append(last)
+            self._new_name = True  # its name is durable once the directory is synced too
         view = memoryview(chunk)
         try:
             while view:
@@ -452,6 +454,19 @@ class Spill:
             last.path.unlink(missing_ok=True)
 
     def _fsync(self) -> None:
+        if self._new_name:  # a new segment: without its directory entry, its synced data is
+            self._new_name = False  # lost with it after a host crash
+            try:
+                fd = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                logger.error(
+                    "spill directory fsync failed (%s): a new segment may not survive a crash "
+                    "of the host", exc,
+                )  # fmt: skip
         if self._writer is not None and self._dirty:
             try:
                 os.fsync(self._writer)
