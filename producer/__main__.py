@@ -139,6 +139,8 @@ async def amain(settings: Settings, metrics_port: int = 0) -> int:
             )
             for task in late:
                 task.cancel()
+            if late:  # their last markers (a connection closed, lost) go in before the stop
+                await asyncio.wait(late, timeout=1.0)
             for exchange, names in symbols.items():
                 markers.run_event("stopped", exchange, names)
             publisher.drain_budget_s = max(0.0, deadline - time.monotonic())

@@ -221,10 +221,19 @@ class FeedSession:
                 new_gen, new_task = self._spawn(tg)
                 logger.info("%s: rolling over %s -> %s", self.label, gen.conn_id, new_gen.conn_id)
                 ready = asyncio.ensure_future(new_gen.ready.wait())
+                stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait(
-                    {ready, new_task}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+                    {ready, new_task, stopper}, timeout=30, return_when=asyncio.FIRST_COMPLETED
                 )
                 ready.cancel()
+                stopper.cancel()
+                if stop.is_set() and not new_gen.ready.is_set():
+                    # a stop while the new connection still connects: it goes, unused; the old
+                    # one is closed below (its markers in the stream before the publisher stops)
+                    new_gen.close_reason = "closed"
+                    new_gen.closing.set()
+                    new_task.cancel()  # (its handshake could take open_timeout)
+                    break
                 if new_gen.ready.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.overlap_s)
