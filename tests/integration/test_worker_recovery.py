@@ -70,6 +70,16 @@ def trade_ids(url: str) -> list[int]:
         return sorted(int(r[0]) for r in conn.execute("SELECT trade_id FROM trades"))
 
 
+def run_until_taken_back(client: redis.Redis, url: str, caplog: pytest.LogCaptureFixture) -> Worker:
+    """Run w1 until trades 1..3 are acked; each stored once, nothing pending, taken back."""
+    worker = run(client, url, lambda w: w.metrics.counters["acked"] >= 3 and not pending(client))
+    assert trade_ids(url) == [1, 2, 3]
+    assert pending(client) == 0
+    assert "took back 3 entries of ours" in caplog.text
+    assert worker.metrics.counters["rows_duplicate"] == 0  # written once
+    return worker
+
+
 def test_entries_whose_read_reply_was_lost_are_taken_back_and_stored_once(
     redis_client: redis.Redis,
     database_url: str,
@@ -95,15 +105,8 @@ def test_entries_whose_read_reply_was_lost_are_taken_back_and_stored_once(
 
     monkeypatch.setattr(GroupReads, "_exchange", exchange)
     started = time.monotonic()
-    worker = run(
-        redis_client, database_url,
-        lambda w: w.metrics.counters["acked"] >= 3 and not pending(redis_client),
-    )  # fmt: skip
+    run_until_taken_back(redis_client, database_url, caplog)
     assert lost == [3]
-    assert trade_ids(database_url) == [1, 2, 3]
-    assert pending(redis_client) == 0
-    assert "took back 3 entries of ours" in caplog.text
-    assert worker.metrics.counters["rows_duplicate"] == 0  # written once
     assert time.monotonic() - started >= CLAIM_IDLE_MS / 1000  # taken back once idle that long
 
 
@@ -128,16 +131,9 @@ def test_entries_whose_claim_reply_was_lost_are_taken_back_and_stored_once(
         return got
 
     monkeypatch.setattr(redis_client, "xclaim", xclaim)
-    worker = run(
-        redis_client, database_url,
-        lambda w: w.metrics.counters["acked"] >= 3 and not pending(redis_client),
-    )  # fmt: skip
+    worker = run_until_taken_back(redis_client, database_url, caplog)
     assert lost == [3]
-    assert trade_ids(database_url) == [1, 2, 3]
-    assert pending(redis_client) == 0
-    assert "took back 3 entries of ours" in caplog.text
-    counters = worker.metrics.counters
-    assert counters["rows_duplicate"] == 0 and counters["retries:claim"] == 1
+    assert worker.metrics.counters["retries:claim"] == 1
 
 
 def test_a_claim_that_finds_the_group_gone_creates_it_again(

@@ -10,11 +10,12 @@ import time
 from websockets.asyncio.server import ServerConnection, serve
 
 from common.metrics import Metrics
-from common.venues import Channel, ConnectionPlan, Keepalive, get_venue
+from common.venues import get_venue
 from producer.markers import Markers
 from producer.publisher import Publisher
 from producer.session import FeedSession
 from producer.wire import RedisWire
+from tests.unit.test_silence_watchdog import binance_plan
 
 
 def test_a_stop_during_a_hanging_rollover_ends_the_feed_at_once() -> None:
@@ -36,13 +37,7 @@ def test_a_stop_during_a_hanging_rollover_ends_the_feed_at_once() -> None:
 
         async with serve(trades, "127.0.0.1", 0, process_request=process_request) as server:
             port = next(iter(server.sockets)).getsockname()[1]
-            plan = ConnectionPlan(
-                url=f"ws://127.0.0.1:{port}/ws",
-                subscribe=('{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}',),
-                symbols=("BTC-USDT",),
-                channels=(Channel.TRADES,),
-                keepalive=Keepalive(protocol_ping_s=None, silence_s=60.0),
-            )
+            plan = binance_plan(port, silence_s=60.0)
             metrics = Metrics("producer")
             publisher = Publisher(
                 RedisWire("redis://127.0.0.1:1/0"), buffer_frames=100, pipeline_max=10,

@@ -18,6 +18,17 @@ from producer.session import FeedSession, watch_liveness
 from producer.wire import RedisWire
 
 
+def binance_plan(port: int, *, silence_s: float) -> ConnectionPlan:
+    """One Binance trades connection to a local server on ``port``."""
+    return ConnectionPlan(
+        url=f"ws://127.0.0.1:{port}/ws",
+        subscribe=('{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}',),
+        symbols=("BTC-USDT",),
+        channels=(Channel.TRADES,),
+        keepalive=Keepalive(protocol_ping_s=None, silence_s=silence_s),
+    )
+
+
 def test_watch_liveness_returns_after_silence_and_not_while_frames_move() -> None:
     async def scenario() -> tuple[float, float]:
         count = itertools.count()
@@ -56,13 +67,7 @@ def test_a_silent_connection_is_replaced() -> None:
 
         async with serve(silent, "127.0.0.1", 0) as server:
             port = next(iter(server.sockets)).getsockname()[1]
-            plan = ConnectionPlan(
-                url=f"ws://127.0.0.1:{port}/ws",
-                subscribe=('{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}',),
-                symbols=("BTC-USDT",),
-                channels=(Channel.TRADES,),
-                keepalive=Keepalive(protocol_ping_s=None, silence_s=0.2),
-            )
+            plan = binance_plan(port, silence_s=0.2)
             metrics = Metrics("producer")
             publisher = Publisher(
                 RedisWire("redis://127.0.0.1:1/0"),  # never used: no frame arrives
