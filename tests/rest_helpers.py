@@ -13,7 +13,6 @@ from contextlib import contextmanager
 import httpx
 import msgspec
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from common.records import Trade
@@ -23,16 +22,11 @@ from common.simulator.dialect import Dialect, RestReply
 from common.simulator.dialects import get_dialect
 from common.simulator.engine import TradeBook
 from common.simulator.server import Simulator, SimulatorConfig
+from tests.fuzzing import fuzz
 from tests.venue_helpers import RECV_NS
 
 # The property tests' settings: reproducible, no example database, no deadline.
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(60)
 # Any JSON value, NaN and the infinities included (``json.dumps`` writes them as JavaScript does).
 ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

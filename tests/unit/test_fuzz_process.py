@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from common.envelope import Envelope, encode_entry
@@ -17,17 +17,12 @@ from common.records import Quote, Trade
 from common.venues import all_venues
 from consumer.process import Outcome, Processor
 from consumer.validate import EARLIEST_NS, MAX_DIGITS, MAX_ID_BYTES, MAX_SCALE
+from tests.fuzzing import fuzz
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW = 1_800_000_000_123_456_789  # 2027: every recorded fixture is in its past
 SKEW = 10 * 10**9
-FUZZ = settings(
-    max_examples=150,
-    database=None,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(150)
 
 
 class Everything(frozenset[str]):

@@ -26,26 +26,21 @@ from functools import cache
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.errors import PoisonFrame
 from common.records import Quote, Trade
 from common.symbols import Kind, Symbol, parse_symbol
 from common.venues import Channel, FrameContext, Parsed, Venue, all_venues
+from tests.fuzzing import fuzz
 from tests.venue_helpers import FIXTURES, RECV_NS, parse
 
 VENUES = sorted(all_venues())
 
 # Examples per venue and property: the whole file stays within ~10 s on two cores (it runs in
 # `make test`); the exhaustive sweeps below carry most of the fixed-value coverage.
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,  # the same examples on every run: CI is reproducible
-    database=None,  # no failing examples saved and replayed between runs
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(60)
 
 # -- the property -------------------------------------------------------------------------------
 

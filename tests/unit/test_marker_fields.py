@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from psycopg.adapt import PyFormat, Transformer
 
@@ -19,6 +19,7 @@ from common.markers import EVENTS, NAME_MAX, MarkerBody, encode_marker
 from consumer.batching import Batch
 from consumer.process import Outcome, Processor
 from consumer.validate import marker_problem, text_problem
+from tests.fuzzing import fuzz
 
 NS = 1_764_504_000_000_000_000
 PROC = Processor(subscribed={}, symbol_maps={}, max_future_skew_ns=10**10)
@@ -150,13 +151,7 @@ def test_text_problem() -> None:
 
 # -- any text, from outside ---------------------------------------------------------------------
 
-FUZZ = settings(
-    max_examples=300,
-    database=None,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(300)
 # Text as it may come: NUL and other controls, lone surrogates, line separators, long runs.
 any_text = st.one_of(
     st.text(max_size=12),
