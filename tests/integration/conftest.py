@@ -14,6 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from consumer.store import Store
+
 
 def admin_execute(url: str, *statements: str | sql.Composed) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
@@ -52,3 +54,12 @@ def role(database_url: str) -> Iterator[Role]:
             )
             conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
             conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A consumer's store on the test database, migrated."""
+    s = Store(database_url)
+    s.connect()
+    yield s
+    s.close()

@@ -56,14 +56,6 @@ def marker(
     return Marker(exchange, "", conn, ns(T0) + int(at_s * 1e9), body)
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
-    s.connect()
-    yield s
-    s.close()
-
-
 def sessions_of(store: Store) -> dict[str, tuple[Any, ...]]:
     rows = store.conn.execute(
         "SELECT conn, connected_at, disconnected_at, reason FROM feed_sessions"

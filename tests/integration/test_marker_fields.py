@@ -3,8 +3,6 @@ every text field (``consumer.validate.marker_problem``); one it refuses never ge
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 
@@ -17,14 +15,6 @@ pytestmark = pytest.mark.integration
 NS = 1_764_504_000_000_000_000
 WIDE = "\U0001d11e"  # four bytes of UTF-8: names at NAME_MAX characters are at their widest
 PROC = Processor(subscribed={}, symbol_maps={}, max_future_skew_ns=10**10)
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
-    s.connect()
-    yield s
-    s.close()
 
 
 def entry(body: MarkerBody, *, context: str, conn: str) -> list[bytes]:
